@@ -1,0 +1,29 @@
+"""``ftbench leaderboard``: re-render one run or merge several into one leaderboard."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "leaderboard",
+        help="re-render and merge run directories into one leaderboard",
+        description="Merge the finished cells of one or more `ftbench run --out` directories (later "
+        "directories win on duplicate cells) and write leaderboard.{md,csv,json} and transfer_gain.png.",
+    )
+    p.add_argument("dirs", nargs="+", help="run directories")
+    p.add_argument("--out", help="where to write (default: the first directory)")
+    p.set_defaults(func=main)
+
+
+def main(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from fewshot_transfer.harness.outputs import render
+
+    dirs = [Path(d) for d in args.dirs]
+    out = Path(args.out) if args.out else dirs[0]
+    render(dirs, out, meta={"merged runs": ", ".join(map(str, dirs))}, console=Console())
+    return 0

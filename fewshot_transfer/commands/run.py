@@ -1,0 +1,135 @@
+"""``ftbench run``: learners x k x seeds on paired support sets, then the leaderboard."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from pathlib import Path
+
+from fewshot_transfer.config import load_toml, resolve_config, to_toml
+
+log = logging.getLogger(__name__)
+
+#: Config sections that define *what* is measured; a run dir refuses to mix two of them.
+_FIXED_SECTIONS = ("data", "model", "train", "learners")
+
+HELP = """\
+Run the benchmark grid: every learner x every k x every seed, on paired support sets
+(all learners of one seed see the same k shots; shots are nested across k). With no
+options it runs the embedded synthetic CAP -> COVID-19 phantom benchmark with the quick
+profile (configs/quick.toml) and every registered learner.
+
+Finished cells are stored at once; rerunning the same command after an interruption
+resumes where it stopped. Outputs in --out: leaderboard.{md,csv,json},
+transfer_gain.png, config.toml (resolved), split.json, cells/ (one JSON per cell, loss
+curves CSV), cache/ (pretrained models), and with --plots prediction galleries and
+loss-curve PNGs.
+"""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("run", help="run the benchmark grid and write the leaderboard", description=HELP,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--shots", help="k values: counts, fractions of the support pool, or 'all' (e.g. 1,5,20,25%%,all); default 1,5,20")
+    p.add_argument("--learners", help="comma list of learners, or 'all' (default: all registered)")
+    p.add_argument("--seeds", help="number of seeds N (seeds 0..N-1) or an explicit list '0,3,7' (one seed: '3,'); default 3")
+    p.add_argument("--config", help="TOML config (configs/quick.toml is the default, configs/full.toml is GPU-sized); "
+                   "a best.toml written by `ftbench tune` works too")
+    p.add_argument("--out", help="output directory (default runs/quick)")
+    p.add_argument("--device", help="cpu, cuda or cuda:N (default cpu)")
+    p.add_argument("--target", help="target dataset folder (default: phantom:covid)")
+    p.add_argument("--source", help="source dataset folder (default: phantom:cap)")
+    p.add_argument("--plots", action="store_true", help="also write prediction galleries per k and loss-curve PNGs")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any config key, e.g. --set train.steps=50 --set learners.finetune.lr=1e-4")
+    p.add_argument("--retry-failed", action="store_true", help="recompute cells recorded as failed")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
+    p.set_defaults(func=main)
+
+
+def build_config(args: argparse.Namespace) -> dict:
+    """Defaults < --config < command-line flags (< --set)."""
+    overrides = list(args.set)
+    flag_keys = {
+        "shots": "run.shots", "learners": "run.learners", "seeds": "run.seeds", "out": "run.out",
+        "device": "run.device", "target": "data.target", "source": "data.source",
+    }
+    for attr, key in flag_keys.items():
+        value = getattr(args, attr, None)
+        if value is not None:
+            overrides.append(f'{key}="{value}"' if attr != "seeds" or "," in value else f"{key}={value}")
+    if getattr(args, "plots", False):
+        overrides.append("run.plots=true")
+    return resolve_config(args.config, overrides)
+
+
+def check_run_dir(out: Path, cfg: dict) -> None:
+    """Refuse to resume into a run dir whose fixed config differs (results would mix)."""
+    saved = out / "config.toml"
+    if not saved.is_file():
+        return
+    old = {k: v for k, v in load_toml(saved).items() if k in _FIXED_SECTIONS}
+    new = {k: v for k, v in cfg.items() if k in _FIXED_SECTIONS}
+    old.setdefault("learners", {})
+    if old != new:
+        diff = sorted(
+            f"{sec}.{key}" for sec in _FIXED_SECTIONS for key in set(old.get(sec, {})) | set(new.get(sec, {}))
+            if old.get(sec, {}).get(key) != new.get(sec, {}).get(key)
+        )
+        raise ValueError(
+            f"{out} already holds a run with a different configuration ({', '.join(diff)} differ); "
+            "use another --out, or delete that directory to start over"
+        )
+
+
+def main(args: argparse.Namespace) -> int:
+    import torch
+    from rich.console import Console
+
+    from fewshot_transfer.harness.benchmark import prepare
+    from fewshot_transfer.harness.outputs import render, render_curves, render_gallery
+    from fewshot_transfer.harness.runner import code_version, plan_cells, resolve_learners, resolve_seeds, run_grid
+    from fewshot_transfer.harness.store import CellStore, atomic_write_text
+
+    console = Console()
+    t0 = time.perf_counter()
+    cfg = build_config(args)
+    run_cfg = cfg["run"]
+    if int(run_cfg.get("threads") or 0) > 0:
+        torch.set_num_threads(int(run_cfg["threads"]))
+    out = Path(run_cfg["out"])
+    check_run_dir(out, cfg)
+    names = resolve_learners(run_cfg["learners"])
+    seeds = resolve_seeds(run_cfg["seeds"])
+    bench = prepare(cfg, out)
+    atomic_write_text(out / "config.toml", to_toml(cfg))
+    cells = plan_cells(bench, names, seeds)
+    console.print(
+        f"[bold]ftbench run[/bold]: {len(names)} learners x k={','.join(lab for lab, _ in bench.shots)} "
+        f"x {len(seeds)} seeds = {len(cells)} cells -> {out}"
+    )
+    records = run_grid(bench, cells, retry_failed=args.retry_failed, show_progress=not args.no_progress)
+    wall = time.perf_counter() - t0
+    train_s = sum(r.get("timing", {}).get("train_s", 0.0) for r in records)
+    meta = {
+        "source": f"{bench.source.name} ({bench.source.fingerprint})",
+        "target": f"{bench.target.name} ({bench.target.fingerprint})",
+        "support pool": f"{len(bench.support_pool)} slices, {bench.eligible} eligible, "
+        f"{len(bench.split.support)} patients",
+        "test set": f"{len(bench.test_set)} slices, {len(bench.split.test)} patients",
+        "code": code_version(),
+        "config": str(out / "config.toml"),
+    }
+    render([out], out, meta=meta, console=console)
+    if run_cfg.get("plots"):
+        extra = render_gallery(bench, records, out) + render_curves(out)
+        console.print(f"plots: {len(extra)} PNGs (galleries in {out}, loss curves in {out / 'cells'})")
+    console.print(
+        f"wall {wall:.1f} s; time in learner training {train_s:.1f} s of the cells run now or before "
+        f"(model cache: {bench.cache.hits} hits, {bench.cache.misses} trained)"
+    )
+    failed = [r for r in records if r["status"] != "ok"]
+    if failed:
+        console.print(f"[yellow]{len(failed)} cells failed; see the notes column and cells/*.json[/yellow]")
+    return 0

@@ -1,0 +1,178 @@
+"""Run configuration: defaults < TOML file < command-line overrides (LibFewShot-style layering).
+
+The defaults below *are* the quick profile (``configs/quick.toml`` spells them out and a
+test keeps the two equal). Sections are kept apart the nnU-Net way: ``[data]`` and
+``[model]`` fix the benchmark, ``[train]`` holds rule-of-thumb schedules, and
+``[learners.NAME]`` holds per-learner hyperparameters (tuned values land there via
+``ftbench tune`` -> ``best.toml``).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+DEFAULTS: dict[str, Any] = {
+    "profile": "quick",
+    "tuned_from": "",
+    "data": {
+        "source": "phantom:cap",
+        "target": "phantom:covid",
+        "size": 64,
+        "cache_dir": "",
+        "phantom": {
+            "source_patients": 24,
+            "target_patients": 30,
+            "slices_per_patient": 12,
+            "seed": 0,
+        },
+        "split": {
+            "support": 0.4,
+            "unlabeled": 0.2,
+            "test": 0.4,
+            "seed": 0,
+            "source_val": 0.2,
+        },
+        "include_negative": 0.0,
+    },
+    "model": {"base": 16, "depth": 4, "norm": "group", "dropout": 0.0},
+    "train": {
+        "batch_size": 8,
+        "lr": 0.001,
+        "steps": 150,
+        "pretrain_steps": 400,
+        "eval_batch": 64,
+        "augment": True,
+        "threshold": 0.5,
+        "weight_decay": 0.0,
+    },
+    "learners": {},
+    "run": {
+        "shots": "1,5,20",
+        "seeds": 3,
+        "learners": "all",
+        "device": "cpu",
+        "out": "runs/quick",
+        "plots": False,
+        "threads": 0,
+    },
+}
+
+
+def deep_merge(base: dict, override: dict) -> dict:
+    """``base`` updated recursively by ``override`` (new dict; inputs untouched)."""
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _check_keys(user: dict, ref: dict, where: str = "") -> None:
+    """Reject keys the defaults do not know (typos fail loudly); ``learners`` is open."""
+    for key, value in user.items():
+        path = f"{where}.{key}" if where else key
+        if path == "learners":
+            continue
+        if key not in ref:
+            raise ValueError(f"unknown config key {path!r}; valid keys here: {sorted(ref)}")
+        if isinstance(ref[key], dict):
+            if not isinstance(value, dict):
+                raise ValueError(f"config key {path!r} must be a table, got {value!r}")
+            _check_keys(value, ref[key], path)
+
+
+def load_toml(path: str | Path) -> dict:
+    """Read a TOML config file with a clear error naming the file."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"config file {p} not found")
+    try:
+        with p.open("rb") as fh:
+            return tomllib.load(fh)
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"config file {p} is not valid TOML: {exc}") from exc
+
+
+def parse_value(text: str) -> Any:
+    """A command-line value as TOML would read it (numbers, booleans, strings, arrays)."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def apply_overrides(cfg: dict, overrides: list[str]) -> dict:
+    """Apply ``section.key=value`` overrides (``--set``)."""
+    out = copy.deepcopy(cfg)
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} must look like section.key=value (e.g. train.steps=50)")
+        dotted, raw = item.split("=", 1)
+        keys = dotted.strip().split(".")
+        node = out
+        for key in keys[:-1]:
+            node = node.setdefault(key, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"override {item!r}: {key!r} is not a table")
+        node[keys[-1]] = parse_value(raw.strip())
+    _check_keys(out, DEFAULTS)
+    return out
+
+
+def resolve_config(path: str | Path | None = None, overrides: list[str] | None = None) -> dict:
+    """Defaults < file < overrides, validated."""
+    cfg = copy.deepcopy(DEFAULTS)
+    if path:
+        user = load_toml(path)
+        _check_keys(user, DEFAULTS)
+        cfg = deep_merge(cfg, user)
+    return apply_overrides(cfg, overrides or [])
+
+
+def config_hash(obj: Any) -> str:
+    """Stable short hash of any JSON-able object (cache keys, provenance)."""
+    blob = json.dumps(obj, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def to_toml(cfg: dict) -> str:
+    """Serialize a (nested, JSON-like) config to TOML text; enough for our own configs."""
+    lines: list[str] = []
+
+    def scalar(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, (int, float)):
+            return repr(v)
+        if isinstance(v, (list, tuple)):
+            return "[" + ", ".join(scalar(x) for x in v) + "]"
+        return json.dumps(str(v))
+
+    def emit(table: dict, prefix: str) -> None:
+        plain = {k: v for k, v in table.items() if not isinstance(v, dict)}
+        nested = {k: v for k, v in table.items() if isinstance(v, dict)}
+        if prefix and (plain or not nested):
+            lines.append(f"\n[{prefix}]")
+        for k, v in plain.items():
+            lines.append(f"{_key(k)} = {scalar(v)}")
+        for k, v in nested.items():
+            emit(v, f"{prefix}.{_key(k)}" if prefix else _key(k))
+
+    emit(cfg, "")
+    return "\n".join(lines).lstrip("\n") + "\n"
+
+
+def _key(k: str) -> str:
+    return k if k.replace("_", "").replace("-", "").isalnum() else json.dumps(k)

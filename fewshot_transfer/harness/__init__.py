@@ -1,0 +1,1 @@
+"""Benchmark harness: episodes over seeds and shots, result records, statistics and leaderboards."""

@@ -1,0 +1,72 @@
+"""Render a run directory (or several merged) into leaderboard files, plots and a terminal table."""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from fewshot_transfer.harness.leaderboard import build_rows, rich_table, write_leaderboard
+from fewshot_transfer.harness.plots import loss_curves_plot, prediction_gallery, transfer_gain_plot
+from fewshot_transfer.harness.report import render_sections
+from fewshot_transfer.harness.store import load_records
+
+log = logging.getLogger(__name__)
+
+
+def render(run_dirs: list[Path], out_dir: Path, *, meta: dict | None = None, console=None) -> list[dict]:
+    """Merge the cells of ``run_dirs``; write leaderboard.{md,csv,json} + transfer_gain.png to ``out_dir``."""
+    records = load_records(run_dirs)
+    if not records:
+        raise ValueError(f"no finished cells in {', '.join(map(str, run_dirs))}; run `ftbench run` first")
+    rows = build_rows(records)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = write_leaderboard(out_dir, rows, meta=meta, sections=render_sections(rows, records))
+    paths.append(transfer_gain_plot(rows, out_dir / "transfer_gain.png"))
+    if console is not None:
+        console.print(rich_table(rows))
+        console.print("wrote " + ", ".join(str(p) for p in paths))
+    return rows
+
+
+def render_gallery(bench, records: list[dict], out_dir: Path) -> list[Path]:
+    """One PNG per k: a few test slices with ground truth and every learner's prediction (first seed)."""
+    from fewshot_transfer.harness.runner import gallery_rows
+
+    rows = gallery_rows(bench)
+    if rows.size == 0:
+        return []
+    seed = min(r["seed"] for r in records)
+    by_k: dict[str, dict[str, np.ndarray]] = defaultdict(dict)
+    labels = [label for label, _ in bench.shots]
+    for r in sorted(records, key=lambda r: r["learner"]):
+        if r["seed"] != seed or r["status"] != "ok":
+            continue
+        p = bench.out_dir / "cells" / f"{r['cell_id']}.pred.npz"
+        if not p.is_file():
+            continue
+        with np.load(p) as z:
+            if not np.array_equal(z["rows"], rows):
+                continue
+            pred = z["pred"]
+        for label in labels if r["k_label"] == "any" else [r["k_label"]]:
+            by_k[label][r["learner"]] = pred
+    out = []
+    test = bench.test_set
+    for label in labels:
+        if by_k.get(label):
+            path = out_dir / f"gallery_k-{label.replace('%', 'pct')}.png"
+            out.append(
+                prediction_gallery(test.images[rows], test.masks[rows], by_k[label], path, title=f"k = {label}, seed {seed}")
+            )
+    return out
+
+
+def render_curves(run_dir: Path) -> list[Path]:
+    """A loss-curve PNG next to every cell's curves CSV."""
+    out = []
+    for csv_path in sorted((run_dir / "cells").glob("*.curves.csv")):
+        out.append(loss_curves_plot(csv_path, csv_path.with_suffix("").with_suffix(".curves.png")))
+    return out

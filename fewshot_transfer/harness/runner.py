@@ -1,0 +1,232 @@
+"""Run learners x k x seeds on paired support sets; store every finished cell at once.
+
+The grid is ordered seed-major so a seed's source pretraining (cached on disk) is reused by
+every learner and k that starts from it. A cell that exists on disk is skipped, which is
+what makes an interrupted run resume where it stopped. A cell whose loss turns NaN/Inf is
+recorded as failed with its reason, and the grid continues.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import shlex
+import subprocess
+import time
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+import torch
+
+import fewshot_transfer
+from fewshot_transfer import learners
+from fewshot_transfer.config import config_hash
+from fewshot_transfer.harness.benchmark import Benchmark
+from fewshot_transfer.harness.store import CellSpec, CellStore, write_csv
+from fewshot_transfer.learners.base import ProgressCallback, TrainingDiverged
+from fewshot_transfer.metrics import evaluate
+
+log = logging.getLogger(__name__)
+
+#: Bump when evaluation changes; leaderboards mark rows computed under an older protocol.
+PROTOCOL_VERSION = 1
+#: Test slices whose predictions are kept per cell for the prediction gallery.
+GALLERY_SLICES = 6
+
+
+def code_version() -> dict:
+    """Package version, git commit when available, and a hash of the package sources."""
+    pkg = Path(fewshot_transfer.__file__).parent
+    h = hashlib.sha256()
+    for p in sorted(pkg.rglob("*.py")):
+        h.update(p.relative_to(pkg).as_posix().encode())
+        h.update(p.read_bytes())
+    commit = ""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=pkg, capture_output=True, text=True, timeout=5
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return {"package": fewshot_transfer.__version__, "git": commit, "source_sha": h.hexdigest()[:16]}
+
+
+def resolve_learners(spec: str | list[str]) -> list[str]:
+    """``all`` or a comma list of registered learner names (validated)."""
+    names = spec if isinstance(spec, list) else [s.strip() for s in str(spec).split(",") if s.strip()]
+    if names == ["all"]:
+        return learners.available()
+    for n in names:
+        learners.get(n)
+    return names
+
+
+def resolve_seeds(spec: int | str | list) -> list[int]:
+    """``3`` -> [0, 1, 2]; ``"0,4,7"`` or a list -> those seeds."""
+    if isinstance(spec, list):
+        return [int(s) for s in spec]
+    text = str(spec).strip()
+    if "," in text:
+        return [int(s) for s in text.split(",") if s.strip()]
+    n = int(text)
+    if n < 1:
+        raise ValueError(f"--seeds must be >= 1, got {n}")
+    return list(range(n))
+
+
+def plan_cells(bench: Benchmark, learner_names: list[str], seeds: list[int]) -> list[CellSpec]:
+    """All cells of the grid, seed-major (k-independent learners get one cell per seed)."""
+    cells: list[CellSpec] = []
+    for seed in seeds:
+        for name in learner_names:
+            cls = learners.get(name)
+            if cls.k_independent:
+                cells.append(CellSpec(seed=seed, k=0, k_label="any", learner=name))
+                continue
+            for label, k in bench.shots:
+                cells.append(CellSpec(seed=seed, k=k, k_label=label, learner=name))
+    order = {n: i for i, n in enumerate(learner_names)}
+    return sorted(cells, key=lambda c: (c.seed, c.k, order[c.learner]))
+
+
+def seeds_arg(seeds: list[int]) -> str:
+    """The ``--seeds`` value selecting exactly ``seeds`` (a count when they are 0..n-1)."""
+    seeds = sorted(seeds)
+    if seeds == list(range(len(seeds))):
+        return str(len(seeds))
+    return ",".join(map(str, seeds)) + ("," if len(seeds) == 1 else "")
+
+
+def reproduce_command(run_dir: Path | str, learner: str, shots: str, seeds: list[int]) -> str:
+    """One command that recomputes these cells (the leaderboard shows it per row)."""
+    return (
+        f"ftbench run --config {shlex.quote(str(Path(run_dir) / 'config.toml'))} --learners {learner} "
+        f"--shots {shlex.quote(shots if shots != 'any' else '1')} --seeds {seeds_arg(seeds)} --out {shlex.quote(str(run_dir))}"
+    )
+
+
+def run_cell(bench: Benchmark, spec: CellSpec, callback: ProgressCallback | None = None, tuned_from: str | None = None) -> dict:
+    """Fit one learner on one support set and evaluate it on the whole test set."""
+    cls = learners.get(spec.learner)
+    ctx = bench.context(cls, spec.k, spec.seed, callback)
+    record: dict = {
+        "cell_id": spec.cell_id,
+        "learner": spec.learner,
+        "family": cls.family,
+        "k": spec.k,
+        "k_label": spec.k_label,
+        "seed": spec.seed,
+        "labeled_fraction": bench.labeled_fraction(spec.k) if spec.k else 0.0,
+        "support_pool_size": bench.eligible,
+        "support_patients": sorted(set(ctx.support.patients.tolist())),
+        "params": ctx.params,
+        "tuned_from": tuned_from or bench.config.get("tuned_from"),
+        "protocol": PROTOCOL_VERSION,
+        "provenance": {
+            "config_hash": config_hash(bench.config),
+            "code": code_version(),
+            "data": bench.data_fingerprint,
+            "device": str(bench.device),
+        },
+        "command": reproduce_command(bench.out_dir, spec.learner, spec.k_label, [spec.seed]),
+    }
+    torch.manual_seed(spec.seed)
+    t0 = time.perf_counter()
+    try:
+        segmenter = learners.get(spec.learner)().fit(ctx)
+    except TrainingDiverged as exc:
+        record.update(status="failed", reason=str(exc), timing={"fit_s": time.perf_counter() - t0, "train_s": ctx.train_seconds})
+        _save_curves(bench, spec, ctx.curves)
+        return record
+    fit_s = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    test = bench.test_set
+    pred = segmenter.predict(test.images)
+    summary, per_slice = evaluate(pred, test.masks, test.spacing)
+    eval_s = time.perf_counter() - t1
+    record.update(
+        status="ok",
+        metrics=summary,
+        per_slice={
+            "patient": test.patients.tolist(),
+            "dice": [row.get("dice", float("nan")) for row in per_slice],
+        },
+        timing={"fit_s": fit_s, "train_s": ctx.train_seconds, "eval_s": eval_s},
+    )
+    _save_curves(bench, spec, ctx.curves)
+    _save_gallery(bench, spec, pred)
+    return record
+
+
+def gallery_rows(bench: Benchmark) -> np.ndarray:
+    """Fixed test rows for galleries: the slices with the largest lesions, spread over patients."""
+    frac = bench.test_set.lesion_fraction()
+    order = np.argsort(-frac, kind="stable")
+    chosen: list[int] = []
+    seen: set[str] = set()
+    for i in order:
+        p = bench.test_set.patients[i]
+        if p not in seen and frac[i] > 0:
+            chosen.append(int(i))
+            seen.add(p)
+        if len(chosen) == GALLERY_SLICES:
+            break
+    return np.array(sorted(chosen), dtype=np.int64)
+
+
+def _save_gallery(bench: Benchmark, spec: CellSpec, pred: np.ndarray) -> None:
+    rows = gallery_rows(bench)
+    path = bench.out_dir / "cells" / f"{spec.cell_id}.pred.npz"
+    tmp = path.with_name(f".{path.name}.tmp.npz")
+    np.savez_compressed(tmp, rows=rows, pred=pred[rows].astype(np.uint8))
+    tmp.replace(path)
+
+
+def _save_curves(bench: Benchmark, spec: CellSpec, curves) -> None:
+    if curves.rows:
+        write_csv(bench.out_dir / "cells" / f"{spec.cell_id}.curves.csv", curves.rows, curves.columns())
+
+
+def run_grid(
+    bench: Benchmark,
+    cells: Iterable[CellSpec],
+    *,
+    store: CellStore | None = None,
+    on_cell: Callable[[CellSpec, dict], None] | None = None,
+    retry_failed: bool = False,
+    show_progress: bool = True,
+) -> list[dict]:
+    """Run the missing cells with a rich progress display; returns all records of the grid."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    store = store or CellStore(bench.out_dir)
+    cells = list(cells)
+    todo = []
+    for c in cells:
+        rec = store.load(c)
+        if rec is None or (retry_failed and rec.get("status") == "failed"):
+            todo.append(c)
+    if len(todo) < len(cells):
+        log.info("resuming: %d of %d cells already done", len(cells) - len(todo), len(cells))
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        disable=not show_progress,
+        transient=False,
+    ) as progress:
+        task = progress.add_task("grid", total=len(todo))
+        for spec in todo:
+            progress.update(task, description=f"{spec.learner} k={spec.k_label} seed={spec.seed}")
+            record = run_cell(bench, spec)
+            store.save(spec, record)
+            if record["status"] != "ok":
+                log.warning("cell %s failed: %s", spec.cell_id, record.get("reason"))
+            if on_cell:
+                on_cell(spec, record)
+            progress.advance(task)
+    return [r for r in (store.load(c) for c in cells) if r is not None]

@@ -1,0 +1,154 @@
+"""Confidence intervals, paired tests and ranking with ties for the leaderboard.
+
+Episodes share support sets across learners (same seed, same shots), so learners are
+compared **paired** by episode; slices of one patient are correlated, so uncertainty is
+bootstrapped over groups (patients or seeds), not over slices. NaN entries are dropped
+(pairwise, for paired statistics) rather than propagated, because one undefined episode
+should not blank a whole row.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Sequence
+
+import numpy as np
+from scipy import stats
+
+
+def _clean(values: Sequence[float] | np.ndarray) -> np.ndarray:
+    v = np.asarray(values, dtype=np.float64).ravel()
+    return v[~np.isnan(v)]
+
+
+def _check_confidence(confidence: float) -> None:
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+
+
+def mean_ci(values: Sequence[float] | np.ndarray, confidence: float = 0.95) -> tuple[float, float, float]:
+    """(mean, lo, hi) with a Student-t interval; one value gives (v, nan, nan), none all-NaN."""
+    _check_confidence(confidence)
+    v = _clean(values)
+    if v.size == 0:
+        return (math.nan, math.nan, math.nan)
+    mean = float(v.mean())
+    if v.size == 1:
+        return (mean, math.nan, math.nan)
+    sem = float(v.std(ddof=1) / math.sqrt(v.size))
+    half = float(stats.t.ppf(0.5 + confidence / 2, df=v.size - 1)) * sem
+    return (mean, mean - half, mean + half)
+
+
+def _paired(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray) -> np.ndarray:
+    x = np.asarray(a, dtype=np.float64).ravel()
+    y = np.asarray(b, dtype=np.float64).ravel()
+    if x.shape != y.shape:
+        raise ValueError(f"paired values need equal lengths, got {x.size} and {y.size}")
+    keep = ~(np.isnan(x) | np.isnan(y))
+    return x[keep] - y[keep]
+
+
+def _ttest_p(d: np.ndarray) -> float:
+    """Two-sided paired t-test p on differences ``d``; exact answers when they do not vary."""
+    if d.size < 2:
+        return math.nan
+    if np.all(d == d[0]):
+        return 1.0 if d[0] == 0 else 0.0
+    return float(stats.ttest_rel(d, np.zeros_like(d)).pvalue)
+
+
+def paired_diff(
+    a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray, confidence: float = 0.95
+) -> dict[str, float]:
+    """Paired difference a − b: mean, t-interval, n, t-test p and Wilcoxon p.
+
+    Pairs with a NaN on either side are dropped. ``p_wilcoxon`` needs n ≥ 5 and a
+    non-zero difference, else NaN. When every difference is identical the t-test is
+    degenerate; p is then 1 for a zero and 0 for a non-zero constant difference.
+    """
+    d = _paired(a, b)
+    mean, lo, hi = mean_ci(d, confidence)
+    p_w = math.nan
+    if d.size >= 5 and np.any(d != 0):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            p_w = float(stats.wilcoxon(d).pvalue)
+    return {"mean": mean, "lo": lo, "hi": hi, "n": int(d.size), "p_value": _ttest_p(d), "p_wilcoxon": p_w}
+
+
+def bootstrap_ci(
+    values: Sequence[float] | np.ndarray,
+    *,
+    groups: Sequence | np.ndarray | None = None,
+    n_boot: int = 2000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> tuple[float, float, float]:
+    """(mean, lo, hi): percentile bootstrap of the mean, vectorized.
+
+    With ``groups`` (e.g. the patient of each slice), whole groups are resampled and the
+    pooled mean recomputed, so correlated values inside a group count once as a unit.
+    NaN values are dropped first.
+    """
+    _check_confidence(confidence)
+    if n_boot < 1:
+        raise ValueError(f"n_boot must be positive, got {n_boot}")
+    v = np.asarray(values, dtype=np.float64).ravel()
+    keep = ~np.isnan(v)
+    if groups is not None:
+        g = np.asarray(groups).ravel()
+        if g.size != v.size:
+            raise ValueError(f"groups has {g.size} entries, values has {v.size}")
+        _, gid = np.unique(g[keep], return_inverse=True)
+    else:
+        gid = np.arange(int(keep.sum()))
+    v = v[keep]
+    if v.size == 0:
+        return (math.nan, math.nan, math.nan)
+    n_groups = int(gid.max()) + 1
+    sums = np.bincount(gid, weights=v, minlength=n_groups)
+    counts = np.bincount(gid, minlength=n_groups).astype(np.float64)
+    rng = np.random.default_rng(seed)
+    draw = rng.integers(0, n_groups, size=(n_boot, n_groups))
+    boot = sums[draw].sum(axis=1) / counts[draw].sum(axis=1)
+    alpha = (1.0 - confidence) / 2
+    lo, hi = np.quantile(boot, [alpha, 1.0 - alpha])
+    return (float(v.mean()), float(lo), float(hi))
+
+
+def rank_with_ties(
+    scores: dict[str, Sequence[float]], *, alpha: float = 0.05, higher_is_better: bool = True
+) -> dict[str, int]:
+    """Leaderboard ranks where statistically indistinguishable learners share a rank.
+
+    Meta-Dataset style: rank = 1 + the number of learners whose mean is better *and*
+    whose paired difference to this learner is significant (two-sided paired t-test on the
+    episodes both have, p < ``alpha``). So the best learner and every learner it cannot be
+    told apart from get rank 1. Scores must be paired by episode (same length, same order).
+    A learner with no finite score ranks below every learner that has one.
+    """
+    if not scores:
+        return {}
+    lengths = {name: len(v) for name, v in scores.items()}
+    if len(set(lengths.values())) > 1:
+        raise ValueError(f"scores must be paired by episode (equal lengths), got {lengths}")
+    sign = 1.0 if higher_is_better else -1.0
+    means = {name: sign * mean_ci(v)[0] for name, v in scores.items()}
+    names = sorted(scores, key=lambda n: (-np.nan_to_num(means[n], nan=-np.inf), n))
+    ranks: dict[str, int] = {}
+    finite = [n for n in names if not math.isnan(means[n])]
+    for name in names:
+        if math.isnan(means[name]):
+            ranks[name] = 1 + len(finite)
+            continue
+        better = 0
+        for other in names:
+            if other == name or not means[other] > means[name]:
+                continue
+            p = _ttest_p(_paired(scores[other], scores[name]))
+            if p < alpha:
+                better += 1
+        ranks[name] = 1 + better
+    return ranks

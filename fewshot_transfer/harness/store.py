@@ -1,0 +1,120 @@
+"""Finished cells on disk: one JSON file per (learner, k, seed), written atomically.
+
+A cell file appears only once it is complete (written to a temp file, then renamed), so an
+interrupted or killed run never leaves half a result, and a rerun skips exactly the cells
+that exist. Several processes may share one directory: two writers of the same cell
+produce identical content and the rename is atomic.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, order=True)
+class CellSpec:
+    """One grid cell. ``k_label`` is what the user asked for ("5", "25%", "all", "any")."""
+
+    seed: int
+    k: int
+    k_label: str
+    learner: str
+
+    @property
+    def cell_id(self) -> str:
+        safe = self.k_label.replace("%", "pct")
+        return f"{self.learner}__k-{safe}__seed-{self.seed}"
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` via a temp file in the same folder and ``os.replace``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_csv(path: Path, rows: list[dict[str, Any]], columns: list[str] | None = None) -> None:
+    """Atomically write dict rows as CSV (columns default to the union of keys, in order)."""
+    if columns is None:
+        columns = []
+        for row in rows:
+            columns.extend(k for k in row if k not in columns)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=columns, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(rows)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class CellStore:
+    """The ``cells/`` folder of a run directory."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.root = Path(run_dir) / "cells"
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def path(self, spec: CellSpec) -> Path:
+        return self.root / f"{spec.cell_id}.json"
+
+    def has(self, spec: CellSpec) -> bool:
+        return self.path(spec).is_file()
+
+    def load(self, spec: CellSpec) -> dict | None:
+        p = self.path(spec)
+        return read_cell(p) if p.is_file() else None
+
+    def save(self, spec: CellSpec, record: dict) -> Path:
+        p = self.path(spec)
+        atomic_write_text(p, json.dumps(record, indent=1, sort_keys=True, default=float))
+        return p
+
+    def records(self) -> list[dict]:
+        return [r for r in (read_cell(p) for p in sorted(self.root.glob("*.json"))) if r is not None]
+
+
+def read_cell(path: Path) -> dict | None:
+    """A cell record, or None (with a warning) when the file is not a valid cell."""
+    try:
+        record = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        log.warning("ignoring unreadable cell file %s (%s); delete it to recompute that cell", path, exc)
+        return None
+    if not isinstance(record, dict) or "learner" not in record or "status" not in record:
+        log.warning("ignoring %s: not a cell record", path)
+        return None
+    record.setdefault("run_dir", str(Path(path).parent.parent))
+    return record
+
+
+def load_records(run_dirs: Iterable[Path]) -> list[dict]:
+    """All cell records of several run directories (merging runs for one leaderboard)."""
+    out: list[dict] = []
+    for d in run_dirs:
+        d = Path(d)
+        if not (d / "cells").is_dir():
+            raise FileNotFoundError(f"{d} has no cells/ folder; is it an `ftbench run --out` directory?")
+        out.extend(CellStore(d).records())
+    return out

@@ -1,0 +1,18 @@
+"""``scratch``: the lower bound — train a fresh backbone on the k target shots only."""
+
+from __future__ import annotations
+
+from fewshot_transfer.learners.base import Learner, LearnerContext, Segmenter, register, slice_batches, train_supervised
+
+
+@register
+class Scratch(Learner):
+    name = "scratch"
+    uses_source = False
+
+    def fit(self, ctx: LearnerContext) -> Segmenter:
+        p = ctx.params
+        model = ctx.new_model()
+        batches = slice_batches(ctx, ctx.support, int(p["batch_size"]))
+        train_supervised(ctx, model, batches, steps=int(p["steps"]), lr=float(p["lr"]), phase="target")
+        return ctx.segmenter(model)

@@ -1,0 +1,24 @@
+"""``source-only``: train on labeled CAP, apply to COVID-19 unchanged (the zero-shot bound).
+
+It never sees a target label, so its result does not depend on k: the harness runs one
+cell per seed and shows it in every k column.
+"""
+
+from __future__ import annotations
+
+from fewshot_transfer.learners.base import Learner, LearnerContext, Segmenter, register
+
+
+@register
+class SourceOnly(Learner):
+    name = "source-only"
+    uses_source = True
+    uses_target = False
+    k_independent = True
+
+    @staticmethod
+    def search_space(trial) -> dict:
+        return {}
+
+    def fit(self, ctx: LearnerContext) -> Segmenter:
+        return ctx.segmenter(ctx.source_model())

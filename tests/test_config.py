@@ -1,0 +1,54 @@
+"""Config layering: defaults < file < overrides; the quick profile file equals the defaults."""
+
+from pathlib import Path
+
+import pytest
+
+from fewshot_transfer.config import DEFAULTS, apply_overrides, load_toml, resolve_config, to_toml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_quick_toml_is_the_default():
+    assert resolve_config(ROOT / "configs" / "quick.toml") == DEFAULTS
+
+
+def test_full_toml_resolves():
+    cfg = resolve_config(ROOT / "configs" / "full.toml")
+    assert cfg["data"]["size"] >= 128
+
+
+def test_layering_and_overrides(tmp_path):
+    f = tmp_path / "c.toml"
+    f.write_text("[train]\nsteps = 7\n[learners.finetune]\nlr = 0.01\n")
+    cfg = resolve_config(f, ["train.steps=9", "run.shots='1,all'", "data.include_negative=0.5"])
+    assert cfg["train"]["steps"] == 9
+    assert cfg["learners"]["finetune"]["lr"] == 0.01
+    assert cfg["run"]["shots"] == "1,all"
+    assert cfg["data"]["include_negative"] == 0.5
+    assert cfg["model"] == DEFAULTS["model"]
+
+
+def test_round_trip_toml(tmp_path):
+    cfg = apply_overrides(DEFAULTS, ["learners.dual-adv.lambda_adv=0.01"])
+    p = tmp_path / "x.toml"
+    p.write_text(to_toml(cfg))
+    assert load_toml(p) == cfg
+
+
+@pytest.mark.parametrize(
+    "override,match",
+    [("train.stpes=3", "unknown config key 'train.stpes'"), ("trainsteps", "section.key=value")],
+)
+def test_bad_overrides(override, match):
+    with pytest.raises(ValueError, match=match):
+        resolve_config(None, [override])
+
+
+def test_bad_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.toml"):
+        resolve_config(tmp_path / "nope.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[train\n")
+    with pytest.raises(ValueError, match="bad.toml is not valid TOML"):
+        resolve_config(bad)
