@@ -6,8 +6,8 @@ Two hashes, for two jobs:
   relative path, size and ``mtime_ns``, and the loader settings. Computing it needs only
   ``stat`` calls, so a rerun finds its cache entry in milliseconds, and touching or
   replacing any file invalidates it.
-* the **content fingerprint** hashes the same two files, every referenced file's bytes
-  and the loader settings. It is computed once, while decoding, stored in the cache entry
+* the **content fingerprint** hashes the same two files, every referenced file's content
+  (``.gz`` decompressed) and the loader settings. It is computed once, while decoding, stored in the cache entry
   and becomes ``SliceSet.fingerprint``. Unlike mtimes it is the same on every machine, so
   a split file or a result recorded against it stays valid for a copied dataset or a
   re-exported phantom.
@@ -23,6 +23,7 @@ discarded with a warning and rebuilt.
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import logging
@@ -57,20 +58,28 @@ def default_cache_dir() -> Path:
     return base / "datasets"
 
 
-def cache_key(root: Path, files: list[str], settings: dict) -> str:
-    """Fast key: folder description files + (path, size, mtime_ns) of each file + settings."""
+def cache_key(root: Path, stats: dict[str, os.stat_result], settings: dict) -> str:
+    """Fast key: folder description files + (path, size, mtime_ns) of each file + settings.
+
+    ``stats`` maps manifest paths to their ``stat`` (as :func:`check_files` returns them).
+    """
     h = _header_hash(root, settings)
-    for rel in files:
-        st = (root / rel).stat()
+    for rel in sorted(stats):
+        st = stats[rel]
         h.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     return h.hexdigest()[:24]
 
 
 def content_fingerprint(root: Path, files: list[str], settings: dict) -> str:
-    """Portable fingerprint: folder description files + bytes of each file + settings."""
+    """Portable fingerprint: folder description files + content of each file + settings.
+
+    ``.gz`` files are hashed decompressed: gzip output differs between zlib builds, so
+    the same phantom exported on two machines must not get two fingerprints.
+    """
     h = _header_hash(root, settings)
     for rel in files:
-        with (root / rel).open("rb") as fh:
+        opener = gzip.open if rel.lower().endswith(".gz") else open
+        with opener(root / rel, "rb") as fh:
             digest = hashlib.file_digest(fh, "sha256").hexdigest()
         h.update(f"{rel}\0{digest}\n".encode())
     return h.hexdigest()[:16]

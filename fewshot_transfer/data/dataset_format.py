@@ -33,6 +33,7 @@ import json
 import logging
 import os
 import shutil
+import stat as stat_module
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -213,7 +214,8 @@ def read_manifest(root: Path | str) -> list[ManifestRow]:
         )
     rows: list[ManifestRow] = []
     seen: dict[tuple[str, int | None], int] = {}
-    for n, raw in enumerate(reader, start=2):
+    for raw in reader:
+        n = reader.line_num
         rec = {(k or "").strip(): (v or "").strip() for k, v in raw.items() if not isinstance(v, list)}
         if not any(rec.values()):
             continue
@@ -232,24 +234,22 @@ def read_manifest(root: Path | str) -> list[ManifestRow]:
     return rows
 
 
-def resolve_inside(root: Path, rel: str, *, what: str, line: int) -> Path:
-    """Path of manifest entry ``rel``, refusing anything that resolves outside ``root``."""
-    manifest = root / MANIFEST_CSV
-    candidate = Path(rel)
-    if candidate.is_absolute():
-        raise DatasetError(
-            f"{manifest}: line {line}: {what} path {rel!r} is absolute; paths must be relative to {root} "
-            f"(copy or link the file into the dataset folder)"
-        )
-    resolved = (root / candidate).resolve()
-    if not resolved.is_relative_to(root.resolve()):
-        raise DatasetError(
-            f"{manifest}: line {line}: {what} path {rel!r} points outside the dataset folder {root}; "
-            f"copy or hard-link the file into the folder and reference it there"
-        )
-    if not resolved.is_file():
-        raise DatasetError(f"{manifest}: line {line}: {what} file {root / candidate} does not exist; fix the path or add the file")
-    return resolved
+def check_files(root: Path | str, rows: list[ManifestRow]) -> dict[str, os.stat_result]:
+    """``stat`` of every file the manifest references, keyed by its manifest path.
+
+    Refuses absolute paths, paths that resolve (symlinks included) outside ``root`` and
+    missing files. Each parent folder is resolved once, so a manifest of thousands of
+    slices costs about one ``lstat`` per file — this runs on every (cached) load.
+    """
+    root = Path(root)
+    root_real = os.path.realpath(root)
+    parents: dict[str, str] = {}
+    stats: dict[str, os.stat_result] = {}
+    for row in rows:
+        for what, rel in (("image", row.image), ("mask", row.mask), ("lung", row.lung)):
+            if rel and rel not in stats:
+                stats[rel] = _stat_inside(root, root_real, rel, what, row.line, parents)[1]
+    return stats
 
 
 def read_dataset(root: Path | str) -> tuple[DatasetSpec, list[ManifestRow]]:
@@ -257,11 +257,38 @@ def read_dataset(root: Path | str) -> tuple[DatasetSpec, list[ManifestRow]]:
     root = Path(root)
     spec = read_spec(root)
     rows = read_manifest(root)
-    for row in rows:
-        for what, rel in (("image", row.image), ("mask", row.mask), ("lung", row.lung)):
-            if rel:
-                resolve_inside(root, rel, what=what, line=row.line)
+    check_files(root, rows)
     return spec, rows
+
+
+def _stat_inside(
+    root: Path, root_real: str, rel: str, what: str, line: int, parents: dict[str, str]
+) -> tuple[str, os.stat_result]:
+    where = f"{root / MANIFEST_CSV}: line {line}: {what}"
+    if os.path.isabs(rel):
+        raise DatasetError(
+            f"{where} path {rel!r} is absolute; paths must be relative to {root} (copy or link the file into the dataset folder)"
+        )
+    head, name = os.path.split(rel)
+    parent = parents.get(head)
+    if parent is None:
+        parent = parents[head] = os.path.realpath(os.path.join(root, head))
+    path = os.path.join(parent, name)
+    try:
+        st = os.lstat(path)
+        if stat_module.S_ISLNK(st.st_mode):
+            path = os.path.realpath(path)
+            st = os.stat(path)
+    except OSError:
+        st = None
+    if not (path == root_real or path.startswith(root_real + os.sep)):
+        raise DatasetError(
+            f"{where} path {rel!r} points outside the dataset folder {root}; "
+            f"copy or hard-link the file into the folder and reference it there"
+        )
+    if st is None or not stat_module.S_ISREG(st.st_mode):
+        raise DatasetError(f"{where} file {root / rel} does not exist; fix the path or add the file")
+    return path, st
 
 
 def write_spec(root: Path | str, spec: DatasetSpec) -> Path:
@@ -297,7 +324,8 @@ def atomic_dir(out_dir: Path | str, *, overwrite: bool = False) -> Iterator[Path
     """Yield a temporary sibling of ``out_dir`` to fill; rename it into place only on success.
 
     Readers never see a half-written dataset, and a failure (or Ctrl-C) leaves nothing
-    behind. An existing non-empty ``out_dir`` is an error unless ``overwrite``.
+    behind. An existing non-empty ``out_dir`` is an error unless ``overwrite``; one that
+    appears while writing (another process) makes the final rename fail with OSError.
     """
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
@@ -309,7 +337,7 @@ def atomic_dir(out_dir: Path | str, *, overwrite: bool = False) -> Iterator[Path
     try:
         tmp.chmod(0o755)
         yield tmp
-        if out.exists():
+        if out.exists() and overwrite:
             old = out.with_name(f".{out.name}.old-{uuid.uuid4().hex[:8]}")
             os.rename(out, old)
             os.rename(tmp, out)

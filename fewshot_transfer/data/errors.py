@@ -13,5 +13,9 @@ class DatasetError(ValueError):
     """A dataset folder, manifest or image file cannot be used as it is."""
 
 
-class IntensityConventionWarning(UserWarning):
+class DatasetWarning(UserWarning):
+    """Something in a dataset looks wrong but can still be used."""
+
+
+class IntensityConventionWarning(DatasetWarning):
     """The declared intensity convention ("hu" / "windowed-uint8") does not fit the values."""

@@ -253,7 +253,10 @@ def split_target(data: SliceSet, *, fractions: tuple[float, float, float] = (0.4
         _ensure_positive(pools, [0], burden_of, frozen=(2,))
     else:
         if np.any(np.char.lower(data.splits.astype(str)) == "test"):
-            log.info("dataset %r: its 'test' rows have no labels; carving the test set from labeled patients", data.name)
+            log.info(
+                "dataset %r: no labeled patient has all rows marked 'test'; carving the test set by fractions",
+                data.name,
+            )
         lab_burden = np.array([burden_of[p] for p in labeled])
         pools = _deal(labeled, lab_burden, f, [2, 0, *min_unlabeled], rng) if labeled else [[], [], []]
         _ensure_positive(pools, [2, 0], burden_of)

@@ -9,7 +9,7 @@ the model cache that lets every learner and every k share one source pretraining
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
@@ -18,17 +18,12 @@ import torch
 
 from fewshot_transfer.config import config_hash
 from fewshot_transfer.data.loader import load_domain
-from fewshot_transfer.data.samplers import labeled_fraction, resolve_shots, support_indices
+from fewshot_transfer.data.samplers import labeled_fraction, resolve_shots, support_indices, support_pool_size
 from fewshot_transfer.data.slices import SliceSet
-from fewshot_transfer.data.splits import TargetSplit, check_disjoint, load_split, save_split, split_source, split_target, verify_split
+from fewshot_transfer.data.splits import TargetSplit, load_split, save_split, split_source, split_target, verify_split
 from fewshot_transfer.learners.base import LearnerContext, ModelCache, ProgressCallback
 
 log = logging.getLogger(__name__)
-
-
-def strip_labels(data: SliceSet) -> SliceSet:
-    """The same slices with every label removed (what an unlabeled pool may expose)."""
-    return replace(data, masks=np.zeros_like(data.masks), labeled=np.zeros(len(data), dtype=bool))
 
 
 def resolve_device(name: str) -> torch.device:
@@ -57,10 +52,8 @@ class Benchmark:
 
     @property
     def eligible(self) -> int:
-        """Slices a support set is drawn from (lesion-positive unless negatives are mixed in)."""
-        if float(self.config["data"]["include_negative"]) > 0:
-            return int(self.support_pool.labeled.sum())
-        return int((self.support_pool.labeled & (self.support_pool.lesion_fraction() > 0)).sum())
+        """Slices a support set is drawn from: the largest valid k (what ``all`` means)."""
+        return support_pool_size(self.support_pool, float(self.config["data"]["include_negative"]))
 
     @cached_property
     def data_fingerprint(self) -> dict:
@@ -134,13 +127,10 @@ def prepare(config: dict, out_dir: Path, *, device: str | None = None) -> Benchm
         save_split(split, split_path)
     pools = split.pools(target)
     train_p, val_p = split_source(source, val_fraction=float(sp["source_val"]), seed=int(sp["seed"]))
-    check_disjoint({"source-train": train_p, "source-val": val_p})
     source_train = source.subset(source.rows_of(train_p))
     source_train = source_train.subset(np.flatnonzero(source_train.labeled))
     source_val = source.subset(source.rows_of(val_p))
-    test = pools["test"].subset(np.flatnonzero(pools["test"].labeled))
-    if len(test) == 0:
-        raise ValueError(f"target {target.name}: the test pool has no labeled slices; check the dataset's labels/splits")
+    test = pools["test"]
     bench = Benchmark(
         config=config,
         out_dir=out_dir,
@@ -150,7 +140,7 @@ def prepare(config: dict, out_dir: Path, *, device: str | None = None) -> Benchm
         source_val=source_val,
         split=split,
         support_pool=pools["support"],
-        unlabeled_pool=strip_labels(pools["unlabeled"]),
+        unlabeled_pool=pools["unlabeled"],
         test_set=test,
         shots=[],
         device=resolve_device(device or str(config["run"]["device"])),

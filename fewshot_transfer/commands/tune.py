@@ -1,0 +1,143 @@
+"""``ftbench tune``: an Optuna study of one learner's hyperparameters at one k."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+HELP = """\
+Tune one learner's hyperparameters (the search space its class declares in
+search_space()) with Optuna, at one k.
+
+Objective: the mean validation Dice over --episodes paired episodes (seeds 0..E-1). The
+validation set is carved from the target SUPPORT POOL, never from the test set: the
+support pool's patients are split (seeded, by patient, lesion-burden stratified, checked by
+the leakage guard) into a tuning-support part, from which the k shots are drawn, and a
+validation part, whose labeled slices are scored. The test set is not touched. Note that
+this validation set holds more labeled slices than a real k-shot user would have; tuned
+rows are marked "tuned (...)" in the leaderboard.
+
+Pruning: after each episode the trial reports to Optuna at step = episode index; median
+(default) reports the running mean validation Dice, wilcoxon the episode's Dice (a paired
+test against the best trial; needs about 5+ episodes to ever prune).
+
+Hyperparameters already set in [learners.NAME] (via --config or --set, e.g.
+--set learners.finetune.steps=100) are held fixed; the rest are searched.
+
+The study lives in --storage (default sqlite:///OUT/study.db) under --study (default
+LEARNER-kSHOTS). --trials counts the whole study, so rerunning the same command resumes
+after an interruption, and several processes or machines given the same --storage URL
+(e.g. postgresql://user:pw@host/db) share one study; heartbeats mark trials of a dead
+worker as failed and re-queue them. At the end OUT/best.toml holds the resolved config with
+[learners.NAME] = the best trial's values and tuned_from = its provenance:
+
+  ftbench run --config OUT/best.toml --shots K --learners NAME
+
+Dashboard: optuna-dashboard sqlite:///OUT/study.db   (pip install 'fewshot-transfer[dashboard]')
+"""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "tune",
+        help="tune a learner's hyperparameters on a validation split of the support pool (never the test set)",
+        description=HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("learner", help="learner to tune (see `ftbench run --help` for the registered names)")
+    p.add_argument("--shots", default="5", help="the k to tune for: a count, or a percentage / 'all' of the tuning-support pool (default 5)")
+    p.add_argument("--trials", type=int, default=20, help="finished (complete + pruned) trials the study should hold (default 20)")
+    p.add_argument("--episodes", type=int, default=3, help="paired episodes (seeds 0..E-1) per trial (default 3)")
+    p.add_argument("--timeout", type=float, help="stop starting new trials after this many seconds")
+    p.add_argument("--storage", help="Optuna storage URL (default sqlite:///OUT/study.db); postgresql://... to share across machines")
+    p.add_argument("--study", help="study name (default LEARNER-kSHOTS)")
+    p.add_argument("--out", default="runs/tune", help="output directory: study.db, best.toml, trials/, cache/ (default runs/tune)")
+    p.add_argument("--config", help="TOML config the study runs with (default: the quick profile)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config key (as in ftbench run)")
+    p.add_argument("--device", help="cpu, cuda or cuda:N")
+    p.add_argument("--pruner", choices=("median", "wilcoxon", "none"), default="median", help="default median")
+    p.add_argument("--startup-trials", type=int, default=5, help="median pruner: complete trials before pruning starts (default 5)")
+    p.add_argument("--warmup-episodes", type=int, default=1, help="never prune before this episode index (default 1: after two episodes at the earliest)")
+    p.add_argument("--val-fraction", type=float, default=0.5, help="share of the support pool's patients used for validation (default 0.5)")
+    p.add_argument("--sampler-seed", type=int, help="seed of the TPE sampler (leave unset when several workers share a study)")
+    p.add_argument("--heartbeat", type=int, default=60, help="seconds between heartbeats of a running trial (default 60)")
+    p.add_argument("--grace", type=int, default=180, help="seconds without a heartbeat before a trial counts as dead and is retried (default 180)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
+    p.set_defaults(func=main)
+
+
+def build_config(args: argparse.Namespace) -> dict:
+    from fewshot_transfer.config import resolve_config
+
+    overrides = list(args.set) + [f"run.shots={json.dumps(str(args.shots))}", f"run.learners={json.dumps(args.learner)}"]
+    overrides.append(f"run.out={json.dumps(str(args.out))}")
+    if args.device:
+        overrides.append(f"run.device={json.dumps(args.device)}")
+    return resolve_config(args.config, overrides)
+
+
+def main(args: argparse.Namespace) -> int:
+    import optuna
+    import torch
+    from rich.console import Console
+
+    from fewshot_transfer import learners
+    from fewshot_transfer.harness.benchmark import prepare
+    from fewshot_transfer.harness.store import atomic_write_text
+    from fewshot_transfer.tuning.study import (
+        TuneSpec, default_storage, identity, make_storage, open_study, redact, run_study, searched_names,
+        summary_table, validation_benchmark, write_best,
+    )
+
+    console = Console()
+    t0 = time.perf_counter()
+    if args.trials < 1 or args.episodes < 1:
+        raise ValueError("--trials and --episodes must be >= 1")
+    cls = learners.get(args.learner)
+    cfg = build_config(args)
+    if int(cfg["run"].get("threads") or 0) > 0:
+        torch.set_num_threads(int(cfg["run"]["threads"]))
+    out = Path(args.out)
+    pinned = dict(cfg.get("learners", {}).get(cls.name, {}))
+    free, fixed = searched_names(cls, pinned)
+    cls.resolve_params(cfg)  # unknown pinned names fail here, before any data is loaded
+    bench = prepare(cfg, out)
+    val_bench, info = validation_benchmark(
+        bench, args.shots, val_fraction=args.val_fraction, seed=int(cfg["data"]["split"]["seed"])
+    )
+    label, k = val_bench.shots[0]
+    study_name = args.study or f"{cls.name}-k{label.replace('%', 'pct')}"
+    storage_url = args.storage or default_storage(out)
+    spec = TuneSpec(
+        learner=cls.name, shots=label, episodes=args.episodes, val_fraction=args.val_fraction, config=cfg,
+        storage=storage_url, study_name=study_name, out=out, pruner=args.pruner,
+        startup_trials=args.startup_trials, warmup_episodes=args.warmup_episodes, sampler_seed=args.sampler_seed,
+        n_trials=args.trials, timeout=args.timeout, heartbeat=args.heartbeat, grace=args.grace,
+    )
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = make_storage(storage_url, heartbeat=args.heartbeat, grace=args.grace)
+    study = open_study(spec, storage, identity(spec, info, k))
+    atomic_write_text(out / "validation_split.json", json.dumps({"study": study_name, **info}, indent=2) + "\n")
+    console.print(
+        f"[bold]ftbench tune[/bold] {cls.name} at k={label} ({k} shots): study [bold]{study_name}[/bold] in {redact(storage_url)}\n"
+        f"  searching {', '.join(free)}" + (f"; fixed by the config: {', '.join(f'{n}={pinned[n]}' for n in fixed)}" if fixed else "") + "\n"
+        f"  objective: mean validation Dice over {args.episodes} episodes; shots from support-pool patients "
+        f"{', '.join(info['tune_support'])} ({info['tune_support_eligible']} eligible slices), validation on "
+        f"{', '.join(info['validation'])} ({info['validation_slices']} labeled slices); test set untouched\n"
+        f"  pruner {args.pruner}; dashboard: optuna-dashboard {redact(storage_url)}"
+    )
+    ran = run_study(spec, study, val_bench, console=console, show_progress=not args.no_progress)
+    console.print(summary_table(study))
+    path = write_best(spec, study, info)
+    best = study.best_trial
+    console.print(
+        f"ran {ran} trial(s) in {time.perf_counter() - t0:.1f} s; best trial #{best.number} val Dice {best.value:.4f} "
+        f"{best.user_attrs.get('learner_params', best.params)}\n"
+        f"wrote {path}; next: ftbench run --config {path} --shots {label} --learners {cls.name}"
+    )
+    return 0

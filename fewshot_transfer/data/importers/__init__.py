@@ -1,0 +1,115 @@
+"""Converters from public COVID-19 CT layouts (read in place, never downloaded) to the dataset format.
+
+One module per layout, each exposing ``LAYOUT`` (a one-line description of what it
+expects) and ``plan(src, options) -> Plan``. :func:`import_dataset` builds the output
+folder from a plan atomically and validates it with the same reader the loader uses.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+
+from fewshot_transfer.data.dataset_format import atomic_dir, read_dataset, write_manifest, write_spec
+from fewshot_transfer.data.errors import DatasetError
+from fewshot_transfer.data.importers.common import ImportOptions, Plan, place_file
+
+log = logging.getLogger(__name__)
+
+#: Import kind -> module under ``fewshot_transfer.data.importers``.
+KINDS: dict[str, str] = {
+    "medseg": "medseg",
+    "covid19-ct-seg": "covid19_ct_seg",
+    "mosmed": "mosmed",
+    "semiseg": "semiseg",
+    "msd": "msd",
+    "folder": "folder",
+}
+
+
+@dataclass
+class ImportReport:
+    """What an import wrote: counts for the CLI summary, and the importer's notes."""
+
+    out_dir: Path
+    kind: str
+    rows: int
+    labeled_rows: int
+    patients: int
+    placed: Counter = field(default_factory=Counter)
+    notes: list[str] = field(default_factory=list)
+
+
+def layout_help(kind: str) -> str:
+    """The expected source layout of ``kind`` (for ``--help`` and error messages)."""
+    return str(_module(kind).LAYOUT)
+
+
+def plan_import(kind: str, src: Path | str, options: ImportOptions | None = None) -> Plan:
+    """Read the source layout and return the plan, without writing anything."""
+    src = Path(src).expanduser()
+    if not src.exists():
+        raise DatasetError(f"import source {src} does not exist; give the folder where the {kind} data was unpacked")
+    return _module(kind).plan(src, options or ImportOptions())
+
+
+def import_dataset(
+    kind: str,
+    src: Path | str,
+    out: Path | str,
+    *,
+    lesion_labels: tuple[int, ...] | None = None,
+    name: str | None = None,
+    copy: bool = False,
+    labeled_only: bool = False,
+    overwrite: bool = False,
+) -> ImportReport:
+    """Convert ``src`` (layout ``kind``) into a dataset folder at ``out``.
+
+    ``labeled_only`` drops unlabeled rows (e.g. MosMed's ~1,060 unlabeled studies);
+    ``copy`` copies files instead of hard-linking them. Nothing is left at ``out`` if
+    anything fails.
+    """
+    plan = plan_import(kind, src, ImportOptions(lesion_labels=lesion_labels, name=name))
+    rows = [r for r in plan.rows if r.mask] if labeled_only else plan.rows
+    if not rows:
+        raise DatasetError(f"{src}: the {kind} importer found no {'labeled ' if labeled_only else ''}images; expected {layout_help(kind)}")
+    needed = sorted({rel for r in rows for rel in (r.image, r.mask, r.lung) if rel})
+    placed: Counter = Counter()
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        for rel in needed:
+            source = plan.files[rel]
+            dest = tmp / rel
+            if isinstance(source, Path):
+                placed[place_file(source, dest, copy=copy)] += 1
+            else:
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                source(dest)
+                placed["converted"] += 1
+        write_spec(tmp, plan.spec)
+        write_manifest(tmp, rows)
+        read_dataset(tmp)
+    for note in plan.notes:
+        log.info("%s: %s", kind, note)
+    return ImportReport(
+        out_dir=Path(out),
+        kind=kind,
+        rows=len(rows),
+        labeled_rows=sum(1 for r in rows if r.mask),
+        patients=len({r.patient for r in rows}),
+        placed=placed,
+        notes=list(plan.notes),
+    )
+
+
+def _module(kind: str) -> ModuleType:
+    if kind not in KINDS:
+        raise DatasetError(f"unknown import kind {kind!r}; choose one of {', '.join(KINDS)}")
+    return importlib.import_module(f"fewshot_transfer.data.importers.{KINDS[kind]}")
+
+
+__all__ = ["KINDS", "ImportOptions", "ImportReport", "import_dataset", "layout_help", "plan_import"]

@@ -1,0 +1,30 @@
+"""``maml``: second-order MAML (Finn et al. 2017) on CAP patients, adapted on the k COVID shots.
+
+Inner loop: ``inner_steps`` SGD steps at ``inner_lr`` on a task's support slices; outer
+loop: Adam (``meta_lr``) on the query loss after adaptation, differentiated through the
+inner steps (Hessian-vector products via nested ``torch.func.grad``). Meta-training starts
+from the cached source model, is cached per (config, seed, data) and shared across k; at
+meta-test the init takes ``test_steps`` inner-loop steps on the shots. See
+``fewshot_transfer/meta/training.py`` and ``docs/meta_learning.md``.
+"""
+
+from __future__ import annotations
+
+import fewshot_transfer.meta.analysis  # noqa: F401  (registers the transfer-vs-meta report section)
+from fewshot_transfer.learners.base import Learner, LearnerContext, Segmenter, register
+from fewshot_transfer.meta.training import META_DEFAULTS, MetaConfig, fit_meta, meta_search_space
+
+
+@register
+class MAML(Learner):
+    name = "maml"
+    family = "meta"
+    uses_source = True
+    defaults = {**META_DEFAULTS, "meta_steps": 15}
+
+    @staticmethod
+    def search_space(trial) -> dict:
+        return meta_search_space(trial, second_order=True)
+
+    def fit(self, ctx: LearnerContext) -> Segmenter:
+        return fit_meta(ctx, self.name, MetaConfig.from_params(ctx.params, algorithm="maml", first_order=False))

@@ -1,0 +1,34 @@
+"""Shared test settings: a tiny benchmark config and an isolated dataset cache."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+#: Overrides that shrink the default benchmark to seconds: 32 px, a base-4 U-Net, 5 steps.
+TINY = [
+    "--set", "data.size=32",
+    "--set", "model.base=4",
+    "--set", "model.depth=3",
+    "--set", "train.steps=5",
+    "--set", "train.pretrain_steps=5",
+    "--set", "train.batch_size=4",
+    "--set", "data.phantom.source_patients=6",
+    "--set", "data.phantom.target_patients=10",
+    "--set", "data.phantom.slices_per_patient=6",
+]
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_cache(tmp_path_factory):
+    """Keep test datasets out of the user's ~/.cache and make CPU runs single-config."""
+    os.environ["FTBENCH_CACHE"] = str(tmp_path_factory.mktemp("ftbench-cache"))
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    yield
+
+
+@pytest.fixture
+def tiny_args():
+    return list(TINY)

@@ -1,0 +1,127 @@
+"""The harness end to end: CLI run, leaderboard files, paired support sets, resume after a kill."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from fewshot_transfer.cli import main
+from fewshot_transfer.config import resolve_config
+from fewshot_transfer.harness.benchmark import prepare
+from fewshot_transfer.harness.runner import plan_cells, resolve_seeds
+
+from conftest import TINY
+
+
+def _overrides(args: list[str]) -> list[str]:
+    return [args[i + 1] for i in range(0, len(args), 2) if args[i] == "--set"]
+
+
+def test_cli_run_writes_leaderboard(tmp_path, capsys):
+    out = tmp_path / "run"
+    rc = main(["run", *TINY, "--shots", "1,3", "--learners", "scratch,source-only,finetune,joint", "--seeds", "2", "--out", str(out), "--plots", "--no-progress"])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "scratch" in printed and "finetune" in printed
+    for name in ("leaderboard.md", "leaderboard.csv", "leaderboard.json", "transfer_gain.png", "config.toml", "split.json"):
+        assert (out / name).is_file(), name
+    assert list(out.glob("gallery_k-*.png"))
+    rows = json.loads((out / "leaderboard.json").read_text())["rows"]
+    # 4 learners x 2 k; source-only (k-independent) is shown at both k.
+    assert sorted((r["learner"], r["k_label"]) for r in rows) == sorted(
+        (n, k) for n in ("scratch", "source-only", "finetune", "joint") for k in ("1", "3")
+    )
+    for r in rows:
+        assert r["n_seeds"] == 2
+        assert "ftbench run --config" in r["command"]
+        assert 0 < r["true_fraction"] < 0.5
+    cells = list((out / "cells").glob("*.json"))
+    assert len(cells) == 2 * (3 * 2 + 1)
+    # Rerun: nothing recomputed, same leaderboard.
+    before = {p.name: p.stat().st_mtime_ns for p in cells}
+    assert main(["run", *TINY, "--shots", "1,3", "--learners", "scratch,source-only,finetune,joint", "--seeds", "2", "--out", str(out), "--no-progress"]) == 0
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "cells").glob("*.json")} == before
+    # Re-render / merge.
+    assert main(["leaderboard", str(out), "--out", str(tmp_path / "merged")]) == 0
+    assert (tmp_path / "merged" / "leaderboard.md").read_text().count("| scratch |") == 2
+
+
+def test_support_sets_are_paired_and_nested(tmp_path):
+    cfg = resolve_config(None, _overrides(TINY))
+    bench = prepare(cfg, tmp_path)
+    s1, s3 = bench.support_set(1, 0), bench.support_set(3, 0)
+    assert set(s1.patients) <= set(s3.patients)
+    assert (s1.images[0] == s3.images[0]).all()
+    from fewshot_transfer import learners
+
+    a = bench.context(learners.get("scratch"), 3, 0).support
+    b = bench.context(learners.get("finetune"), 3, 0).support
+    assert (a.images == b.images).all() and (a.masks == b.masks).all()
+    pools = [set(bench.support_pool.patients), set(bench.unlabeled_pool.patients), set(bench.test_set.patients)]
+    assert not (pools[0] & pools[1]) and not (pools[0] & pools[2]) and not (pools[1] & pools[2])
+    assert not bench.unlabeled_pool.labeled.any() and not bench.unlabeled_pool.masks.any()
+
+
+def test_cells_seed_major_and_k_independent_once(tmp_path):
+    cfg = resolve_config(None, _overrides(TINY) + ["run.shots='1,2'"])
+    bench = prepare(cfg, tmp_path)
+    cells = plan_cells(bench, ["scratch", "source-only"], resolve_seeds("2"))
+    assert [c.seed for c in cells] == sorted(c.seed for c in cells)
+    assert sum(c.learner == "source-only" for c in cells) == 2
+
+
+def test_resume_after_kill_has_one_row_per_cell(tmp_path):
+    """Kill `ftbench run` mid-grid, rerun: every cell exactly once, none lost."""
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "fewshot_transfer.cli", "run", *TINY, "--set", "train.steps=30", "--shots", "1,2,3",
+           "--learners", "scratch,finetune", "--seeds", "2", "--out", str(out), "--no-progress"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    cells_dir = out / "cells"
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(cells_dir.glob("*.json"))) < 2:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done_before = len(list(cells_dir.glob("*.json")))
+    assert 2 <= done_before < 12, "the kill should land mid-grid"
+    subprocess.run(cmd, env=env, check=True, capture_output=True)
+    files = sorted(p.name for p in cells_dir.glob("*.json"))
+    assert len(files) == 12 and len(set(files)) == 12
+    rows = json.loads((out / "leaderboard.json").read_text())["rows"]
+    assert len(rows) == 6 and all(r["n_seeds"] == 2 for r in rows)
+    assert not list(cells_dir.glob(".*.tmp"))
+
+
+def test_refuses_to_mix_configs(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["run", *TINY, "--shots", "1", "--learners", "scratch", "--seeds", "1", "--out", str(out), "--no-progress"]) == 0
+    rc = main(["run", *TINY, "--set", "train.steps=6", "--shots", "1", "--learners", "scratch", "--seeds", "1", "--out", str(out), "--no-progress"])
+    assert rc == 1
+    assert "train.steps" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv,match",
+    [
+        (["--learners", "nope"], "unknown learner 'nope'"),
+        (["--shots", "abc"], "abc"),
+        (["--shots", "100000"], "exceeds"),
+        (["--device", "cuda:7"], "cuda"),
+    ],
+)
+def test_bad_run_arguments(tmp_path, capsys, argv, match):
+    import torch
+
+    if "cuda:7" in argv and torch.cuda.is_available():
+        pytest.skip("CUDA present")
+    rc = main(["run", *TINY, "--seeds", "1", "--out", str(tmp_path / "r"), "--no-progress", *argv])
+    assert rc == 1
+    assert match in capsys.readouterr().err
