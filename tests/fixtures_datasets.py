@@ -143,7 +143,9 @@ def write_spec(root: Path, **fields: object) -> Path:
     return root / "dataset.json"
 
 
-def write_manifest(root: Path, rows: list[dict], columns: tuple[str, ...] = ("image", "mask", "patient", "split", "slice")) -> Path:
+def write_manifest(
+    root: Path, rows: list[dict], columns: tuple[str, ...] = ("image", "mask", "patient", "split", "slice")
+) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     with (root / "manifest.csv").open("w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(columns), extrasaction="ignore")
@@ -245,7 +247,8 @@ def build_covid19_ct_seg(src: Path, *, n_cases: int = 4, combined: bool = False,
         write_nifti(src / "ct_scans" / scan, stored)
         infection = (case.labels == 1) | (case.labels == 2)
         if combined:
-            write_nifti(src / "lung_and_infection_mask" / mask, np.where(infection, 3, case.lung + case.lung * (np.arange(SIZE) > SIZE / 2)).astype(np.uint8))
+            sides = case.lung + case.lung * (np.arange(SIZE) > SIZE / 2)
+            write_nifti(src / "lung_and_infection_mask" / mask, np.where(infection, 3, sides).astype(np.uint8))
         else:
             write_nifti(src / "infection_mask" / mask, infection.astype(np.uint8))
         if lungs:
@@ -256,7 +259,9 @@ def build_covid19_ct_seg(src: Path, *, n_cases: int = 4, combined: bool = False,
     return exp
 
 
-def build_mosmed(src: Path, *, labeled: tuple[str, ...] = ("study_0255", "study_0256"), unlabeled: tuple[str, ...] = ("study_0001",)) -> Expected:
+def build_mosmed(
+    src: Path, *, labeled: tuple[str, ...] = ("study_0255", "study_0256"), unlabeled: tuple[str, ...] = ("study_0001",)
+) -> Expected:
     """MosMedData: studies/CT-0 (unlabeled) and studies/CT-1 (with masks/<study>_mask.nii.gz)."""
     exp = Expected(src)
     entries = [(s, "CT-0", False) for s in unlabeled] + [(s, "CT-1", True) for s in labeled]
@@ -299,7 +304,9 @@ def build_msd(src: Path, *, v2: bool = True, n_cases: int = 2, test_cases: int =
     """MSD (v1 names, ``labels`` value->name) or nnU-Net v2 (``_0000`` names, name->value) folder."""
     meta: dict = {"name": "Task99_Toy", "description": "toy lesion task"}
     if v2:
-        meta.update({"channel_names": {"0": "CT"}, "labels": {"background": 0, "ggo": 1, "consolidation": 2}, "file_ending": ".nii.gz"})
+        meta.update(
+            {"channel_names": {"0": "CT"}, "labels": {"background": 0, "ggo": 1, "consolidation": 2}, "file_ending": ".nii.gz"}
+        )
     else:
         meta.update({"modality": {"0": "CT"}, "labels": {"0": "background", "1": "ggo", "2": "consolidation"}})
     src.mkdir(parents=True, exist_ok=True)

@@ -22,18 +22,20 @@ def bench(tmp_path_factory):
     return prepare(resolve_config(None, overrides), tmp_path_factory.mktemp("bench"))
 
 
-def _dice(bench, segmenter) -> float:
-    summary, _ = evaluate(segmenter.predict(bench.test_set.images), bench.test_set.masks)
+def _dice(data, segmenter) -> float:
+    summary, _ = evaluate(segmenter.predict(data.images), data.masks)
     return summary["dice"]
 
 
 @pytest.mark.parametrize("name", ["scratch", "source-only", "finetune", "joint"])
 def test_baseline_learns(bench, name):
+    """Target learners are judged on the target test set; source-only (zero-shot) on source validation."""
     cls = learners.get(name)
     ctx = bench.context(cls, 3, seed=0)
-    untrained = _dice(bench, ctx.segmenter(ctx.new_model()))
+    data = bench.source_val if name == "source-only" else bench.test_set
+    untrained = _dice(data, ctx.segmenter(ctx.new_model()))
     segmenter = cls().fit(ctx)
-    trained = _dice(bench, segmenter)
+    trained = _dice(data, segmenter)
     assert trained > untrained + 0.05, (name, untrained, trained)
     for phase in {r["phase"] for r in ctx.curves.rows}:
         seg = [r["seg"] for r in ctx.curves.rows if r["phase"] == phase]

@@ -20,7 +20,8 @@ def _cache(tmp_path, monkeypatch):
 
 def test_phantom_then_info(tmp_path, capsys):
     out = tmp_path / "covid"
-    assert main(["data", "phantom", "--domain", "covid", "--patients", "3", "--slices", "4", "--size", "32", "--out", str(out)]) == 0
+    args = ["data", "phantom", "--domain", "covid", "--patients", "3", "--slices", "4", "--size", "32", "--out", str(out)]
+    assert main(args) == 0
     assert len(read_manifest(out)) == 3
     assert "wrote phantom covid: 3 patients x 4 slices" in capsys.readouterr().out
     assert main(["data", "info", str(out), "--size", "32"]) == 0
@@ -75,7 +76,8 @@ def test_import_check_and_bad_labels(tmp_path, capsys):
 def test_preview_dir_and_phantom(tmp_path, capsys):
     exp = build_nifti_dataset(tmp_path / "ds")
     png = tmp_path / "grid.png"
-    assert main(["data", "preview", str(exp.root), "covid", "--out", str(png), "--n", "4", "--size", "32", "--patients", "2"]) == 0
+    args = ["data", "preview", str(exp.root), "covid", "--out", str(png), "--n", "4", "--size", "32", "--patients", "2"]
+    assert main(args) == 0
     assert png.stat().st_size > 1000 and png.read_bytes()[:4] == b"\x89PNG"
     assert f"wrote {png}" in capsys.readouterr().out
 

@@ -47,7 +47,8 @@ def test_files_dtypes_and_affine(tmp_path, volumes):
     img = nib.load(out / rows[0].image)
     assert img.get_data_dtype() == np.int16
     assert img.shape == (48, 48, 5)
-    np.testing.assert_allclose(img.header.get_zooms(), [volumes[0].spacing_mm[1], volumes[0].spacing_mm[0], volumes[0].spacing_mm[2]], rtol=1e-6)
+    row, col, thick = volumes[0].spacing_mm
+    np.testing.assert_allclose(img.header.get_zooms(), [col, row, thick], rtol=1e-6)
     np.testing.assert_array_equal(np.asarray(img.dataobj)[:, :, 2].T, hu_to_storage(volumes[0].hu[2], "hu"))
     assert nib.load(out / rows[0].mask).get_data_dtype() == np.uint8
     assert nib.load(out / rows[0].lung).get_data_dtype() == np.uint8

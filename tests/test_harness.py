@@ -54,7 +54,7 @@ def test_cli_run_writes_leaderboard(tmp_path, capsys):
 
 
 def test_support_sets_are_paired_and_nested(tmp_path):
-    cfg = resolve_config(None, _overrides(TINY))
+    cfg = resolve_config(None, _overrides(TINY) + ["run.shots='1,3'"])
     bench = prepare(cfg, tmp_path)
     s1, s3 = bench.support_set(1, 0), bench.support_set(3, 0)
     assert set(s1.patients) <= set(s3.patients)

@@ -208,3 +208,12 @@ def test_helpers():
         parse_label_list("ggo")
     with pytest.raises(DatasetError, match="unknown import kind"):
         import_dataset("dicom", "/tmp", "/tmp/x")
+
+
+def test_info_warns_when_official_split_leaks(tmp_path):
+    exp = build_folder(tmp_path / "src")
+    table = exp.root / "list.csv"
+    table.write_text(table.read_text().replace("pat1,test", "pat0,test"))
+    _, data = _load(tmp_path, "folder", exp)
+    warnings = summarize(data).warnings
+    assert any("both train and test" in w and "pat0" in w for w in warnings)

@@ -283,7 +283,10 @@ def test_load_domain_phantom_matches_generator_and_caches(tmp_path):
 
 def test_load_domain_phantom_profile_override(tmp_path):
     data = load_domain(
-        "phantom:cap", size=32, cache_dir=tmp_path, phantom={"n_patients": 2, "n_slices": 2, "profile": {"intensity": "windowed-uint8"}}
+        "phantom:cap",
+        size=32,
+        cache_dir=tmp_path,
+        phantom={"n_patients": 2, "n_slices": 2, "profile": {"intensity": "windowed-uint8"}},
     )
     (export,) = (tmp_path / "phantoms").iterdir()
     assert json.loads((export / "dataset.json").read_text())["intensity"] == "windowed-uint8"

@@ -11,6 +11,7 @@ _FORMAT = (
     "A dataset is a folder with dataset.json (intensity convention, lesion labels, spacing) and "
     "manifest.csv (image,mask,patient,split,slice; one row per image or volume)."
 )
+_CACHE_HELP = "decoded-dataset cache (default $FTBENCH_CACHE/datasets or ~/.cache/ftbench/datasets)"
 _KIND_HELP = {
     "medseg": "MedSeg COVID-19 #1 (tr_im/tr_mask/val_im.nii.gz) and/or #2 (rp_im/, rp_msk/)",
     "covid19-ct-seg": "COVID-19-CT-Seg, Ma et al. 20 cases (ct_scans/, infection_mask/)",
@@ -80,7 +81,7 @@ def _register_import(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--force", action="store_true", help="replace DIR if it exists")
     p.add_argument("--check", action="store_true", help="load the result once (fills the cache) and print its summary")
     p.add_argument("--size", type=int, default=64, help="slice size for --check (default 64)")
-    p.add_argument("--cache-dir", type=Path, help="decoded-dataset cache (default $FTBENCH_CACHE/datasets or ~/.cache/ftbench/datasets)")
+    p.add_argument("--cache-dir", type=Path, help=_CACHE_HELP)
     p.set_defaults(func=_cmd_import)
 
 
@@ -129,11 +130,7 @@ def _register_phantom(sub: argparse._SubParsersAction) -> None:
 
 def _add_load_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--size", type=int, default=64, help="slice size the data is loaded at (default 64)")
-    p.add_argument(
-        "--cache-dir",
-        type=Path,
-        help="decoded-dataset cache (default $FTBENCH_CACHE/datasets or ~/.cache/ftbench/datasets)",
-    )
+    p.add_argument("--cache-dir", type=Path, help=_CACHE_HELP)
 
 
 def _usage(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:

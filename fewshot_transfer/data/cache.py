@@ -168,7 +168,10 @@ def store(cache_dir: Path, key: str, data: SliceSet) -> SliceSet:
         os.replace(tmp, entry_path(cache_dir, key))
         tmp = None
     except OSError as err:
-        _warn(f"cannot write dataset cache in {cache_dir} ({err}); continuing without the cache (set {ENV_VAR} to a writable folder)")
+        _warn(
+            f"cannot write dataset cache in {cache_dir} ({err}); continuing without the cache "
+            f"(set {ENV_VAR} to a writable folder)"
+        )
     finally:
         if tmp is not None:
             tmp.unlink(missing_ok=True)

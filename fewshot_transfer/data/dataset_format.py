@@ -331,7 +331,9 @@ def atomic_dir(out_dir: Path | str, *, overwrite: bool = False) -> Iterator[Path
     if out.exists() and not out.is_dir():
         raise DatasetError(f"output {out} exists and is not a folder; choose another output path")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise DatasetError(f"output folder {out} already exists and is not empty; choose another folder or overwrite it (--force)")
+        raise DatasetError(
+            f"output folder {out} already exists and is not empty; choose another folder or overwrite it (--force)"
+        )
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
@@ -368,7 +370,9 @@ def _parse_row(rec: dict[str, str], line: int, path: Path) -> ManifestRow:
         try:
             z = int(slice_text)
         except ValueError:
-            raise DatasetError(f"{path}: line {line}: slice {slice_text!r} is not an integer; leave it empty for all slices") from None
+            raise DatasetError(
+                f"{path}: line {line}: slice {slice_text!r} is not an integer; leave it empty for all slices"
+            ) from None
         if z < 0:
             raise DatasetError(f"{path}: line {line}: slice {z} is negative; z indices start at 0")
     intensity = rec.get("intensity", "")

@@ -133,7 +133,9 @@ def _warnings(data: SliceSet, info: DatasetInfo, meta: dict) -> list[str]:
             split_of.setdefault(patient, set()).add(split)
     crossing = sorted(p for p, s in split_of.items() if len(s) > 1)
     if crossing:
-        out.append(f"{len(crossing)} patient(s) have slices in both train and test (e.g. {crossing[:3]}): the official split leaks")
+        out.append(
+            f"{len(crossing)} patient(s) have slices in both train and test (e.g. {crossing[:3]}): the official split leaks"
+        )
     if info.labeled == 0:
         out.append("no labeled slices: usable only as unlabeled data")
     elif info.positive_share == 0:
@@ -164,12 +166,12 @@ def render(info: DatasetInfo, console: Console | None = None) -> None:
         ("intensity", f"{info.intensity} (window {info.window[0]:g}..{info.window[1]:g} HU)" + _mixed(info.row_intensity)),
         ("lesion labels", ", ".join(f"{v} {info.labels.get(str(v), '')}".strip() for v in info.lesion_labels)),
         ("other labels", ", ".join(f"{k} {v}" for k, v in info.labels.items() if int(k) not in info.lesion_labels) or "-"),
-        ("spacing (row, col)", "unknown" if info.spacing_mm is None else " x ".join(f"{v:.3g}" for v in info.spacing_mm) + " mm (native)"),
+        ("spacing (row, col)", _spacing(info.spacing_mm)),
         ("lung masks", "yes" if info.has_lungs else "no"),
-        ("lesion-positive slices", pct(info.positive_share) + " of labeled" if info.labeled else "-"),
+        ("lesion-positive slices", _pct(info.positive_share) + " of labeled" if info.labeled else "-"),
         ("lesion fraction", (
-            f"median {pct(lf['p50_positive'])} (p10 {pct(lf['p10_positive'])}, p90 {pct(lf['p90_positive'])}) "
-            f"of positive slices; mean {pct(lf['mean_labeled'])} over labeled"
+            f"median {_pct(lf['p50_positive'])} (p10 {_pct(lf['p10_positive'])}, p90 {_pct(lf['p90_positive'])}) "
+            f"of positive slices; mean {_pct(lf['mean_labeled'])} over labeled"
         ) if "p50_positive" in lf else "-"),
     ]
     for key, value in rows:
@@ -186,7 +188,7 @@ def render(info: DatasetInfo, console: Console | None = None) -> None:
         console.print(f"[yellow]warning:[/yellow] {warning}")
 
 
-def pct(value: float) -> str:
+def _pct(value: float) -> str:
     return f"{100 * value:.2f}%"
 
 
@@ -194,3 +196,9 @@ def _mixed(row_intensity: dict[str, int]) -> str:
     if len(row_intensity) < 2:
         return ""
     return "; per manifest row: " + ", ".join(f"{n} {k}" for k, n in sorted(row_intensity.items()))
+
+
+def _spacing(spacing_mm: list[float] | None) -> str:
+    if spacing_mm is None:
+        return "unknown"
+    return " x ".join(f"{v:.3g}" for v in spacing_mm) + " mm (native)"

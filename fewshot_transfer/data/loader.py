@@ -268,10 +268,13 @@ class _Decoder:
         unknown = sorted(set(values) - self.spec.allowed_mask_values())
         if unknown:
             shown = ", ".join(str(v) for v in unknown[:10]) + (" ..." if len(unknown) > 10 else "")
+            lossy = ""
+            if path.suffix.lower() in (".jpg", ".jpeg"):
+                lossy = " (JPEG masks are lossy and smear label values: store masks as PNG or NIfTI)"
             raise DatasetError(
                 f"{path}: mask values {shown} are not declared (lesion_labels {list(self.spec.lesion_labels)}, "
                 f"known labels {sorted(self.spec.allowed_mask_values())}); if they are lesion add them to "
-                f"\"lesion_labels\", if not add them to \"labels\" or \"other_labels\" in {self.root / DATASET_JSON}"
+                f"\"lesion_labels\", if not add them to \"labels\" or \"other_labels\" in {self.root / DATASET_JSON}{lossy}"
             )
         return np.isin(labels, self.spec.lesion_labels).astype(np.uint8)
 
@@ -299,7 +302,10 @@ def _decode(root: Path, spec: DatasetSpec, rows: list[ManifestRow], *, size: int
     manifest = root / MANIFEST_CSV
     with_lungs = all(row.lung for row in rows)
     if not with_lungs and any(row.lung for row in rows):
-        decoder.warn(f"{manifest}: only some rows have a lung mask; lung masks are ignored (give every row one to use them)", "dataset")
+        decoder.warn(
+            f"{manifest}: only some rows have a lung mask; lung masks are ignored (give every row one to use them)",
+            "dataset",
+        )
     images, masks, lungs, labeled, patients, slice_index, splits, spacing = ([] for _ in range(8))
     counters: Counter[str] = Counter()
     native_shapes: Counter[str] = Counter()

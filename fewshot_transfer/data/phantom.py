@@ -1,8 +1,8 @@
 """Synthetic chest-CT phantom: the embedded default benchmark (CAP source, COVID-19 target).
 
-No public CT may ship with the toolkit, yet every learner, test and tutorial needs two
-lesion-segmentation domains that differ the way CAP and COVID-19 differ. This module
-draws them: short stacks of axial slices in HU, with a lesion mask and a lung mask,
+The public CT datasets cannot be downloaded at run time and no test may need them, yet
+every learner, test and tutorial needs two lesion-segmentation domains that differ the
+way CAP and COVID-19 differ. This module draws them: short stacks of axial slices in HU, with a lesion mask and a lung mask,
 deterministic from ``(seed, domain, patient index)``.
 
 * Anatomy (``phantom_anatomy``): body outline, fat, muscle, ribs, spine, mediastinum,
@@ -40,7 +40,7 @@ from fewshot_transfer.data.phantom_anatomy import (
     smooth_noise,
     vessel_alpha,
 )
-from fewshot_transfer.data.phantom_lesions import AIR_BRONCHOGRAM_HU, DISEASES
+from fewshot_transfer.data.phantom_lesions import AIR_BRONCHOGRAM_HU, DISEASES, Disease
 from fewshot_transfer.data.slices import SliceSet, hu_to_unit
 
 #: Bump whenever the generator's output changes, so cached phantoms are invalidated.
@@ -156,6 +156,16 @@ def apply_scanner(hu: np.ndarray, profile: ScannerProfile, rng: np.random.Genera
     return np.clip(out, *HU_RANGE).astype(np.float32, copy=False)
 
 
+def _compose(hu: np.ndarray, lung: np.ndarray, vessels: np.ndarray, disease: Disease) -> np.ndarray:
+    """Layer the disease over the normal chest (in place): lesion tissue, then the vessels
+    (still visible through ground glass), then air bronchograms, then pleural fluid."""
+    hu += disease.alpha * (disease.hu - hu)
+    hu += (vessels * lung) * (BLOOD_HU - hu)
+    hu += disease.air * (AIR_BRONCHOGRAM_HU - hu)
+    hu[disease.effusion] = disease.effusion_hu
+    return hu
+
+
 def generate_patient(
     domain: str,
     index: int,
@@ -166,25 +176,27 @@ def generate_patient(
     profile: ScannerProfile | None = None,
     effusion_as_lesion: bool = False,
 ) -> PhantomVolume:
-    """Draw patient ``index`` of ``domain``: anatomy, disease, then the scanner."""
+    """Draw patient ``index`` of ``domain``: anatomy, disease, then the scanner.
+
+    ``profile`` defaults to ``DEFAULT_PROFILES[domain]``. Pleural effusion (common in
+    CAP, rare in COVID-19) is never part of the lung mask; it joins the lesion mask only
+    with ``effusion_as_lesion=True``. The same (seed, domain, index) gives the same
+    anatomy and lesions at any ``size``; only the scanner noise is drawn per pixel.
+    """
     _check(domain, size, n_slices)
     if index < 0:
         raise ValueError(f"patient index must be >= 0, got {index}")
-    profile = profile or DEFAULT_PROFILES[domain]
+    if profile is None:
+        profile = DEFAULT_PROFILES[domain]
     r_anat, r_vessel, r_disease, r_tex, r_noise = _patient_rngs(seed, domain, index)
     frame = make_frame(size, n_slices)
 
     anat = draw_thorax(frame, draw_thorax_params(r_anat), smooth_noise(r_tex, frame, 0.15, 0.2))
     vessels = vessel_alpha(frame, anat, r_vessel)
     disease = DISEASES[domain](frame, anat, r_disease, r_tex)
-
     lung = (anat.lungs[RIGHT] | anat.lungs[LEFT]) & ~disease.effusion
-    hu = anat.hu
-    hu += disease.alpha * (disease.hu - hu)
-    hu += (vessels * lung) * (BLOOD_HU - hu)
-    hu += disease.air * (AIR_BRONCHOGRAM_HU - hu)
-    hu[disease.effusion] = disease.effusion_hu
-    lesion = disease.mask | (disease.effusion if effusion_as_lesion else False)
+    hu = _compose(anat.hu, lung, vessels, disease)
+    lesion = disease.mask | disease.effusion if effusion_as_lesion else disease.mask
 
     spacing = FIELD_OF_VIEW_MM / size
     return PhantomVolume(

@@ -8,7 +8,7 @@ image size, a patient looks the same at 64 or 128 pixels. Speed comes from keepi
 every step a handful of whole-stack numpy operations: ellipses are sums of an
 ``[Z, 1, W]`` and an ``[Z, H, 1]`` term, thin structures (vessels, bronchi, nodules)
 are splatted as points and blurred once, and texture is a separable sum of Gaussian
-bumps (a few small matrix products).
+bumps (a few small tensor contractions).
 """
 
 from __future__ import annotations
@@ -121,8 +121,10 @@ def smooth_noise(rng: np.random.Generator, frame: Frame, scale: float, z_scale: 
     gy = _rbf_basis(frame.y, scale)
     gz = np.eye(frame.n_slices, dtype=np.float32) if z_scale is None else _rbf_basis(frame.t, z_scale)
     coef = rng.standard_normal((gz.shape[1], gy.shape[1], gx.shape[1]), dtype=np.float32)
+    # numpy's own einsum loops, not BLAS: multithreaded BLAS on these small products can
+    # slow down a hundredfold when the machine is busy (its threads spin for free cores).
     coef = np.einsum("za,abc->zbc", gz, coef)  # contract the small axis first: few flops
-    return np.matmul(gy, coef @ gx.T)
+    return np.einsum("yb,zbw->zyw", gy, np.einsum("zbc,wc->zbw", coef, gx))
 
 
 def splat(frame: Frame, z: np.ndarray, xs: np.ndarray, ys: np.ndarray, w: np.ndarray) -> np.ndarray:

@@ -185,13 +185,14 @@ def covid_disease(frame: Frame, anat: Anatomy, rng: np.random.Generator, tex: np
     total, *weighted = acc
 
     base = total * subpleural_weight(frame, any_lung, 0.09 + 0.03 * severity)
-    field = base + 0.3 * smooth_noise(tex, frame, 0.045, 0.12) * smoothstep(base, 0.1, 0.4)
+    grain = smooth_noise(tex, frame, 0.05, 0.12)  # ragged margins and patchy density, one field
+    field = base + 0.3 * grain * smoothstep(base, 0.1, 0.4)
     mask = (field > 0.5) & any_lung
     alpha = smoothstep(field, 0.42, 0.6) * any_lung
     _clear_slivers(frame, mask, alpha)
 
     inv = 1.0 / np.maximum(total, 1e-6)
-    hu = weighted[0] * inv + 45.0 * smooth_noise(tex, frame, 0.05, None)
+    hu = weighted[0] * inv + 45.0 * grain
     if f["crazy"].any():
         hu += weighted[1] * inv * _crazy_paving(frame, tex)
     core_level = uniform(rng, -200.0, -60.0)
@@ -350,7 +351,8 @@ def cap_disease(frame: Frame, anat: Anatomy, rng: np.random.Generator, tex: np.r
             second = other[int(rng.integers(0, len(other)))]
             occupancy = np.maximum(occupancy, _consolidation_field(frame, anat, rng, second, segmental=True)[0])
 
-    field = occupancy + 0.28 * smooth_noise(tex, frame, 0.08, 0.15) * smoothstep(occupancy, 0.1, 0.4)
+    grain = smooth_noise(tex, frame, 0.06, 0.15)  # ragged margins and patchy density, one field
+    field = occupancy + 0.28 * grain * smoothstep(occupancy, 0.1, 0.4)
     n_clusters = int(rng.poisson(0.8)) + (0 if has_lobar else 2)
     buds = _tree_in_bud(frame, anat, lungs, rng, n_clusters)
     mask = ((field > 0.5) | (buds > 0.4)) & any_lung
@@ -359,7 +361,7 @@ def cap_disease(frame: Frame, anat: Anatomy, rng: np.random.Generator, tex: np.r
     _clear_slivers(frame, mask, alpha, air)
 
     level = uniform(rng, -60.0, 30.0)
-    hu = level + 22.0 * smooth_noise(tex, frame, 0.05, None)
+    hu = level + 22.0 * grain
     return Disease(alpha, hu, mask, air, effusion, uniform(rng, 5.0, 20.0))
 
 

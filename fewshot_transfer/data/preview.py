@@ -20,7 +20,7 @@ POSITIVE_SHARE = 0.75
 
 
 def pick_rows(ss: SliceSet, n: int, rng: np.random.Generator) -> np.ndarray:
-    """About 3/4 lesion-positive and 1/4 lesion-free rows, spread over patients, sorted."""
+    """About 3/4 lesion-positive then 1/4 lesion-free rows, each group spread over patients."""
     frac = ss.lesion_fraction()
     pos = np.flatnonzero(frac > 0)
     neg = np.flatnonzero(frac == 0)

@@ -128,7 +128,9 @@ def _load_nifti(path: Path) -> Any:
     try:
         return nib.load(str(path))
     except (ImageFileError, OSError, EOFError, zlib.error, ValueError) as err:
-        raise DatasetError(f"{path}: not a readable NIfTI file ({type(err).__name__}: {err}); re-download or re-export it") from None
+        raise DatasetError(
+            f"{path}: not a readable NIfTI file ({type(err).__name__}: {err}); re-download or re-export it"
+        ) from None
 
 
 def _decode(path: Path, fn: Callable[[], np.ndarray]) -> np.ndarray:

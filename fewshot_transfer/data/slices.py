@@ -30,7 +30,7 @@ def unit_to_hu(x: np.ndarray, window: tuple[float, float] = LUNG_WINDOW) -> np.n
     return np.asarray(x, dtype=np.float32) * (hi - lo) + lo
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class SliceSet:
     """Slices of one dataset (or one pool of it), all resized to one ``H x W``.
 

@@ -97,6 +97,7 @@ def build_rows(records: list[dict]) -> list[dict]:
                 "dice_hi": hi,
                 "dice_global": gm,
                 "hd95": hd95,
+                "hd95_unit": any_rec.get("hd95_unit", "px"),
                 "gain": gain["mean"],
                 "gain_lo": gain["lo"],
                 "gain_hi": gain["hi"],
@@ -141,7 +142,7 @@ def fmt_gain(row: dict) -> str:
 
 
 MD_HEADER = (
-    "| rank | learner | k | labeled frac | Dice (mean ± 95% CI) | gain vs scratch | p | global Dice | HD95 px | pred / true lesion frac | seeds | notes |\n"
+    "| rank | learner | k | labeled frac | Dice (mean ± 95% CI) | gain vs scratch | p | global Dice | HD95 | pred / true lesion frac | seeds | notes |\n"
     "|---:|---|---:|---:|---|---|---:|---:|---:|---|---:|---|\n"
 )
 
@@ -176,7 +177,7 @@ def to_markdown(
         for r in sub:
             out.append(
                 f"| {r.get('rank', '')} | {r['learner']} | {r['k']} | {r['labeled_fraction']:.3f} | {fmt_ci(r['dice'], r['dice_lo'], r['dice_hi'])} "
-                f"| {fmt_gain(r)} | {'' if math.isnan(r['gain_p']) else f'{r['gain_p']:.3g}'} | {r['dice_global']:.3f} | {r['hd95']:.1f} "
+                f"| {fmt_gain(r)} | {'' if math.isnan(r['gain_p']) else format(r['gain_p'], '.3g')} | {r['dice_global']:.3f} | {r['hd95']:.1f} {r['hd95_unit']} "
                 f"| {r['pred_fraction']:.4f} / {r['true_fraction']:.4f} | {r['n_seeds']} | {row_notes(r)} |\n"
             )
     for text in sections or []:

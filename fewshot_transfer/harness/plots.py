@@ -51,6 +51,8 @@ def transfer_gain_plot(rows: list[dict], path: Path) -> Path:
         if name == BASELINE:
             continue
         gain = np.array([r["gain"] for r in sub])
+        if not np.isfinite(gain).any():  # no paired scratch cells in this run: nothing to draw
+            continue
         ax_gain.plot(x, gain, "o-", color=color, label=name)
         ax_gain.fill_between(x, [r["gain_lo"] for r in sub], [r["gain_hi"] for r in sub], color=color, alpha=0.15)
         for r in sub:
@@ -69,7 +71,8 @@ def transfer_gain_plot(rows: list[dict], path: Path) -> Path:
     ax_dice.set_ylabel("Dice (mean over seeds, 95% CI)")
     ax_dice.set_title("Dice vs labeled fraction")
     ax_dice.legend(fontsize=8, loc="lower right")
-    ax_gain.legend(fontsize=8, loc="upper right")
+    if ax_gain.get_legend_handles_labels()[0]:
+        ax_gain.legend(fontsize=8, loc="upper right")
     fig.tight_layout()
     out = _save(fig, Path(path))
     plt.close(fig)

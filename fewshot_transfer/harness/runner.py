@@ -25,7 +25,7 @@ from fewshot_transfer.config import config_hash
 from fewshot_transfer.harness.benchmark import Benchmark
 from fewshot_transfer.harness.store import CellSpec, CellStore, write_csv
 from fewshot_transfer.learners.base import ProgressCallback, TrainingDiverged
-from fewshot_transfer.metrics import evaluate
+from fewshot_transfer.metrics import evaluate, hd95_unit
 
 log = logging.getLogger(__name__)
 
@@ -148,6 +148,7 @@ def run_cell(bench: Benchmark, spec: CellSpec, callback: ProgressCallback | None
     record.update(
         status="ok",
         metrics=summary,
+        hd95_unit=hd95_unit(test.spacing, len(test)),
         per_slice={
             "patient": test.patients.tolist(),
             "dice": [row.get("dice", float("nan")) for row in per_slice],

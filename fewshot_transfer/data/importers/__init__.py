@@ -77,7 +77,8 @@ def import_dataset(
     plan = plan_import(kind, src, ImportOptions(lesion_labels=lesion_labels, name=name))
     rows = [r for r in plan.rows if r.mask] if labeled_only else plan.rows
     if not rows:
-        raise DatasetError(f"{src}: the {kind} importer found no {'labeled ' if labeled_only else ''}images; expected {layout_help(kind)}")
+        what = "labeled images" if labeled_only else "images"
+        raise DatasetError(f"{src}: the {kind} importer found no {what}; expected {layout_help(kind)}")
     needed = sorted({rel for r in rows for rel in (r.image, r.mask, r.lung) if rel})
     placed: Counter = Counter()
     with atomic_dir(out, overwrite=overwrite) as tmp:

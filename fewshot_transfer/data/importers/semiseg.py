@@ -62,7 +62,9 @@ def plan(src: Path, options: ImportOptions) -> Plan:
     if options.lesion_labels and options.lesion_labels != (255,):
         notes.append("--lesion-labels ignored: COVID-SemiSeg masks are binary (imported as 0/255)")
     counts = {s: sum(1 for r in rows if r.split == s) for s in ("train", "test", "unlabeled")}
-    notes.append(f"{counts['train']} train, {counts['test']} test, {counts['unlabeled']} unlabeled slices; pseudo-label GT not used")
+    notes.append(
+        f"{counts['train']} train, {counts['test']} test, {counts['unlabeled']} unlabeled slices; pseudo-label GT not used"
+    )
     spec = DatasetSpec(
         name=options.name or "covid-semiseg",
         intensity="windowed-uint8",
