@@ -90,7 +90,7 @@ def main(args: argparse.Namespace) -> int:
     from fewshot_transfer.harness.benchmark import prepare
     from fewshot_transfer.harness.outputs import render, render_curves, render_gallery
     from fewshot_transfer.harness.runner import code_version, plan_cells, resolve_learners, resolve_seeds, run_grid
-    from fewshot_transfer.harness.store import CellStore, atomic_write_text
+    from fewshot_transfer.harness.store import atomic_write_text
 
     console = Console()
     t0 = time.perf_counter()

@@ -28,7 +28,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import warnings
 import zipfile
 from pathlib import Path
@@ -36,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from fewshot_transfer.data.dataset_format import DATASET_JSON, MANIFEST_CSV
+from fewshot_transfer.atomic import atomic_open
 from fewshot_transfer.data.slices import SliceSet
 
 log = logging.getLogger(__name__)
@@ -158,23 +158,14 @@ def store(cache_dir: Path, key: str, data: SliceSet) -> SliceSet:
     payload = pack(data)
     result = unpack(payload)
     cache_dir = Path(cache_dir)
-    tmp: Path | None = None
     try:
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(prefix=f".{key}.", suffix=".npz.tmp", dir=cache_dir)
-        tmp = Path(name)
-        with os.fdopen(fd, "wb") as fh:
+        with atomic_open(entry_path(cache_dir, key), "wb") as fh:
             np.savez(fh, **payload)
-        os.replace(tmp, entry_path(cache_dir, key))
-        tmp = None
     except OSError as err:
         _warn(
             f"cannot write dataset cache in {cache_dir} ({err}); continuing without the cache "
             f"(set {ENV_VAR} to a writable folder)"
         )
-    finally:
-        if tmp is not None:
-            tmp.unlink(missing_ok=True)
     return result
 
 

@@ -7,12 +7,11 @@ function (and without pyplot), so importing the data layer stays cheap and headl
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from fewshot_transfer.atomic import atomic_open
 from fewshot_transfer.data.slices import SliceSet
 
 #: Share of tiles per block that show lesion-positive slices (when there are enough).
@@ -101,13 +100,6 @@ def preview_grid(
                  va="center", ha="left", color="white", fontsize=8)
 
     out = Path(out_png)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.stem}-", suffix=".png", dir=out.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fig.savefig(fh, format="png", dpi=110, facecolor=fig.get_facecolor())
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(out, "wb") as fh:
+        fig.savefig(fh, format="png", dpi=110, facecolor=fig.get_facecolor())
     return out

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 import fewshot_transfer
+from fewshot_transfer.atomic import atomic_open
 from fewshot_transfer import learners
 from fewshot_transfer.config import config_hash
 from fewshot_transfer.harness.benchmark import Benchmark
@@ -178,10 +179,8 @@ def gallery_rows(bench: Benchmark) -> np.ndarray:
 
 def _save_gallery(bench: Benchmark, spec: CellSpec, pred: np.ndarray) -> None:
     rows = gallery_rows(bench)
-    path = bench.out_dir / "cells" / f"{spec.cell_id}.pred.npz"
-    tmp = path.with_name(f".{path.name}.tmp.npz")
-    np.savez_compressed(tmp, rows=rows, pred=pred[rows].astype(np.uint8))
-    tmp.replace(path)
+    with atomic_open(bench.out_dir / "cells" / f"{spec.cell_id}.pred.npz", "wb") as fh:
+        np.savez_compressed(fh, rows=rows, pred=pred[rows].astype(np.uint8))
 
 
 def _save_curves(bench: Benchmark, spec: CellSpec, curves) -> None:

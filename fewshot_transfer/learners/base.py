@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from fewshot_transfer.atomic import atomic_open
 from fewshot_transfer.augment import AugmentConfig, augment_batch
 from fewshot_transfer.config import config_hash
 from fewshot_transfer.data.slices import SliceSet
@@ -118,10 +119,8 @@ class ModelCache:
                 log.warning("discarding unreadable cached model %s (%s)", p, exc)
         self.misses += 1
         obj = train()
-        p.parent.mkdir(parents=True, exist_ok=True)
-        tmp = p.with_suffix(f".tmp{time.time_ns()}")
-        torch.save(obj, tmp)
-        tmp.replace(p)
+        with atomic_open(p, "wb") as fh:
+            torch.save(obj, fh)
         self._memory[tag] = obj
         return copy.deepcopy(obj)
 
