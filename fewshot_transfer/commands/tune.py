@@ -56,7 +56,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--timeout", type=float, help="stop starting new trials after this many seconds")
     p.add_argument("--storage", help="Optuna storage URL (default sqlite:///OUT/study.db); postgresql://... to share across machines")
     p.add_argument("--study", help="study name (default LEARNER-kSHOTS)")
-    p.add_argument("--out", default="runs/tune", help="output directory: study.db, best.toml, trials/, cache/ (default runs/tune)")
+    p.add_argument("--out", default="runs/tune", help="output directory: study.db, best.toml, trials/ (default runs/tune)")
     p.add_argument("--config", help="TOML config the study runs with (default: the quick profile)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config key (as in ftbench run)")
     p.add_argument("--device", help="cpu, cuda or cuda:N")
@@ -64,6 +64,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--startup-trials", type=int, default=5, help="median pruner: complete trials before pruning starts (default 5)")
     p.add_argument("--warmup-episodes", type=int, default=1, help="never prune before this episode index (default 1: after two episodes at the earliest)")
     p.add_argument("--val-fraction", type=float, default=0.5, help="share of the support pool's patients used for validation (default 0.5)")
+    p.add_argument("--enqueue", action="append", default=[], metavar="NAME=VALUE[,NAME=VALUE]",
+                   help="evaluate this parameter set first (repeatable; skipped when the study already has it), "
+                   "e.g. --enqueue lr=0.0005,steps=150 to make sure the defaults are among the candidates")
     p.add_argument("--sampler-seed", type=int, help="seed of the TPE sampler (leave unset when several workers share a study)")
     p.add_argument("--heartbeat", type=int, default=60, help="seconds between heartbeats of a running trial (default 60)")
     p.add_argument("--grace", type=int, default=180, help="seconds without a heartbeat before a trial counts as dead and is retried (default 180)")
@@ -79,6 +82,24 @@ def build_config(args: argparse.Namespace) -> dict:
     if args.device:
         overrides.append(f"run.device={json.dumps(args.device)}")
     return resolve_config(args.config, overrides)
+
+
+def parse_enqueue(items: list[str], searched: list[str]) -> list[dict]:
+    """``["lr=1e-3,steps=100", ...]`` -> parameter dicts (names must be searched ones)."""
+    from fewshot_transfer.config import parse_value
+
+    out = []
+    for item in items:
+        params = {}
+        for part in filter(None, (x.strip() for x in item.split(","))):
+            if "=" not in part:
+                raise ValueError(f"--enqueue {item!r}: expected NAME=VALUE[,NAME=VALUE]")
+            name, raw = (x.strip() for x in part.split("=", 1))
+            if name not in searched:
+                raise ValueError(f"--enqueue {item!r}: {name!r} is not searched (searched: {', '.join(searched)})")
+            params[name] = parse_value(raw)
+        out.append(params)
+    return out
 
 
 def main(args: argparse.Namespace) -> int:
@@ -105,6 +126,7 @@ def main(args: argparse.Namespace) -> int:
     out = Path(args.out)
     pinned = dict(cfg.get("learners", {}).get(cls.name, {}))
     free, fixed = searched_names(cls, pinned)
+    enqueue = parse_enqueue(args.enqueue, free)
     cls.resolve_params(cfg)  # unknown pinned names fail here, before any data is loaded
     bench = prepare(cfg, out)
     val_bench, info = validation_benchmark(
@@ -122,6 +144,8 @@ def main(args: argparse.Namespace) -> int:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = make_storage(storage_url, heartbeat=args.heartbeat, grace=args.grace)
     study = open_study(spec, storage, identity(spec, info, k))
+    for params in enqueue:
+        study.enqueue_trial(params, skip_if_exists=True)
     atomic_write_text(out / "validation_split.json", json.dumps({"study": study_name, **info}, indent=2) + "\n")
     console.print(
         f"[bold]ftbench tune[/bold] {cls.name} at k={label} ({k} shots): study [bold]{study_name}[/bold] in {redact(storage_url)}\n"

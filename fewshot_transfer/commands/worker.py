@@ -41,7 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     w = sub.add_parser("worker", help="run cells of a submitted grid from a shared storage", description=WORKER_HELP,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     _common(w)
-    w.add_argument("--out", help="local run directory: cells/, cache/, split.json (default runs/grid/NAME); may be shared by workers")
+    w.add_argument("--out", help="local run directory: cells/, split.json (default runs/grid/NAME); may be shared by workers")
     w.add_argument("--device", help="cpu, cuda or cuda:N on this machine (default: the grid's run.device)")
     w.add_argument("--heartbeat", type=int, default=60, help="seconds between heartbeats of the running cell (default 60)")
     w.add_argument("--grace", type=int, default=180, help="seconds without heartbeat before another worker re-queues a cell (default 180)")

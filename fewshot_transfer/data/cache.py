@@ -51,11 +51,15 @@ class CacheWarning(UserWarning):
     """A cache entry could not be read or written; the data is decoded from source instead."""
 
 
+def cache_root() -> Path:
+    """``$FTBENCH_CACHE`` when set, else ``~/.cache/ftbench`` (datasets/ and models/ live below)."""
+    root = os.environ.get(ENV_VAR)
+    return Path(root).expanduser() if root else Path.home() / ".cache" / "ftbench"
+
+
 def default_cache_dir() -> Path:
     """``$FTBENCH_CACHE/datasets`` when the variable is set, else ``~/.cache/ftbench/datasets``."""
-    root = os.environ.get(ENV_VAR)
-    base = Path(root).expanduser() if root else Path.home() / ".cache" / "ftbench"
-    return base / "datasets"
+    return cache_root() / "datasets"
 
 
 def cache_key(root: Path, stats: dict[str, os.stat_result], settings: dict) -> str:

@@ -9,7 +9,7 @@ the model cache that lets every learner and every k share one source pretraining
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 
@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from fewshot_transfer.config import config_hash
+from fewshot_transfer.data.cache import cache_root
 from fewshot_transfer.data.loader import load_domain
 from fewshot_transfer.data.samplers import labeled_fraction, resolve_shots, support_indices, support_pool_size
 from fewshot_transfer.data.slices import SliceSet
@@ -127,9 +128,13 @@ def prepare(config: dict, out_dir: Path, *, device: str | None = None) -> Benchm
         save_split(split, split_path)
     pools = split.pools(target)
     train_p, val_p = split_source(source, val_fraction=float(sp["source_val"]), seed=int(sp["seed"]))
+    # Subsets get their own fingerprints, so cached models keyed on them follow the split.
     source_train = source.subset(source.rows_of(train_p))
-    source_train = source_train.subset(np.flatnonzero(source_train.labeled))
-    source_val = source.subset(source.rows_of(val_p))
+    source_train = replace(
+        source_train.subset(np.flatnonzero(source_train.labeled)),
+        fingerprint=config_hash([source.fingerprint, "train", sorted(train_p)]),
+    )
+    source_val = replace(source.subset(source.rows_of(val_p)), fingerprint=config_hash([source.fingerprint, "val", sorted(val_p)]))
     test = pools["test"]
     bench = Benchmark(
         config=config,
@@ -144,7 +149,7 @@ def prepare(config: dict, out_dir: Path, *, device: str | None = None) -> Benchm
         test_set=test,
         shots=[],
         device=resolve_device(device or str(config["run"]["device"])),
-        cache=ModelCache(out_dir / "cache"),
+        cache=ModelCache((cache_dir or cache_root()) / "models"),
     )
     bench.shots = resolve_shots(str(config["run"]["shots"]), bench.eligible)
     log.info(

@@ -107,6 +107,13 @@ def reproduce_command(run_dir: Path | str, learner: str, shots: str, seeds: list
     )
 
 
+def _tuned_from(config: dict, learner: str) -> str | None:
+    """The study a learner's hyperparameters came from (only learners the tuned config sets)."""
+    if config.get("tuned_from") and learner in config.get("learners", {}):
+        return str(config["tuned_from"])
+    return None
+
+
 def run_cell(bench: Benchmark, spec: CellSpec, callback: ProgressCallback | None = None, tuned_from: str | None = None) -> dict:
     """Fit one learner on one support set and evaluate it on the whole test set."""
     cls = learners.get(spec.learner)
@@ -122,7 +129,7 @@ def run_cell(bench: Benchmark, spec: CellSpec, callback: ProgressCallback | None
         "support_pool_size": bench.eligible,
         "support_patients": sorted(set(ctx.support.patients.tolist())),
         "params": ctx.params,
-        "tuned_from": tuned_from or bench.config.get("tuned_from"),
+        "tuned_from": tuned_from or _tuned_from(bench.config, spec.learner),
         "protocol": PROTOCOL_VERSION,
         "provenance": {
             "config_hash": config_hash(bench.config),

@@ -14,7 +14,7 @@ from fewshot_transfer.learners.base import Learner, LearnerContext, Segmenter, r
 class Finetune(Learner):
     name = "finetune"
     uses_source = True
-    defaults = {"lr": 0.0005}
+    defaults = {"lr": 0.001}
 
     def fit(self, ctx: LearnerContext) -> Segmenter:
         p = ctx.params

@@ -172,7 +172,6 @@ def work(
     console=None,
 ) -> dict:
     """Run queued cells of ``grid`` until none is left (or ``max_cells`` ran); returns counts."""
-    import optuna
     import torch
     from optuna.exceptions import UpdateFinishedTrialError
     from optuna.trial import TrialState

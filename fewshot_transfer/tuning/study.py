@@ -53,7 +53,6 @@ import math
 import os
 import socket
 import threading
-import time
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -141,6 +140,16 @@ def make_storage(
     except Exception as exc:
         raise ValueError(f"--storage {redact(url)!r} is not a valid database URL ({exc})") from exc
     is_sqlite = parsed.get_backend_name() == "sqlite"
+    if parsed.drivername == "postgresql":
+        # A bare postgresql:// means psycopg (3) on SQLAlchemy >= 2.1 and psycopg2 before;
+        # use whichever driver is installed (the 'distributed' extra installs psycopg2).
+        import importlib.util
+
+        for driver in ("psycopg2", "psycopg"):
+            if importlib.util.find_spec(driver) is not None:
+                parsed = parsed.set(drivername=f"postgresql+{driver}")
+                url = parsed.render_as_string(hide_password=False)
+                break
     engine_kwargs: dict[str, Any]
     if is_sqlite:
         db = parsed.database or ""
@@ -651,7 +660,3 @@ def load_config_text(text: str) -> dict:
 def jsonable(obj: Any) -> Any:
     """``obj`` as plain JSON types (numpy scalars -> float), for Optuna user attributes."""
     return json.loads(json.dumps(obj, default=float))
-
-
-def elapsed(t0: float) -> str:
-    return f"{time.perf_counter() - t0:.1f} s"

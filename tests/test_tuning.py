@@ -1,0 +1,166 @@
+"""``ftbench tune``: validation split, pruning, resume, best.toml -> ``ftbench run``."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import optuna
+import pytest
+import torch
+from optuna.trial import TrialState
+from torch import nn
+
+from fewshot_transfer.cli import main
+from fewshot_transfer.config import resolve_config
+from fewshot_transfer.harness.benchmark import prepare
+from fewshot_transfer.learners.base import REGISTRY, Learner
+from fewshot_transfer.tuning.study import PinnedTrial, make_storage, redact, searched_names, validation_benchmark
+
+from conftest import TINY
+
+
+def _overrides(args: list[str]) -> list[str]:
+    return [args[i + 1] for i in range(0, len(args), 2) if args[i] == "--set"]
+
+
+class _Threshold(nn.Module):
+    def __init__(self, t: float) -> None:
+        super().__init__()
+        self.t = t
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.t) * 50.0
+
+
+class ThresholdLearner(Learner):
+    """Test-only learner without training: lesion = pixels brighter than ``t``.
+
+    ``t`` >= 1 predicts nothing (Dice 0), small ``t`` predicts the bright tissue (Dice > 0),
+    so the order of trials below the median is known in advance.
+    """
+
+    name = "test-threshold"
+    uses_source = False
+    defaults = {"t": 0.5}
+
+    @staticmethod
+    def search_space(trial):
+        return {"t": trial.suggest_float("t", 0.0, 2.0)}
+
+    def fit(self, ctx):
+        return ctx.segmenter(_Threshold(float(ctx.params["t"])))
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One torch thread (restored afterwards): far faster than two on a busy 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def threshold_learner():
+    REGISTRY[ThresholdLearner.name] = ThresholdLearner
+    yield ThresholdLearner
+    REGISTRY.pop(ThresholdLearner.name, None)
+
+
+def test_validation_split_is_carved_from_the_support_pool(tmp_path):
+    cfg = resolve_config(None, _overrides(TINY) + ["run.shots=\"2\""])
+    bench = prepare(cfg, tmp_path)
+    vb, info = validation_benchmark(bench, "2", val_fraction=0.5, seed=0)
+    tune_p, val_p = set(info["tune_support"]), set(info["validation"])
+    assert tune_p and val_p and not tune_p & val_p
+    assert tune_p | val_p == set(bench.support_pool.patient_ids())
+    assert not (tune_p | val_p) & set(bench.split.test), "validation must never use test patients"
+    assert set(vb.test_set.patients) == val_p and set(vb.support_pool.patients) == tune_p
+    assert vb.test_set.labeled.all() and (vb.test_set.lesion_fraction() > 0).any()
+    assert vb.shots == [("2", 2)] and vb._supports is not bench._supports
+    assert set(vb.support_set(2, 0).patients) <= tune_p
+    # Deterministic: the same split for every worker and every resume.
+    assert validation_benchmark(bench, "2", val_fraction=0.5, seed=0)[1] == info
+    # The original benchmark is untouched.
+    assert set(bench.test_set.patients) == set(bench.split.test)
+
+
+def test_pinned_parameters_are_not_searched():
+    class Cls(Learner):
+        name = "x"
+
+    free, fixed = searched_names(Cls, {"steps": 7})
+    assert free == ["lr"] and fixed == ["steps"]
+    with pytest.raises(ValueError, match="fixed by"):
+        searched_names(Cls, {"steps": 7, "lr": 1e-3})
+    study = optuna.create_study()
+    trial = study.ask()
+    params = Cls.search_space(PinnedTrial(trial, {"steps": 7}))
+    assert params["steps"] == 7 and "steps" not in trial.params and "lr" in trial.params
+    assert redact("postgresql://u:secret@h:5/db") == "postgresql://u:***@h:5/db"
+
+
+def test_tune_prunes_a_trial_and_writes_best_toml(tmp_path, threshold_learner, capsys):
+    out = tmp_path / "tune"
+    args = ["tune", "test-threshold", *TINY, "--shots", "2", "--episodes", "2", "--out", str(out),
+            "--startup-trials", "2", "--warmup-episodes", "0", "--no-progress", "--sampler-seed", "0",
+            "--enqueue", "t=0.05", "--enqueue", "t=0.2", "--enqueue", "t=1.5"]
+    assert main([*args, "--trials", "3"]) == 0
+    study = optuna.load_study(study_name="test-threshold-k2", storage=f"sqlite:///{out / 'study.db'}")
+    trials = sorted(study.trials, key=lambda t: t.number)
+    assert [t.params["t"] for t in trials] == [0.05, 0.2, 1.5]
+    assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.COMPLETE, TrialState.PRUNED]
+    # The pruned trial reported one running-mean value (episode 0) and stopped.
+    assert list(trials[2].intermediate_values) == [0] and len(trials[2].user_attrs["episode_dice"]) == 1
+    for t in trials[:2]:
+        dice = t.user_attrs["episode_dice"]
+        assert len(dice) == 2 and t.value == pytest.approx(np.mean(dice)) and t.value > 0
+        assert t.intermediate_values[1] == pytest.approx(t.value)
+    best = resolve_config(out / "best.toml")
+    assert best["learners"]["test-threshold"]["t"] == study.best_trial.params["t"]
+    assert best["tuned_from"] == (
+        f"test-threshold-k2 @ sqlite:///{out / 'study.db'} trial #{study.best_trial.number} "
+        f"(val Dice {study.best_trial.value:.4f})"
+    )
+    split = json.loads((out / "validation_split.json").read_text())
+    assert not set(split["validation"]) & set(split["excluded_test"])
+    # Same study, different setup (3 episodes instead of 2): refused rather than mixed.
+    capsys.readouterr()
+    assert main([*args, "--trials", "3", "--episodes", "3"]) == 1
+    assert "different tuning setup (episodes differ)" in capsys.readouterr().err
+
+
+def test_tune_finetune_resumes_and_best_toml_runs(tmp_path):
+    out = tmp_path / "tune"
+    args = ["tune", "finetune", *TINY, "--set", "learners.finetune.steps=3", "--shots", "2", "--episodes", "1",
+            "--out", str(out), "--no-progress", "--pruner", "none"]
+    t0 = time.perf_counter()
+    assert main([*args, "--trials", "2"]) == 0
+    storage = f"sqlite:///{out / 'study.db'}"
+    study = optuna.load_study(study_name="finetune-k2", storage=storage)
+    assert len(study.trials) == 2
+    # Resume: the study already holds 2 finished trials, so --trials 3 runs exactly one more.
+    assert main([*args, "--trials", "3"]) == 0
+    study = optuna.load_study(study_name="finetune-k2", storage=storage)
+    assert sorted(t.number for t in study.trials) == [0, 1, 2]
+    assert all(t.state == TrialState.COMPLETE for t in study.trials)
+    assert all(t.params.keys() == {"lr"} for t in study.trials)  # steps pinned by --set
+    best = resolve_config(out / "best.toml")
+    assert best["learners"]["finetune"]["steps"] == 3
+    assert best["learners"]["finetune"]["lr"] == pytest.approx(study.best_trial.params["lr"])
+    assert best["tuned_from"].startswith(f"finetune-k2 @ {storage} trial #{study.best_trial.number}")
+    # best.toml drives a benchmark run; its rows carry tuned_from.
+    run_out = tmp_path / "bench"
+    assert main(["run", "--config", str(out / "best.toml"), "--shots", "2", "--learners", "finetune",
+                 "--seeds", "1", "--out", str(run_out), "--no-progress"]) == 0
+    rows = json.loads((run_out / "leaderboard.json").read_text())["rows"]
+    assert rows and rows[0]["learner"] == "finetune" and rows[0]["tuned_from"] == best["tuned_from"]
+    assert "tuned (finetune-k2 @" in (run_out / "leaderboard.md").read_text()
+    print(f"tiny tune + resume + run: {time.perf_counter() - t0:.1f} s")
+
+
+def test_storage_rejects_non_urls(tmp_path):
+    with pytest.raises(ValueError, match="not a database URL"):
+        make_storage(str(tmp_path / "study.db"))
