@@ -75,11 +75,20 @@ def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (values * m).sum() / n
 
 
-def gather_pixels(features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Feature vectors ``[N, C]`` of the pixels where ``mask`` (``[B, 1, H, W]`` or ``[B, H, W]``) is true."""
+def gather_pixels(features: torch.Tensor, mask: torch.Tensor, max_pixels: int = 0) -> torch.Tensor:
+    """Feature vectors ``[N, C]`` of the pixels where ``mask`` (``[B, 1, H, W]`` or ``[B, H, W]``) is true.
+
+    With ``max_pixels > 0`` and more pixels than that in the mask, a uniform random subset
+    of ``max_pixels`` of them (torch's global RNG, seeded per cell by the harness): the mean
+    over the subset is an unbiased estimate of the masked mean at a fraction of the cost
+    (background covers ~95 % of 12 x 64 x 64 pixels).
+    """
     if mask.ndim == 4:
         mask = mask[:, 0]
-    return features.permute(0, 2, 3, 1)[mask.bool()]
+    vectors = features.permute(0, 2, 3, 1)[mask.bool()]
+    if 0 < max_pixels < vectors.shape[0]:
+        vectors = vectors[torch.randperm(vectors.shape[0], device=vectors.device)[:max_pixels]]
+    return vectors
 
 
 def domain_bce(logits: torch.Tensor, label: float) -> torch.Tensor:
@@ -156,7 +165,8 @@ class RegionAdversarialLoss(nn.Module):
     to it (dual-adv: ``"pos"`` = lesion, ``"neg"`` = background; single-adv: ``"all"``).
     Discriminator ``D_r`` only ever sees the feature vectors of region ``r`` (gathered), so
     every region is a separate domain game and the tiny lesion region is not averaged into
-    the background.
+    the background. ``max_pixels`` caps the pixels per region and domain per step by
+    uniform subsampling (unbiased for the masked means; it only ever bites on background).
 
     Discriminator loss (features detached), over the regions ``r`` present in both domains:
         ``L_D = mean_r [ 1/2 mean_{i in r, src} BCE(D_r(f_i), 0) + 1/2 mean_{j in r, tgt} BCE(D_r(f_j), 1) ]``
@@ -164,11 +174,13 @@ class RegionAdversarialLoss(nn.Module):
         ``L_adv = mean_r mean_{j in r, tgt} BCE(D_r(f_j), 0)``
     """
 
-    def __init__(self, discriminators: Mapping[str, nn.Module]) -> None:
+    def __init__(self, discriminators: Mapping[str, nn.Module], max_pixels: int = 0) -> None:
         super().__init__()
         if not discriminators:
             raise ValueError("RegionAdversarialLoss needs at least one discriminator")
         self.discriminators = nn.ModuleDict(dict(discriminators))
+        #: Per region and domain, at most this many pixels per step (0 = all); see gather_pixels.
+        self.max_pixels = int(max_pixels)
 
     @property
     def regions(self) -> list[str]:
@@ -183,8 +195,8 @@ class RegionAdversarialLoss(nn.Module):
     ) -> tuple[torch.Tensor, dict[str, float]]:
         terms, stats = [], {}
         for name, disc in self.discriminators.items():
-            s = gather_pixels(f_src.detach(), src_regions[name])
-            t = gather_pixels(f_tgt.detach(), tgt_regions[name])
+            s = gather_pixels(f_src.detach(), src_regions[name], self.max_pixels)
+            t = gather_pixels(f_tgt.detach(), tgt_regions[name], self.max_pixels)
             if s.shape[0] == 0 or t.shape[0] == 0:
                 continue  # a one-domain batch would only teach D a constant answer
             term = 0.5 * domain_bce(disc(s), SOURCE_LABEL).mean() + 0.5 * domain_bce(disc(t), TARGET_LABEL).mean()
@@ -199,7 +211,7 @@ class RegionAdversarialLoss(nn.Module):
     ) -> tuple[torch.Tensor, dict[str, float]]:
         terms, stats = [], {}
         for name, disc in self.discriminators.items():
-            t = gather_pixels(f_tgt, tgt_regions[name])
+            t = gather_pixels(f_tgt, tgt_regions[name], self.max_pixels)
             if t.shape[0] == 0:
                 continue
             term = domain_bce(disc(t), SOURCE_LABEL).mean()

@@ -15,7 +15,8 @@ One step:
 
 The labeled part of the batch is as large as finetune's (``batch_size`` rows), plus a
 modest unlabeled batch, so a step costs about ``1 + unlabeled_share`` finetune
-steps (1.5x by default) plus the small discriminators.
+steps (1.25x by default: 2 unlabeled rows next to 8 labeled ones) plus the small
+discriminators.
 """
 
 from __future__ import annotations
@@ -86,7 +87,7 @@ class AdversarialLearner(Learner):
         "lr": 0.0005,
         "d_lr": 0.0001,
         "source_share": 0.5,
-        "unlabeled_share": 0.5,
+        "unlabeled_share": 0.25,
         "lambda_adv": 0.01,
     }
 
