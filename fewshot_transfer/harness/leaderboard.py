@@ -212,36 +212,30 @@ def _json_default(o):
 
 
 def rich_table(rows: list[dict], title: str = "ftbench leaderboard"):
-    """A rich Table: learner x k -> Dice ± CI and gain ± CI (what `ftbench run` prints)."""
+    """A rich Table, one row per (k, learner): Dice ± CI, gain vs scratch ± CI, lesion fractions.
+
+    Long format so it stays readable in an 80-column terminal or a CI log, whatever the
+    number of k values; learners are sorted by Dice within each k.
+    """
     from rich.table import Table
 
+    table = Table(title=title, caption="± = 95% CI half-width over seeds; * = gain CI excludes 0")
+    for col, justify in (("k", "right"), ("learner", "left"), ("Dice", "right"), ("gain vs scratch", "right"),
+                         ("pred/true frac", "right"), ("n", "right")):
+        table.add_column(col, justify=justify, no_wrap=True)
     labels = list(dict.fromkeys(r["k_label"] for r in rows))
-    learners_ = list(dict.fromkeys(r["learner"] for r in rows))
-    table = Table(title=title, show_lines=False)
-    table.add_column("learner", style="bold")
-    for label in labels:
-        table.add_column(f"k={label} Dice", justify="right")
-        table.add_column("gain vs scratch", justify="right")
-    table.add_column("pred/true frac (last k)", justify="right")
-    index = {(r["learner"], r["k_label"]): r for r in rows}
-    for name in learners_:
-        cells = []
-        last = None
-        for label in labels:
-            r = index.get((name, label))
-            if r is None:
-                cells += ["", ""]
-                continue
-            last = r
+    for i, label in enumerate(labels):
+        sub = sorted((r for r in rows if r["k_label"] == label), key=lambda r: -np.nan_to_num(r["dice"], nan=-1))
+        for j, r in enumerate(sub):
             dice = fmt_ci(r["dice"], r["dice_lo"], r["dice_hi"])
             if r["collapsed"]:
-                dice = f"[red]{dice} (collapsed)[/red]"
+                dice = f"[red]{dice} collapsed[/red]"
             elif r["n_failed"]:
                 dice = f"{dice} [yellow]({r['n_failed']} failed)[/yellow]"
             gain = fmt_gain(r)
             if gain.endswith("*"):
                 gain = f"[green]{gain}[/green]" if r["gain"] > 0 else f"[red]{gain}[/red]"
-            cells += [dice, gain]
-        frac = f"{last['pred_fraction']:.3f}/{last['true_fraction']:.3f}" if last else ""
-        table.add_row(name, *cells, frac)
+            frac = f"{r['pred_fraction']:.4f}/{r['true_fraction']:.4f}"
+            table.add_row(label if j == 0 else "", r["learner"], dice, gain, frac, str(r["n_seeds"]),
+                          end_section=j == len(sub) - 1 and i < len(labels) - 1)
     return table

@@ -36,13 +36,13 @@ def transfer_gain_plot(rows: list[dict], path: Path) -> Path:
     plt = _pyplot()
     fig, (ax_gain, ax_dice) = plt.subplots(1, 2, figsize=(12, 4.5))
     learners_ = [n for n in dict.fromkeys(r["learner"] for r in rows)]
-    cmap = plt.get_cmap("tab20")
+    cmap = plt.get_cmap("tab10")
     for i, name in enumerate(learners_):
         sub = sorted((r for r in rows if r["learner"] == name and not math.isnan(r["labeled_fraction"])), key=lambda r: r["k"])
         if not sub:
             continue
         x = np.array([r["labeled_fraction"] for r in sub])
-        color = cmap(i % 20)
+        color = cmap(i % 10)
         dice = np.array([r["dice"] for r in sub])
         ax_dice.plot(x, dice, "o-", color=color, label=name)
         ax_dice.fill_between(x, [r["dice_lo"] for r in sub], [r["dice_hi"] for r in sub], color=color, alpha=0.15)
