@@ -23,6 +23,15 @@ from fewshot_transfer.meta.engine import (
 from fewshot_transfer.models import UNet
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny nets run fastest (and robustly on a busy 2-core box) on one thread."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def tiny_unet(seed: int = 0, dtype=torch.float32) -> UNet:
     torch.manual_seed(seed)
     return UNet(base=2, depth=3, groups=2).to(dtype)
@@ -54,7 +63,8 @@ def test_inner_loop_lowers_support_loss():
     net = tiny_unet()
     task = make_tasks(1)[0]
     p0 = module_params(net)
-    before = float(seg_loss(net(task.x_support), task.y_support))
+    with torch.no_grad():
+        before = float(seg_loss(net(task.x_support), task.y_support))
     fast = inner_adapt(net, p0, task.x_support, task.y_support, steps=10, lr=0.5, first_order=True)
     after = float(task_query_loss(net, fast, 0.5, task.x_support, task.y_support, task.x_support, task.y_support, steps=0))
     assert after < before - 0.01
@@ -193,12 +203,12 @@ def test_meta_training_beats_initial_model_after_adaptation():
     before = post_adapt_loss(init)
     meta = MetaModel(net, inner_lr, steps=steps, first_order=False)
     opt = torch.optim.Adam(meta.parameters(), lr=0.02)
-    for it in range(25):
+    for it in range(10):
         opt.zero_grad()
-        meta.meta_backward(make_tasks(4, seed=1000 + it))
+        meta.meta_backward(make_tasks(3, seed=1000 + it))
         opt.step()
     after = post_adapt_loss(module_params(net))
-    assert after < before - 0.05, (before, after)
+    assert after < before - 0.1, (before, after)
     # class-form adapt/forward agree with the function form
     t = held_out[0]
     fast = meta.adapt(t.x_support, t.y_support)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 
@@ -25,5 +26,9 @@ def main(args: argparse.Namespace) -> int:
 
     dirs = [Path(d) for d in args.dirs]
     out = Path(args.out) if args.out else dirs[0]
-    render(dirs, out, meta={"merged runs": ", ".join(map(str, dirs))}, console=Console())
+    meta = {"merged runs": ", ".join(map(str, dirs))}
+    previous = dirs[0] / "leaderboard.json"
+    if len(dirs) == 1 and previous.is_file():
+        meta = json.loads(previous.read_text()).get("meta") or meta  # keep the run's own description
+    render(dirs, out, meta=meta, console=Console())
     return 0

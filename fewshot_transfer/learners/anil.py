@@ -10,7 +10,13 @@ from __future__ import annotations
 
 import fewshot_transfer.meta.analysis  # noqa: F401  (registers the transfer-vs-meta report section)
 from fewshot_transfer.learners.base import Learner, LearnerContext, Segmenter, register
-from fewshot_transfer.meta.training import META_DEFAULTS, MetaConfig, fit_meta, head_prefixes, meta_search_space
+from fewshot_transfer.meta.training import (
+    META_DEFAULTS,
+    MetaConfig,
+    fit_meta,
+    head_prefixes,
+    meta_search_space,
+)
 
 
 @register
@@ -18,7 +24,7 @@ class ANIL(Learner):
     name = "anil"
     family = "meta"
     uses_source = True
-    defaults = {**META_DEFAULTS, "meta_steps": 20, "inner_lr": 0.1, "head": "head"}
+    defaults = {**META_DEFAULTS, "meta_steps": 30, "head": "head"}
 
     @staticmethod
     def search_space(trial) -> dict:

@@ -9,7 +9,12 @@ from __future__ import annotations
 
 import fewshot_transfer.meta.analysis  # noqa: F401  (registers the transfer-vs-meta report section)
 from fewshot_transfer.learners.base import Learner, LearnerContext, Segmenter, register
-from fewshot_transfer.meta.training import META_DEFAULTS, MetaConfig, fit_meta, meta_search_space
+from fewshot_transfer.meta.training import (
+    META_DEFAULTS,
+    MetaConfig,
+    fit_meta,
+    meta_search_space,
+)
 
 
 @register
@@ -17,7 +22,7 @@ class MetaSGD(Learner):
     name = "metasgd"
     family = "meta"
     uses_source = True
-    defaults = {**META_DEFAULTS, "meta_steps": 15, "first_order": False}
+    defaults = {**META_DEFAULTS, "meta_steps": 20, "first_order": False}
 
     @staticmethod
     def search_space(trial) -> dict:

@@ -9,7 +9,12 @@ from __future__ import annotations
 
 import fewshot_transfer.meta.analysis  # noqa: F401  (registers the transfer-vs-meta report section)
 from fewshot_transfer.learners.base import Learner, LearnerContext, Segmenter, register
-from fewshot_transfer.meta.training import META_DEFAULTS, MetaConfig, fit_meta, meta_search_space
+from fewshot_transfer.meta.training import (
+    META_DEFAULTS,
+    MetaConfig,
+    fit_meta,
+    meta_search_space,
+)
 
 
 @register
@@ -17,7 +22,7 @@ class Reptile(Learner):
     name = "reptile"
     family = "meta"
     uses_source = True
-    defaults = {**META_DEFAULTS, "inner_steps": 3, "meta_steps": 15, "meta_lr": 0.001}
+    defaults = {**META_DEFAULTS, "inner_steps": 3, "meta_steps": 15}
 
     @staticmethod
     def search_space(trial) -> dict:

@@ -101,8 +101,10 @@ def transfer_vs_meta(rows: list[dict], records: list[dict]) -> str | None:
         return None
     out = [
         "## Transfer vs meta-learning (finetune vs maml)\n",
-        "Paired by episode (seed: same k shots, same CAP data). Difference = maml − finetune "
-        "(mean [95% t-CI], `*` = CI excludes 0).\n",
+        (
+            "Paired by episode (seed: same k shots, same CAP data). Difference = maml − finetune "
+            "(mean [95% t-CI], `*` = CI excludes 0).\n"
+        ),
         "| k | finetune Dice | maml Dice | maml − finetune | p | episodes | r (Pearson) |",
         "|---:|---|---|---|---:|---:|---:|",
     ]

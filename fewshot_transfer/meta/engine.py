@@ -1,9 +1,11 @@
 """The one meta-learning engine: MAML-family inner/outer loops on ``torch.func``.
 
 Everything is a function of a plain ``nn.Module`` and a dict of parameter tensors, run
-through :func:`torch.func.functional_call`; gradients come from :func:`torch.func.grad`
-(nested for second order) and, optionally, :func:`torch.func.vmap` over the tasks of a
-meta-batch. The backbone stays an ordinary module: no ``weight.fast`` attributes, no
+through :func:`torch.func.functional_call`; inner-loop gradients come from
+:func:`torch.func.grad_and_value`, the outer (meta) gradient from ``torch.autograd.grad``
+over them (second order when the inner gradients stay in the graph — the functorch MAML
+recipe; an outer ``torch.func.grad`` was measured at ~1.6x the peak memory), and,
+optionally, :func:`torch.func.vmap` vectorizes the per-task loss over a meta-batch. The backbone stays an ordinary module: no ``weight.fast`` attributes, no
 monkey-patched layers, no BatchNorm running statistics (use GroupNorm, the U-Net default).
 
 Function form (learn2learn's ``maml_update`` spirit)::
@@ -40,8 +42,8 @@ The engine never imports ``higher`` or ``learn2learn`` (tests cross-check agains
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Callable, Iterable, Mapping, Sequence, Union
 
 import torch
 from torch import Tensor, nn
@@ -52,7 +54,7 @@ from fewshot_transfer.losses import seg_loss
 LossFn = Callable[[Tensor, Tensor], Tensor]
 Params = dict[str, Tensor]
 #: A scalar inner learning rate, or one tensor per adapted parameter (Meta-SGD).
-LR = Union[float, Mapping[str, Tensor]]
+LR = float | Mapping[str, Tensor]
 MODES = ("loop", "vmap")
 
 
@@ -228,36 +230,71 @@ def meta_gradient(
     learn_lr = isinstance(lr, Mapping) if learn_lr is None else learn_lr
     if learn_lr and not isinstance(lr, Mapping):
         raise ValueError("learn_lr=True needs per-parameter lr tensors (see init_lrs)")
-    p0 = {n: v.detach() for n, v in params.items()}
-    lr0: LR = {n: v.detach() for n, v in lr.items()} if isinstance(lr, Mapping) else float(lr)
-    opts = dict(steps=steps, first_order=first_order, adapt_names=adapt_names, loss_fn=loss_fn)
+    if first_order and not learn_lr and mode == "loop":
+        return _first_order_gradient(model, params, tasks, steps=steps, lr=lr, adapt_names=adapt_names, loss_fn=loss_fn)
+    # Leaves for the outer differentiation: torch.autograd over the inner torch.func.grad
+    # (the functorch MAML recipe). An outer torch.func.grad gives the same numbers but was
+    # measured at ~1.6x the peak memory of higher for second order (benchmarks/README.md).
+    p0 = {n: v.detach().requires_grad_(True) for n, v in params.items()}
+    lr0: LR = (
+        {n: v.detach().requires_grad_(learn_lr) for n, v in lr.items()} if isinstance(lr, Mapping) else float(lr)
+    )
+    inputs = list(p0.values()) + (list(lr0.values()) if learn_lr and isinstance(lr0, dict) else [])
+    opts = {"steps": steps, "first_order": first_order, "adapt_names": adapt_names, "loss_fn": loss_fn}
 
     def one(p: Params, r: LR, xs: Tensor, ys: Tensor, xq: Tensor, yq: Tensor) -> Tensor:
         return task_query_loss(model, p, r, xs, ys, xq, yq, **opts)
 
-    argnums = (0, 1) if learn_lr else 0
+    def outer_grad(loss: Tensor) -> list[Tensor]:
+        gs = torch.autograd.grad(loss, inputs, allow_unused=True)
+        return [torch.zeros_like(x) if g is None else g for x, g in zip(inputs, gs)]
+
     n = len(tasks)
     if mode == "vmap":
         batch = stack_tasks(tasks)
-
-        def mean_loss(p: Params, r: LR) -> Tensor:
-            return vmap(one, in_dims=(None, None, 0, 0, 0, 0), randomness="same")(p, r, *batch).mean()
-
-        g, value = grad_and_value(mean_loss, argnums=argnums)(p0, lr0)
-        total = float(value)
+        loss = vmap(one, in_dims=(None, None, 0, 0, 0, 0), randomness="same")(p0, lr0, *batch).mean()
+        flat = outer_grad(loss)
+        total = float(loss.detach())
     else:
-        g_fn = grad_and_value(one, argnums=argnums)
-        g, total = None, 0.0
+        flat, total = None, 0.0
         for t in tasks:
-            gt, value = g_fn(p0, lr0, t.x_support, t.y_support, t.x_query, t.y_query)
-            total += float(value) / n
-            g = gt if g is None else _tree_add(g, gt)
-        g = _tree_scale(g, 1.0 / n)
-    if learn_lr:
-        grads, lr_grads = g
-    else:
-        grads, lr_grads = g, None
-    return MetaGradient(grads=dict(grads), lr_grads=dict(lr_grads) if lr_grads is not None else None, loss=total)
+            loss = one(p0, lr0, t.x_support, t.y_support, t.x_query, t.y_query) / n
+            gt = outer_grad(loss)
+            total += float(loss.detach())
+            flat = gt if flat is None else [a + b for a, b in zip(flat, gt)]
+            del loss
+    names = list(p0)
+    g_params = dict(zip(names, flat[: len(names)]))
+    lr_grads = dict(zip(list(lr0), flat[len(names):])) if learn_lr and isinstance(lr0, dict) else None
+    return MetaGradient(grads=g_params, lr_grads=lr_grads, loss=total)
+
+
+def _first_order_gradient(
+    model: nn.Module,
+    params: Mapping[str, Tensor],
+    tasks: Sequence[Task],
+    *,
+    steps: int,
+    lr: LR,
+    adapt_names: Sequence[str] | None,
+    loss_fn: LossFn,
+) -> MetaGradient:
+    """First order with a fixed lr: adapted = init - sum(lr * g_t) with g_t detached, so the
+    meta-gradient is exactly the query gradient at the adapted weights. Computed without
+    building any graph through the inner steps (same numbers as the general path)."""
+    p0 = {n: v.detach() for n, v in params.items()}
+    total_g = {n: torch.zeros_like(v) for n, v in p0.items()}
+    query = _loss_at(model, loss_fn)
+    total = 0.0
+    for t in tasks:
+        fast = inner_adapt(model, p0, t.x_support, t.y_support, steps=steps, lr=lr, first_order=True,
+                           adapt_names=adapt_names, loss_fn=loss_fn)
+        fast = {n: v.detach() for n, v in fast.items()}
+        g, value = grad_and_value(query)(fast, {}, t.x_query, t.y_query)
+        for n in total_g:
+            total_g[n] += g[n] / len(tasks)
+        total += float(value) / len(tasks)
+    return MetaGradient(grads=total_g, lr_grads=None, loss=total)
 
 
 def reptile_direction(
@@ -290,18 +327,6 @@ def reptile_direction(
                 direction[n] += (p0[n] - fast[n].detach()) / len(tasks)
             total += float(loss_fn(functional_call(model, fast, (x,)), y)) / len(tasks)
     return MetaGradient(grads=direction, lr_grads=None, loss=total)
-
-
-def _tree_add(a, b):
-    if isinstance(a, tuple):
-        return tuple(_tree_add(x, y) for x, y in zip(a, b))
-    return {k: a[k] + b[k] for k in a}
-
-
-def _tree_scale(a, s: float):
-    if isinstance(a, tuple):
-        return tuple(_tree_scale(x, s) for x in a)
-    return {k: v * s for k, v in a.items()}
 
 
 class MetaModel:
