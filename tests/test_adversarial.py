@@ -38,15 +38,6 @@ from conftest import TINY
 ADVERSARIAL = ["dual-adv", "single-adv", "adaptseg", "adaptseg-balanced"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread is fastest and does not fight other jobs for 2 cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _clouds(n_side: int = 8, c: int = 6, shift: float = 1.5, seed: int = 0):
     """Feature maps [4, C, n, n]: source pixels ~ N(0, 1), target pixels ~ N(shift, 1)."""
     g = torch.Generator().manual_seed(seed)

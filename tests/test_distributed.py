@@ -17,7 +17,6 @@ from pathlib import Path
 
 import optuna
 import pytest
-import torch
 from optuna.trial import TrialState
 
 import pg_server
@@ -28,14 +27,6 @@ from fewshot_transfer.tuning.study import make_storage
 
 ROOT = Path(__file__).resolve().parent.parent
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """In-process cells on one torch thread (restored afterwards); see _spawn."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -24,13 +24,6 @@ from fewshot_transfer.models import UNet
 INNER_LR, STEPS = 0.3, 2
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def _setup(n_tasks: int = 2):
     torch.manual_seed(0)

@@ -23,14 +23,6 @@ from fewshot_transfer.meta.engine import (
 from fewshot_transfer.models import UNet
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny nets run fastest (and robustly on a busy 2-core box) on one thread."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def tiny_unet(seed: int = 0, dtype=torch.float32) -> UNet:
     torch.manual_seed(seed)

@@ -31,18 +31,9 @@ def budget(names=META, meta_steps=2, test_steps=3) -> list[str]:
     return out
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     """One run: finetune + every meta-learner, 1 seed, k = 1 and 2 (meta-training shared across k)."""
-    torch.set_num_threads(1)
     out = tmp_path_factory.mktemp("meta-run")
     # a private data/model cache, so counting cached meta-models is not polluted by other tests
     rc = main(["run", "--learners", "finetune," + ",".join(META), *TINY, *budget(), "--seeds", "1", "--shots", "1,2",

@@ -53,14 +53,6 @@ class ThresholdLearner(Learner):
         return ctx.segmenter(_Threshold(float(ctx.params["t"])))
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One torch thread (restored afterwards): far faster than two on a busy 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.fixture
 def threshold_learner():

@@ -92,6 +92,16 @@ class AdversarialLearner(Learner):
     }
 
     # -- hooks --------------------------------------------------------------------------
+    @staticmethod
+    def search_space(trial: Any) -> dict[str, Any]:
+        """What every adversarial learner tunes; subclasses add their own knobs to it."""
+        return {
+            "lr": trial.suggest_float("lr", 1e-4, 3e-3, log=True),
+            "steps": trial.suggest_int("steps", 50, 300, step=25),
+            "lambda_adv": trial.suggest_float("lambda_adv", 1e-4, 1e-1, log=True),
+            "d_lr": trial.suggest_float("d_lr", 1e-5, 1e-3, log=True),
+        }
+
     def build_adversary(self, ctx: LearnerContext, model: nn.Module) -> nn.Module:
         raise NotImplementedError
 

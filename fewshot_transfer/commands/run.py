@@ -119,7 +119,7 @@ def main(args: argparse.Namespace) -> int:
         "support pool": f"{len(bench.support_pool)} slices, {bench.eligible} eligible, "
         f"{len(bench.split.support)} patients",
         "test set": f"{len(bench.test_set)} slices, {len(bench.split.test)} patients",
-        "code": code_version(),
+        "code (this render)": code_version(),
         "config": str(out / "config.toml"),
     }
     render([out], out, meta=meta, console=console)

@@ -24,7 +24,6 @@ the leaderboard's pred/true lesion fraction and ``collapsed`` flag show whether 
 
 from __future__ import annotations
 
-from typing import Any
 
 import torch
 from torch import nn
@@ -61,14 +60,6 @@ class AdaptSeg(AdversarialLearner):
         "d_depth": 4,
     }
 
-    @staticmethod
-    def search_space(trial: Any) -> dict[str, Any]:
-        return {
-            "lr": trial.suggest_float("lr", 1e-4, 3e-3, log=True),
-            "steps": trial.suggest_int("steps", 50, 300, step=25),
-            "lambda_adv": trial.suggest_float("lambda_adv", 1e-4, 1e-1, log=True),
-            "d_lr": trial.suggest_float("d_lr", 1e-5, 1e-3, log=True),
-        }
 
     # -- pieces reused by adaptseg-balanced --------------------------------------------
     def build_adversary(self, ctx: LearnerContext, model: nn.Module) -> OutputAdversary:

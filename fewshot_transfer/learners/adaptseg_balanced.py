@@ -59,10 +59,7 @@ class AdaptSegBalanced(AdaptSeg):
     @staticmethod
     def search_space(trial: Any) -> dict[str, Any]:
         return {
-            "lr": trial.suggest_float("lr", 1e-4, 3e-3, log=True),
-            "steps": trial.suggest_int("steps", 50, 300, step=25),
-            "lambda_adv": trial.suggest_float("lambda_adv", 1e-4, 1e-1, log=True),
-            "d_lr": trial.suggest_float("d_lr", 1e-5, 1e-3, log=True),
+            **AdaptSeg.search_space(trial),
             "prior_weight": trial.suggest_float("prior_weight", 1e-3, 1.0, log=True),
             "input": trial.suggest_categorical("input", list(INPUTS)),
         }

@@ -72,10 +72,7 @@ class DualAdversarial(AdversarialLearner):
     @staticmethod
     def search_space(trial: Any) -> dict[str, Any]:
         return {
-            "lr": trial.suggest_float("lr", 1e-4, 3e-3, log=True),
-            "steps": trial.suggest_int("steps", 50, 300, step=25),
-            "lambda_adv": trial.suggest_float("lambda_adv", 1e-4, 1e-1, log=True),
-            "d_lr": trial.suggest_float("d_lr", 1e-5, 1e-3, log=True),
+            **AdversarialLearner.search_space(trial),
             "conf_threshold": trial.suggest_float("conf_threshold", 0.7, 0.99),
             "warmup": trial.suggest_int("warmup", 0, 150, step=10),
         }
@@ -119,12 +116,7 @@ class SingleAdversarial(DualAdversarial):
 
     @staticmethod
     def search_space(trial: Any) -> dict[str, Any]:
-        return {
-            "lr": trial.suggest_float("lr", 1e-4, 3e-3, log=True),
-            "steps": trial.suggest_int("steps", 50, 300, step=25),
-            "lambda_adv": trial.suggest_float("lambda_adv", 1e-4, 1e-1, log=True),
-            "d_lr": trial.suggest_float("d_lr", 1e-5, 1e-3, log=True),
-        }
+        return AdversarialLearner.search_space(trial)
 
     def route(self, ctx, step, batch):
         f = batch.feats[FEATURE]
