@@ -2,7 +2,8 @@
 
 Inner loop: ``inner_steps`` SGD steps at ``inner_lr`` on a task's support slices; outer
 loop: Adam (``meta_lr``) on the query loss after adaptation, differentiated through the
-inner steps (Hessian-vector products via nested ``torch.func.grad``). Meta-training starts
+inner steps (``torch.autograd.grad`` through the inner ``torch.func`` steps, so
+Hessian-vector products are included). Meta-training starts
 from the cached source model, is cached per (config, seed, data) and shared across k; at
 meta-test the init takes ``test_steps`` inner-loop steps on the shots. See
 ``fewshot_transfer/meta/training.py`` and ``docs/meta_learning.md``.

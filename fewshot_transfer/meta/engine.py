@@ -20,7 +20,8 @@ trainable tensors and offers ``adapt`` / ``meta_backward`` / ``parameters``.
 Variants, all from the same two functions:
 
 * ``maml``    -- ``first_order=False``: the outer gradient flows through every inner step
-  (Hessian-vector products via nested ``grad``).
+  (inner steps by ``torch.func.grad``, the outer gradient by ``torch.autograd.grad``
+  through them, so Hessian-vector products are included).
 * ``fomaml``  -- ``first_order=True``: inner gradients are detached, so the outer gradient
   is the query gradient at the adapted parameters (and the lr gradient, for Meta-SGD,
   ``-sum_t g_t * dL_q/dphi``).
