@@ -219,9 +219,9 @@ def rich_table(rows: list[dict], title: str = "ftbench leaderboard"):
     """
     from rich.table import Table
 
-    table = Table(title=title, caption="± = 95% CI half-width over seeds; * = gain CI excludes 0")
+    table = Table(title=title, caption="± = 95% CI half-width over seeds; * = gain CI excludes 0; pred/true % = lesion share of test pixels")
     for col, justify in (("k", "right"), ("learner", "left"), ("Dice", "right"), ("gain vs scratch", "right"),
-                         ("pred/true frac", "right"), ("n", "right")):
+                         ("pred/true %", "right"), ("n", "right")):
         table.add_column(col, justify=justify, no_wrap=True)
     labels = list(dict.fromkeys(r["k_label"] for r in rows))
     for i, label in enumerate(labels):
@@ -235,7 +235,7 @@ def rich_table(rows: list[dict], title: str = "ftbench leaderboard"):
             gain = fmt_gain(r)
             if gain.endswith("*"):
                 gain = f"[green]{gain}[/green]" if r["gain"] > 0 else f"[red]{gain}[/red]"
-            frac = f"{r['pred_fraction']:.4f}/{r['true_fraction']:.4f}"
+            frac = f"{100 * r['pred_fraction']:.2f}/{100 * r['true_fraction']:.2f}"
             table.add_row(label if j == 0 else "", r["learner"], dice, gain, frac, str(r["n_seeds"]),
                           end_section=j == len(sub) - 1 and i < len(labels) - 1)
     return table
