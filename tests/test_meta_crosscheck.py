@@ -61,7 +61,7 @@ def test_maml_matches_higher():
                 diffopt.step(seg_loss(fnet(t.x_support), t.y_support))
             q = seg_loss(fnet(t.x_query), t.y_query) / len(tasks)
             q.backward()
-            total += float(q)
+            total += float(q.detach())
     ref = {n: (p.grad if p.grad is not None else torch.zeros_like(p)) for n, p in net.named_parameters()}
     _assert_close(ours.grads, ref)
     assert ours.loss == pytest.approx(total, rel=1e-12)
