@@ -107,7 +107,10 @@ def build_rows(records: list[dict]) -> list[dict]:
                 "collapsed": bool(seeds) and pred_f < COLLAPSE_RATIO * true_f,
                 "tuned_from": any_rec.get("tuned_from") or "",
                 "protocol": any_rec.get("protocol"),
-                "command": reproduce_command(any_rec.get("run_dir", "."), name, label, seeds or sorted(cells)),
+                "command": reproduce_command(
+                    any_rec.get("run_dir", "."), name, label, seeds or sorted(cells),
+                    any_rec.get("provenance", {}).get("threads"),
+                ),
                 "seeds": seeds,
             }
             rows.append(row)

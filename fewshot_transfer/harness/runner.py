@@ -99,11 +99,18 @@ def seeds_arg(seeds: list[int]) -> str:
     return ",".join(map(str, seeds)) + ("," if len(seeds) == 1 else "")
 
 
-def reproduce_command(run_dir: Path | str, learner: str, shots: str, seeds: list[int]) -> str:
-    """One command that recomputes these cells (the leaderboard shows it per row)."""
+def reproduce_command(
+    run_dir: Path | str, learner: str, shots: str, seeds: list[int], threads: int | None = None
+) -> str:
+    """One command that recomputes these cells (the leaderboard shows it per row).
+
+    CPU results are bit-identical only at the same torch thread count (reductions change
+    order), so the command pins the thread count the cells ran with when it is known.
+    """
+    pin = f" --set run.threads={threads}" if threads else ""
     return (
         f"ftbench run --config {shlex.quote(str(Path(run_dir) / 'config.toml'))} --learners {learner} "
-        f"--shots {shlex.quote(shots if shots != 'any' else '1')} --seeds {seeds_arg(seeds)} --out {shlex.quote(str(run_dir))}"
+        f"--shots {shlex.quote(shots if shots != 'any' else '1')} --seeds {seeds_arg(seeds)}{pin} --out {shlex.quote(str(run_dir))}"
     )
 
 
@@ -136,8 +143,9 @@ def run_cell(bench: Benchmark, spec: CellSpec, callback: ProgressCallback | None
             "code": code_version(),
             "data": bench.data_fingerprint,
             "device": str(bench.device),
+            "threads": torch.get_num_threads(),
         },
-        "command": reproduce_command(bench.out_dir, spec.learner, spec.k_label, [spec.seed]),
+        "command": reproduce_command(bench.out_dir, spec.learner, spec.k_label, [spec.seed], torch.get_num_threads()),
     }
     torch.manual_seed(spec.seed)
     t0 = time.perf_counter()
