@@ -92,6 +92,8 @@ def main() -> int:
     ap.add_argument("--skip-run", action="store_true", help="only (a)")
     ap.add_argument("--keep", help="keep the run directory here instead of a temp dir")
     args = ap.parse_args()
+    if args.keep and Path(args.keep).exists():
+        ap.error(f"--keep {args.keep} exists; give a new directory (the benchmark never deletes one it did not create)")
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.2f}")
     mm = matmul_gflops()
@@ -101,8 +103,6 @@ def main() -> int:
     if args.skip_run:
         return 0
     tmp = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="ftbench-bench-"))
-    if tmp.exists() and args.keep:
-        shutil.rmtree(tmp)
     try:
         res = default_run(tmp)
     finally:

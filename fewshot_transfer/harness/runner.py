@@ -8,6 +8,7 @@ recorded as failed with its reason, and the grid continues.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import shlex
@@ -36,8 +37,12 @@ PROTOCOL_VERSION = 1
 GALLERY_SLICES = 6
 
 
+@functools.cache
 def code_version() -> dict:
-    """Package version, git commit when available, and a hash of the package sources."""
+    """Package version, git commit when available, and a hash of the package sources.
+
+    Computed once per process (every cell records it; the sources do not change mid-run).
+    """
     pkg = Path(fewshot_transfer.__file__).parent
     h = hashlib.sha256()
     for p in sorted(pkg.rglob("*.py")):
@@ -150,7 +155,7 @@ def run_cell(bench: Benchmark, spec: CellSpec, callback: ProgressCallback | None
     torch.manual_seed(spec.seed)
     t0 = time.perf_counter()
     try:
-        segmenter = learners.get(spec.learner)().fit(ctx)
+        segmenter = cls().fit(ctx)
     except TrainingDiverged as exc:
         record.update(status="failed", reason=str(exc), timing={"fit_s": time.perf_counter() - t0, "train_s": ctx.train_seconds})
         _save_curves(bench, spec, ctx.curves)
