@@ -3,7 +3,7 @@
 All layers are updated. The learning rate is *higher* than the usual "small lr keeps the
 source features" recipe: CAP consolidation (-100..+50 HU) and COVID-19 ground glass
 (around -460 HU) differ enough that the pretrained decoder must move a lot. In a pilot on
-the default phantom (seed 0, k=1; lr in {3e-4, 1e-3, 3e-3}) test-set Dice was 0.41, 0.50 and 0.59
+the default phantom (seed 0, k=1; lr in {3e-4, 1e-3, 3e-3}) test-set Dice was 0.50, 0.57 and 0.61
 (a small selection effect on that one cell, disclosed in results/README.md), so the
 default is 3e-3; ``ftbench tune finetune`` searches it properly on a validation
 split of the support pool.
