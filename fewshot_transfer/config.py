@@ -68,6 +68,42 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
+#: Config sections that define *what* is measured: a run dir, a study and a grid refuse to mix two.
+IDENTITY_SECTIONS = ("data", "model", "train", "learners")
+
+#: Ranges checked when a config is resolved (inclusive; ``None`` = open), before any work.
+RANGES: dict[str, tuple[float | None, float | None]] = {
+    "data.size": (8, None),
+    "data.phantom.source_patients": (2, None),
+    "data.phantom.target_patients": (3, None),
+    "data.phantom.slices_per_patient": (1, None),
+    "data.split.support": (0.0, 1.0),
+    "data.split.unlabeled": (0.0, 1.0),
+    "data.split.test": (0.0, 1.0),
+    "data.split.source_val": (0.0, 0.9),
+    "data.include_negative": (0.0, 1.0),
+    "model.base": (1, None),
+    "model.depth": (1, None),
+    "model.dropout": (0.0, 0.99),
+    "train.batch_size": (1, None),
+    "train.steps": (0, None),
+    "train.pretrain_steps": (0, None),
+    "train.eval_batch": (1, None),
+    "train.threshold": (0.0, 1.0),
+    "train.weight_decay": (0.0, None),
+    "run.threads": (0, None),
+}
+#: Keys that must be strictly positive.
+POSITIVE = ("train.lr",)
+
+
+def run_identity(cfg: dict) -> dict:
+    """The identity sections of ``cfg`` (``learners`` always present)."""
+    out = {s: cfg.get(s, {}) for s in IDENTITY_SECTIONS}
+    out["learners"] = out["learners"] or {}
+    return out
+
+
 def deep_merge(base: dict, override: dict) -> dict:
     """``base`` updated recursively by ``override`` (new dict; inputs untouched)."""
     out = copy.deepcopy(base)
@@ -91,6 +127,36 @@ def _check_keys(user: dict, ref: dict, where: str = "") -> None:
             if not isinstance(value, dict):
                 raise ValueError(f"config key {path!r} must be a table, got {value!r}")
             _check_keys(value, ref[key], path)
+
+
+def _check_values(cfg: dict, ref: dict, where: str = "") -> None:
+    """Types follow the defaults' types (an int where an int is expected, ...), ranges follow
+    :data:`RANGES`; the error names the key and says what it expects."""
+    for key, default in ref.items():
+        path = f"{where}.{key}" if where else key
+        if path == "learners" or key not in cfg:
+            continue
+        value = cfg[key]
+        if isinstance(default, dict):
+            _check_values(value, default, path)
+            continue
+        if isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise ValueError(f"config key {path!r} must be true or false, got {value!r}")
+        elif isinstance(default, int) and path != "run.seeds":
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"config key {path!r} must be an integer, got {value!r}")
+        elif isinstance(default, float):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(f"config key {path!r} must be a number, got {value!r}")
+            cfg[key] = float(value)
+        lo, hi = RANGES.get(path, (None, None))
+        if lo is not None and cfg[key] < lo:
+            raise ValueError(f"config key {path!r} must be >= {lo}, got {value!r}")
+        if hi is not None and cfg[key] > hi:
+            raise ValueError(f"config key {path!r} must be <= {hi}, got {value!r}")
+        if path in POSITIVE and cfg[key] <= 0:
+            raise ValueError(f"config key {path!r} must be > 0, got {value!r}")
 
 
 def load_toml(path: str | Path) -> dict:
@@ -128,6 +194,7 @@ def apply_overrides(cfg: dict, overrides: list[str]) -> dict:
                 raise ValueError(f"override {item!r}: {key!r} is not a table")
         node[keys[-1]] = parse_value(raw.strip())
     _check_keys(out, DEFAULTS)
+    _check_values(out, DEFAULTS)
     return out
 
 

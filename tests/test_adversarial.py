@@ -28,9 +28,9 @@ from fewshot_transfer.adaptation import (
     self_information,
     set_requires_grad,
 )
-from fewshot_transfer.adaptation.training import AdversarialBatch
+from fewshot_transfer.learners.adversarial import AdversarialBatch
 from fewshot_transfer.config import resolve_config
-from fewshot_transfer.learners.base import TrainingDiverged
+from fewshot_transfer.training import Params, TrainingDiverged
 from fewshot_transfer.metrics import evaluate
 
 from conftest import TINY
@@ -213,7 +213,7 @@ def test_dual_adv_routing_respects_warmup_and_threshold():
         pass
 
     ctx = Ctx()
-    ctx.params = params
+    ctx.params = Params(params)
     logits = torch.zeros(3, 1, 4, 4)
     logits[2, 0, 0, 0] = 5.0  # confident lesion on the unlabeled row
     logits[2, 0, 1, :] = -5.0  # confident background
@@ -339,14 +339,14 @@ def test_adversarial_learner_trains(bench, name):
 
 
 def test_entropy_input_and_nan_divergence(bench):
-    from fewshot_transfer.learners.base import LearnerContext
+    from fewshot_transfer.training import LearnerContext
 
     cls = learners.get("adaptseg-balanced")
     ctx = bench.context(cls, 3, seed=0)
-    ctx.params.update(steps=3, input="entropy")
+    ctx.params = Params({**ctx.params, "steps": 3, "input": "entropy"})
     cls().fit(ctx)
     ctx = bench.context(cls, 3, seed=0)
-    ctx.params.update(steps=3, lambda_adv=float("nan"))
+    ctx.params = Params({**ctx.params, "steps": 3, "lambda_adv": float("nan")})
     with pytest.raises(TrainingDiverged, match="adapt"):
         cls().fit(ctx)
     assert isinstance(ctx, LearnerContext)

@@ -10,7 +10,7 @@ import torch
 
 from fewshot_transfer import learners
 from fewshot_transfer.cli import main
-from fewshot_transfer.meta.analysis import crossover, transfer_vs_meta
+from fewshot_transfer.harness.transfer_vs_meta import crossover, transfer_vs_meta
 from fewshot_transfer.meta.training import MetaConfig, head_prefixes, task_sizes
 from fewshot_transfer.models import UNet
 

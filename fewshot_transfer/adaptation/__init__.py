@@ -5,10 +5,9 @@
 * :mod:`~fewshot_transfer.adaptation.losses` -- region-masked and output-space adversarial
   losses (as ``nn.Module`` losses that own their discriminators), entropy maps, the
   lesion-fraction prior;
-* :mod:`~fewshot_transfer.adaptation.training` -- the alternating segmentor/discriminator
-  loop the learners share.
 
-The learners themselves live in ``fewshot_transfer/learners/feature_adversarial.py``
+The learners' base class and shared loop live in ``fewshot_transfer/learners/adversarial.py``,
+the learners in ``fewshot_transfer/learners/feature_adversarial.py``
 (``dual-adv``, ``single-adv``), ``adaptseg.py`` and ``adaptseg_balanced.py``. See
 ``docs/adversarial.md``.
 """

@@ -7,12 +7,9 @@ import logging
 import time
 from pathlib import Path
 
-from fewshot_transfer.config import load_toml, resolve_config, to_toml
+from fewshot_transfer.config import resolve_config, to_toml
 
 log = logging.getLogger(__name__)
-
-#: Config sections that define *what* is measured; a run dir refuses to mix two of them.
-_FIXED_SECTIONS = ("data", "model", "train", "learners")
 
 HELP = """\
 Run the benchmark grid: every learner x every k x every seed, on paired support sets
@@ -65,32 +62,15 @@ def build_config(args: argparse.Namespace) -> dict:
     return resolve_config(args.config, overrides)
 
 
-def check_run_dir(out: Path, cfg: dict) -> None:
-    """Refuse to resume into a run dir whose fixed config differs (results would mix)."""
-    saved = out / "config.toml"
-    if not saved.is_file():
-        return
-    old = {k: v for k, v in load_toml(saved).items() if k in _FIXED_SECTIONS}
-    new = {k: v for k, v in cfg.items() if k in _FIXED_SECTIONS}
-    old.setdefault("learners", {})
-    if old != new:
-        diff = sorted(
-            f"{sec}.{key}" for sec in _FIXED_SECTIONS for key in set(old.get(sec, {})) | set(new.get(sec, {}))
-            if old.get(sec, {}).get(key) != new.get(sec, {}).get(key)
-        )
-        raise ValueError(
-            f"{out} already holds a run with a different configuration ({', '.join(diff)} differ); "
-            "use another --out, or delete that directory to start over"
-        )
-
-
 def main(args: argparse.Namespace) -> int:
     import torch
     from rich.console import Console
 
     from fewshot_transfer.harness.benchmark import prepare
     from fewshot_transfer.harness.outputs import render, render_curves, render_gallery
-    from fewshot_transfer.harness.runner import code_version, plan_cells, resolve_learners, resolve_seeds, run_grid
+    from fewshot_transfer.harness.rundir import check_run_dir
+    from fewshot_transfer.harness.runner import plan_cells, resolve_learners, resolve_seeds, run_grid
+    from fewshot_transfer.provenance import code_version
     from fewshot_transfer.harness.store import atomic_write_text
 
     console = Console()
@@ -101,7 +81,7 @@ def main(args: argparse.Namespace) -> int:
         torch.set_num_threads(int(run_cfg["threads"]))
     out = Path(run_cfg["out"])
     check_run_dir(out, cfg)
-    names = resolve_learners(run_cfg["learners"])
+    names = resolve_learners(run_cfg["learners"], cfg)
     seeds = resolve_seeds(run_cfg["seeds"])
     bench = prepare(cfg, out)
     atomic_write_text(out / "config.toml", to_toml(cfg))

@@ -98,7 +98,7 @@ def submit_main(args: argparse.Namespace) -> int:
     out = _out(args)
     args.out = str(out)
     cfg = build_config(args)
-    names = resolve_learners(cfg["run"]["learners"])
+    names = resolve_learners(cfg["run"]["learners"], cfg)
     seeds = resolve_seeds(cfg["run"]["seeds"])
     bench = prepare(cfg, out)
     cells = plan_cells(bench, names, seeds)

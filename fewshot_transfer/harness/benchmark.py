@@ -22,7 +22,7 @@ from fewshot_transfer.data.loader import load_domain
 from fewshot_transfer.data.samplers import labeled_fraction, resolve_shots, support_indices, support_pool_size
 from fewshot_transfer.data.slices import SliceSet
 from fewshot_transfer.data.splits import TargetSplit, load_split, save_split, split_source, split_target, verify_split
-from fewshot_transfer.learners.base import LearnerContext, ModelCache, ProgressCallback
+from fewshot_transfer.training import LearnerContext, ModelCache, ProgressCallback
 
 log = logging.getLogger(__name__)
 
@@ -82,10 +82,11 @@ class Benchmark:
     ) -> LearnerContext:
         support = self.support_set(max(k, 1), seed) if learner_cls.uses_target else self.support_set(1, seed).subset([])
         return LearnerContext(
-            source_train=self.source_train,
-            source_val=self.source_val,
+            learner=learner_cls.name,
+            _source_train=self.source_train if learner_cls.uses_source else None,
+            _source_val=self.source_val if learner_cls.uses_source else None,
             support=support,
-            unlabeled=self.unlabeled_pool,
+            _unlabeled=self.unlabeled_pool if learner_cls.uses_unlabeled else None,
             k=k,
             seed=seed,
             config=self.config,

@@ -2,15 +2,20 @@
 
 A section is a function ``(rows, records) -> str | None`` registered with
 :func:`section`; it returns Markdown, or None when the run lacks what it needs (e.g. the
-transfer-vs-meta comparison needs both finetune and maml cells).
+transfer-vs-meta comparison needs both finetune and maml cells). Built-in sections live in
+``harness/`` and are listed in ``SECTIONS`` below; a plugin
+registers its own with :func:`section` (see docs/architecture.md).
 """
 
 from __future__ import annotations
 
 from typing import Callable
 
+from fewshot_transfer.harness.transfer_vs_meta import transfer_vs_meta
+
 Section = Callable[[list[dict], list[dict]], "str | None"]
-SECTIONS: list[Section] = []
+#: Built-in sections, in the order they are appended; plugins add theirs with :func:`section`.
+SECTIONS: list[Section] = [transfer_vs_meta]
 
 
 def section(fn: Section) -> Section:
@@ -21,12 +26,10 @@ def section(fn: Section) -> Section:
 
 def render_sections(rows: list[dict], records: list[dict]) -> list[str]:
     """Markdown of every section that applies to this run."""
-    import fewshot_transfer.learners as learners
-
-    learners.available()  # learner modules may register sections on import
     out = []
     for fn in SECTIONS:
         text = fn(rows, records)
         if text:
             out.append(text)
     return out
+

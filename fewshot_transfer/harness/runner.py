@@ -8,11 +8,8 @@ recorded as failed with its reason, and the grid continues.
 
 from __future__ import annotations
 
-import functools
-import hashlib
 import logging
 import shlex
-import subprocess
 import time
 from pathlib import Path
 from typing import Callable, Iterable
@@ -20,14 +17,14 @@ from typing import Callable, Iterable
 import numpy as np
 import torch
 
-import fewshot_transfer
-from fewshot_transfer.atomic import atomic_open
 from fewshot_transfer import learners
+from fewshot_transfer.atomic import atomic_open
 from fewshot_transfer.config import config_hash
 from fewshot_transfer.harness.benchmark import Benchmark
 from fewshot_transfer.harness.store import CellSpec, CellStore, write_csv
-from fewshot_transfer.learners.base import ProgressCallback, TrainingDiverged
 from fewshot_transfer.metrics import evaluate, hd95_unit
+from fewshot_transfer.provenance import code_version
+from fewshot_transfer.training import ProgressCallback, TrainingDiverged
 
 log = logging.getLogger(__name__)
 
@@ -37,34 +34,16 @@ PROTOCOL_VERSION = 1
 GALLERY_SLICES = 6
 
 
-@functools.cache
-def code_version() -> dict:
-    """Package version, git commit when available, and a hash of the package sources.
-
-    Computed once per process (every cell records it; the sources do not change mid-run).
-    """
-    pkg = Path(fewshot_transfer.__file__).parent
-    h = hashlib.sha256()
-    for p in sorted(pkg.rglob("*.py")):
-        h.update(p.relative_to(pkg).as_posix().encode())
-        h.update(p.read_bytes())
-    commit = ""
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=pkg, capture_output=True, text=True, timeout=5
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return {"package": fewshot_transfer.__version__, "git": commit, "source_sha": h.hexdigest()[:16]}
-
-
-def resolve_learners(spec: str | list[str]) -> list[str]:
-    """``all`` or a comma list of registered learner names (validated)."""
+def resolve_learners(spec: str | list[str], config: dict | None = None) -> list[str]:
+    """``all`` or a comma list of registered learner names, validated; with ``config``, every
+    learner's hyperparameters are resolved too, so a bad value fails before any work."""
     names = spec if isinstance(spec, list) else [s.strip() for s in str(spec).split(",") if s.strip()]
     if names == ["all"]:
-        return learners.available()
+        names = learners.available()
     for n in names:
-        learners.get(n)
+        cls = learners.get(n)
+        if config is not None:
+            cls.resolve_params(config)
     return names
 
 
@@ -140,7 +119,7 @@ def run_cell(bench: Benchmark, spec: CellSpec, callback: ProgressCallback | None
         "labeled_fraction": bench.labeled_fraction(spec.k) if spec.k else 0.0,
         "support_pool_size": bench.eligible,
         "support_patients": sorted(set(ctx.support.patients.tolist())),
-        "params": ctx.params,
+        "params": dict(ctx.params),
         "tuned_from": tuned_from or _tuned_from(bench.config, spec.learner),
         "protocol": PROTOCOL_VERSION,
         "provenance": {

@@ -9,7 +9,8 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
-from fewshot_transfer.learners.base import REGISTRY, Learner, LearnerContext, Segmenter, register
+from fewshot_transfer.learners.base import REGISTRY, Learner, register
+from fewshot_transfer.training import LearnerContext, Segmenter
 
 __all__ = ["REGISTRY", "Learner", "LearnerContext", "Segmenter", "available", "get", "register"]
 

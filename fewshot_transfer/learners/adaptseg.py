@@ -30,8 +30,9 @@ from torch import nn
 
 from fewshot_transfer.adaptation.discriminators import OutputDiscriminator
 from fewshot_transfer.adaptation.losses import INPUTS, OutputAdversarialLoss
-from fewshot_transfer.adaptation.training import AdversarialBatch, AdversarialLearner
-from fewshot_transfer.learners.base import LearnerContext, register
+from fewshot_transfer.learners.adversarial import AdversarialBatch, AdversarialLearner
+from fewshot_transfer.learners.base import register
+from fewshot_transfer.training import LearnerContext
 from fewshot_transfer.losses import seg_loss
 
 AUX = "aux_logits"
@@ -63,10 +64,10 @@ class AdaptSeg(AdversarialLearner):
 
     # -- pieces reused by adaptseg-balanced --------------------------------------------
     def build_adversary(self, ctx: LearnerContext, model: nn.Module) -> OutputAdversary:
-        kind = str(ctx.params["input"])
+        kind = ctx.params.input
         if kind not in INPUTS:
             raise ValueError(f"{self.name}: input must be one of {', '.join(INPUTS)}, got {kind!r}")
-        depth = int(ctx.params["d_depth"])
+        depth = ctx.params.d_depth
 
         def make() -> OutputAdversarialLoss:
             return OutputAdversarialLoss(OutputDiscriminator.for_backbone(model, 2, depth), kind, self.balanced)
@@ -82,11 +83,11 @@ class AdaptSeg(AdversarialLearner):
         aux = batch.feats[AUX]
         a_s, a_t, _ = batch.parts(aux)
         _, m_t = self.lesion_masks(batch)
-        lam = float(p["lambda_adv"])
+        lam = p.lambda_adv
         terms = [
-            ("seg_aux", float(p["aux_seg_weight"]), seg_loss(a_s, batch.y_src) + seg_loss(a_t, batch.y_tgt)),
+            ("seg_aux", p.aux_seg_weight, seg_loss(a_s, batch.y_src) + seg_loss(a_t, batch.y_tgt)),
             ("adv", lam, adversary.main.adversarial_loss(batch.target(batch.logits), m_t)),
-            ("adv_aux", lam * float(p["aux_adv_ratio"]), adversary.aux.adversarial_loss(batch.target(aux), m_t)),
+            ("adv_aux", lam * p.aux_adv_ratio, adversary.aux.adversarial_loss(batch.target(aux), m_t)),
         ]
         return terms, self.extra_stats(batch)
 

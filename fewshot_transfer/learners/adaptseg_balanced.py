@@ -67,7 +67,7 @@ class AdaptSegBalanced(AdaptSeg):
     def prepare(self, ctx) -> None:
         labeled = ctx.support.masks[ctx.support.labeled]
         p = ctx.params
-        self.prior, self.prior_lo, self.prior_hi = lesion_prior_band(labeled, float(p["prior_lo"]), float(p["prior_hi"]))
+        self.prior, self.prior_lo, self.prior_hi = lesion_prior_band(labeled, p.prior_lo, p.prior_hi)
 
     def lesion_masks(self, batch):
         _, _, lg_u = batch.parts(batch.logits)
@@ -79,7 +79,7 @@ class AdaptSegBalanced(AdaptSeg):
         if batch.n_unl:
             _, _, lg_u = batch.parts(batch.logits)
             p = ctx.params
-            penalty = lesion_prior_penalty(lg_u, self.prior_lo, self.prior_hi, float(p["prior_sharpness"]))
-            terms.append(("prior", float(p["prior_weight"]), penalty))
+            penalty = lesion_prior_penalty(lg_u, self.prior_lo, self.prior_hi, p.prior_sharpness)
+            terms.append(("prior", p.prior_weight, penalty))
         stats["prior_frac"] = self.prior
         return terms, stats

@@ -8,8 +8,8 @@ a quickly re-fit head can use. Meta-test adapts the same head on the k shots.
 
 from __future__ import annotations
 
-import fewshot_transfer.meta.analysis  # noqa: F401  (registers the transfer-vs-meta report section)
-from fewshot_transfer.learners.base import Learner, LearnerContext, Segmenter, register
+from fewshot_transfer.learners.base import Learner, register
+from fewshot_transfer.training import LearnerContext, Segmenter
 from fewshot_transfer.meta.training import (
     META_DEFAULTS,
     MetaConfig,
@@ -32,6 +32,6 @@ class ANIL(Learner):
 
     def fit(self, ctx: LearnerContext) -> Segmenter:
         model = ctx.new_model()
-        prefixes = head_prefixes(str(ctx.params["head"]), model)
+        prefixes = head_prefixes(ctx.params.head, model)
         cfg = MetaConfig.from_params(ctx.params, algorithm="maml", first_order=False, adapt=prefixes)
         return fit_meta(ctx, self.name, cfg)

@@ -49,8 +49,9 @@ from torch import nn
 
 from fewshot_transfer.adaptation.discriminators import PixelDiscriminator
 from fewshot_transfer.adaptation.losses import RegionAdversarialLoss, confident_regions
-from fewshot_transfer.adaptation.training import AdversarialBatch, AdversarialLearner
-from fewshot_transfer.learners.base import LearnerContext, register
+from fewshot_transfer.learners.adversarial import AdversarialBatch, AdversarialLearner
+from fewshot_transfer.learners.base import register
+from fewshot_transfer.training import LearnerContext
 
 FEATURE = "dec1"
 
@@ -80,7 +81,7 @@ class DualAdversarial(AdversarialLearner):
     def build_adversary(self, ctx: LearnerContext, model: nn.Module) -> RegionAdversarialLoss:
         hidden = int(ctx.params.get("d_hidden", 0)) or None
         discs = {r: PixelDiscriminator.for_backbone(model, FEATURE, hidden=hidden) for r in self.regions}
-        return RegionAdversarialLoss(discs, max_pixels=int(ctx.params["max_pixels"]))
+        return RegionAdversarialLoss(discs, max_pixels=ctx.params.max_pixels)
 
     def route(
         self, ctx: LearnerContext, step: int, batch: AdversarialBatch
@@ -89,8 +90,8 @@ class DualAdversarial(AdversarialLearner):
         _, _, lg_u = batch.parts(batch.logits)
         y_s, y_t = batch.y_src > 0.5, batch.y_tgt > 0.5
         src = {"pos": y_s, "neg": ~y_s}
-        if batch.n_unl and step > int(ctx.params["warmup"]):
-            pos_u, neg_u = confident_regions(torch.sigmoid(lg_u), float(ctx.params["conf_threshold"]))
+        if batch.n_unl and step > ctx.params.warmup:
+            pos_u, neg_u = confident_regions(torch.sigmoid(lg_u), ctx.params.conf_threshold)
         else:  # before the warm-up, unlabeled rows are routed nowhere
             pos_u = neg_u = torch.zeros_like(lg_u, dtype=torch.bool)
         tgt = {"pos": torch.cat([y_t, pos_u]), "neg": torch.cat([~y_t, neg_u])}
@@ -100,7 +101,7 @@ class DualAdversarial(AdversarialLearner):
     def segmentor_terms(self, ctx, step, batch, adversary):
         _, tgt, stats = self.route(ctx, step, batch)
         adv, adv_stats = adversary.adversarial_loss(batch.target(batch.feats[FEATURE]), tgt)
-        return [("adv", float(ctx.params["lambda_adv"]), adv)], {**stats, **adv_stats}
+        return [("adv", ctx.params.lambda_adv, adv)], {**stats, **adv_stats}
 
     def discriminator_loss(self, ctx, step, batch, adversary):
         src, tgt, _ = self.route(ctx, step, batch)

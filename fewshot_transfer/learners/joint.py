@@ -7,7 +7,8 @@ score *below* target-only training: the harness shows when it does.
 
 from __future__ import annotations
 
-from fewshot_transfer.learners.base import Learner, LearnerContext, Segmenter, mixed_batches, register, train_supervised
+from fewshot_transfer.learners.base import Learner, register
+from fewshot_transfer.training import LearnerContext, Segmenter, mixed_batches, train_supervised
 
 
 @register
@@ -26,7 +27,7 @@ class Joint(Learner):
 
     def fit(self, ctx: LearnerContext) -> Segmenter:
         p = ctx.params
-        model = ctx.source_model() if p["from_pretrained"] else ctx.new_model()
-        batches = mixed_batches(ctx, ctx.source_train, ctx.support, int(p["batch_size"]), float(p["target_share"]))
-        train_supervised(ctx, model, batches, steps=int(p["steps"]), lr=float(p["lr"]), phase="joint")
+        model = ctx.source_model() if p.from_pretrained else ctx.new_model()
+        batches = mixed_batches(ctx, ctx.source_train, ctx.support, p.batch_size, p.target_share)
+        train_supervised(ctx, model, batches, steps=p.steps, lr=p.lr, phase="joint")
         return ctx.segmenter(model)

@@ -11,8 +11,8 @@ meta-test the init takes ``test_steps`` inner-loop steps on the shots. See
 
 from __future__ import annotations
 
-import fewshot_transfer.meta.analysis  # noqa: F401  (registers the transfer-vs-meta report section)
-from fewshot_transfer.learners.base import Learner, LearnerContext, Segmenter, register
+from fewshot_transfer.learners.base import Learner, register
+from fewshot_transfer.training import LearnerContext, Segmenter
 from fewshot_transfer.meta.training import (
     META_DEFAULTS,
     MetaConfig,

@@ -7,8 +7,8 @@ together); the mean of ``init - adapted`` over the meta-batch is fed to Adam
 
 from __future__ import annotations
 
-import fewshot_transfer.meta.analysis  # noqa: F401  (registers the transfer-vs-meta report section)
-from fewshot_transfer.learners.base import Learner, LearnerContext, Segmenter, register
+from fewshot_transfer.learners.base import Learner, register
+from fewshot_transfer.training import LearnerContext, Segmenter
 from fewshot_transfer.meta.training import (
     META_DEFAULTS,
     MetaConfig,

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from fewshot_transfer.learners.base import Learner, LearnerContext, Segmenter, register, slice_batches, train_supervised
+from fewshot_transfer.learners.base import Learner, register
+from fewshot_transfer.training import LearnerContext, Segmenter, slice_batches, train_supervised
 
 
 @register
@@ -13,6 +14,6 @@ class Scratch(Learner):
     def fit(self, ctx: LearnerContext) -> Segmenter:
         p = ctx.params
         model = ctx.new_model()
-        batches = slice_batches(ctx, ctx.support, int(p["batch_size"]))
-        train_supervised(ctx, model, batches, steps=int(p["steps"]), lr=float(p["lr"]), phase="target")
+        batches = slice_batches(ctx, ctx.support, p.batch_size)
+        train_supervised(ctx, model, batches, steps=p.steps, lr=p.lr, phase="target")
         return ctx.segmenter(model)

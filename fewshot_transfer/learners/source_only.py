@@ -6,7 +6,8 @@ cell per seed and shows it in every k column.
 
 from __future__ import annotations
 
-from fewshot_transfer.learners.base import Learner, LearnerContext, Segmenter, register
+from fewshot_transfer.learners.base import Learner, register
+from fewshot_transfer.training import LearnerContext, Segmenter
 
 
 @register

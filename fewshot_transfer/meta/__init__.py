@@ -4,7 +4,8 @@
 ``reptile_direction``) and the class form (``MetaModel``); ``training`` meta-trains on
 source tasks (cached per config, seed and data) and adapts on the k target shots; the
 learners ``maml``, ``fomaml``, ``reptile``, ``anil`` and ``metasgd`` are thin files in
-``fewshot_transfer/learners/``. ``analysis`` adds the transfer-vs-meta report section.
+``fewshot_transfer/learners/``. The transfer-vs-meta report
+section is ``harness/transfer_vs_meta.py``.
 """
 
 from fewshot_transfer.meta.engine import (

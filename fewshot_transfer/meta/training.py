@@ -36,18 +36,13 @@ import logging
 import time
 import zlib
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import numpy as np
 import torch
 
 from fewshot_transfer.data.samplers import MetaTask, source_meta_tasks
-from fewshot_transfer.learners.base import (
-    PRETRAIN_VERSION,
-    LearnerContext,
-    slice_batches,
-)
 from fewshot_transfer.meta.engine import (
     LR,
     Task,
@@ -60,6 +55,7 @@ from fewshot_transfer.meta.engine import (
     sgd_step,
 )
 from fewshot_transfer.models.unet import UNet
+from fewshot_transfer.training import PRETRAIN_VERSION, LearnerContext, slice_batches
 
 log = logging.getLogger(__name__)
 
@@ -69,25 +65,6 @@ ALGORITHMS = ("maml", "reptile")
 INITS = ("source", "scratch")
 #: Parameter-name prefixes the ANIL inner loop adapts, per ``head`` choice.
 HEAD_SCOPES = ("head", "last_block")
-
-#: Hyperparameters every meta-learner shares (``[learners.NAME]`` overrides them).
-#: ``steps``/``lr`` inherited from ``[train]`` are not used by meta-learners;
-#: ``batch_size`` is the test-time adaptation minibatch.
-META_DEFAULTS: dict[str, Any] = {
-    "inner_lr": 0.01,
-    "inner_steps": 1,
-    "meta_lr": 0.0005,
-    "meta_steps": 30,
-    "meta_batch": 4,
-    "n_support": 5,
-    "n_query": 5,
-    "test_steps": 30,
-    "test_lr": 0.05,
-    "init": "source",
-    "mix_target": 0.0,
-    "vmap": False,
-}
-
 
 @dataclass(frozen=True)
 class MetaConfig:
@@ -143,6 +120,14 @@ class MetaConfig:
         for test_only in ("test_steps", "test_lr", "test_batch"):
             d.pop(test_only)
         return d
+
+
+#: MetaConfig fields each learner fixes in code (or that come from ``batch_size``), not hyperparameters.
+_FIXED_FIELDS = ("algorithm", "first_order", "learn_lr", "adapt", "test_batch")
+#: Hyperparameters every meta-learner shares, derived from :class:`MetaConfig` (written once).
+#: ``steps``/``lr`` inherited from ``[train]`` are not used by meta-learners; ``batch_size``
+#: is the test-time adaptation minibatch.
+META_DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(MetaConfig) if f.name not in _FIXED_FIELDS}
 
 
 def head_prefixes(scope: str, model: UNet) -> tuple[str, ...]:

@@ -35,13 +35,12 @@ import warnings
 from collections import defaultdict
 from pathlib import Path
 
-from fewshot_transfer.config import config_hash, to_toml
+from fewshot_transfer.config import config_hash, run_identity, to_toml
 from fewshot_transfer.tuning.study import heartbeat_thread, jsonable, load_config_text, redact, worker_id
 
 log = logging.getLogger(__name__)
 
 GRID_ATTR = "ftbench_grid"
-FIXED_SECTIONS = ("data", "model", "train", "learners")
 CELL_KEYS = ("cell_id", "learner", "k", "k_label", "seed")
 
 
@@ -50,7 +49,7 @@ def grid_study_name(grid: str) -> str:
 
 
 def _identity(cfg: dict) -> str:
-    return config_hash({s: cfg.get(s, {}) for s in FIXED_SECTIONS})
+    return config_hash(run_identity(cfg))
 
 
 def load_grid(storage, grid: str):
@@ -176,7 +175,7 @@ def work(
     from optuna.exceptions import UpdateFinishedTrialError
     from optuna.trial import TrialState
 
-    from fewshot_transfer.commands.run import check_run_dir
+    from fewshot_transfer.harness.rundir import check_run_dir
     from fewshot_transfer.data.splits import TargetSplit, save_split
     from fewshot_transfer.harness.benchmark import prepare
     from fewshot_transfer.harness.runner import run_cell
@@ -282,7 +281,7 @@ def collect(storage, grid: str, out: Path, *, console=None) -> dict:
     """Write every recorded cell of ``grid`` into ``out/cells`` and render the leaderboard there."""
     from optuna.trial import TrialState
 
-    from fewshot_transfer.commands.run import check_run_dir
+    from fewshot_transfer.harness.rundir import check_run_dir
     from fewshot_transfer.data.splits import TargetSplit, save_split
     from fewshot_transfer.harness.outputs import render
     from fewshot_transfer.harness.runner import reproduce_command

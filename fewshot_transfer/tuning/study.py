@@ -60,7 +60,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from fewshot_transfer.config import DEFAULTS, config_hash, deep_merge, to_toml
+from fewshot_transfer.config import DEFAULTS, config_hash, deep_merge, run_identity, to_toml
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +69,6 @@ DEFAULT_HEARTBEAT = 60
 DEFAULT_GRACE = 180
 #: How often a trial whose worker died is re-queued.
 DEFAULT_MAX_RETRY = 2
-#: Config sections that define what a trial measures (the study refuses to mix two of them).
-IDENTITY_SECTIONS = ("data", "model", "train", "learners")
 STUDY_ATTR = "ftbench_tune"
 
 
@@ -394,7 +392,7 @@ def make_pruner(name: str, *, startup_trials: int, warmup_episodes: int):
 
 def identity(spec: TuneSpec, info: dict, k: int) -> dict:
     """What a trial's number depends on; stored on the study and compared by every worker."""
-    fixed = {s: spec.config.get(s, {}) for s in IDENTITY_SECTIONS}
+    fixed = run_identity(spec.config)
     return {
         "learner": spec.learner,
         "k": k,

@@ -1,6 +1,6 @@
 """Report section: transfer (``finetune``) vs meta-learning (``maml``) across k.
 
-Appended to ``leaderboard.md`` whenever a run has both finetune and maml cells. Both
+Registered in :mod:`fewshot_transfer.harness.report`; appended to ``leaderboard.md`` whenever a run has both finetune and maml cells. Both
 learners of one seed adapt on the same k shots from a model built on the same CAP data,
 so they are compared *paired by episode* (seed):
 
@@ -25,7 +25,6 @@ from collections import defaultdict
 import numpy as np
 from scipy import stats
 
-from fewshot_transfer.harness.report import section
 from fewshot_transfer.harness.stats import mean_ci, paired_diff
 
 TRANSFER, META = "finetune", "maml"
@@ -90,7 +89,6 @@ def crossover(diffs: list[tuple[str, dict]]) -> str:
     )
 
 
-@section
 def transfer_vs_meta(rows: list[dict], records: list[dict]) -> str | None:
     """Markdown for the finetune-vs-maml comparison, or None without both learners."""
     dice = episode_dice(records)

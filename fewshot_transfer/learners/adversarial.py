@@ -1,4 +1,4 @@
-"""The training loop the adversarial learners share (alternating segmentor / discriminator updates).
+"""The adversarial learners' base class and the loop they share (alternating segmentor / discriminator updates).
 
 One step:
 
@@ -31,20 +31,9 @@ import torch
 from torch import nn
 
 from fewshot_transfer.adaptation.discriminators import set_requires_grad
-from fewshot_transfer.data.slices import SliceSet
-from fewshot_transfer.learners.base import Learner, LearnerContext, Segmenter, slice_batches
+from fewshot_transfer.learners.base import Learner
 from fewshot_transfer.losses import seg_loss
-
-
-def unlabeled_batches(ctx: LearnerContext, data: SliceSet, batch_size: int, salt: int = 0) -> Iterator[torch.Tensor]:
-    """Infinite seeded minibatches ``[B, 1, H, W]`` of *all* rows of ``data`` (labels never read)."""
-    n = len(data)
-    if n == 0:
-        raise ValueError(f"{data.name}: no unlabeled slices")
-    rng = np.random.default_rng([ctx.seed, salt, 23])
-    while True:
-        idx = np.sort(rng.choice(n, size=batch_size, replace=n < batch_size))
-        yield torch.from_numpy(data.images[idx]).unsqueeze(1).to(ctx.device, torch.float32)
+from fewshot_transfer.training import LearnerContext, Segmenter, slice_batches, unlabeled_batches
 
 
 @dataclass
@@ -123,17 +112,17 @@ class AdversarialLearner(Learner):
     # -- loop ---------------------------------------------------------------------------
     def fit(self, ctx: LearnerContext) -> Segmenter:
         p = ctx.params
-        n_lab = int(p["batch_size"])
+        n_lab = p.batch_size
         if n_lab < 2:
             raise ValueError(f"{self.name}: batch_size must be >= 2 (source and target rows), got {n_lab}")
-        n_src = min(max(1, round(float(p["source_share"]) * n_lab)), n_lab - 1)
+        n_src = min(max(1, round(p.source_share * n_lab)), n_lab - 1)
         n_tgt = n_lab - n_src
-        n_unl = max(0, round(float(p["unlabeled_share"]) * n_lab)) if len(ctx.unlabeled) else 0
+        n_unl = max(0, round(p.unlabeled_share * n_lab)) if len(ctx.unlabeled) else 0
         model = ctx.source_model()
         adversary = self.build_adversary(ctx, model).to(ctx.device)
         self.prepare(ctx)
-        opt = torch.optim.Adam(model.parameters(), lr=float(p["lr"]), weight_decay=float(ctx.train_cfg.get("weight_decay", 0.0)))
-        opt_d = torch.optim.Adam(adversary.parameters(), lr=float(p["d_lr"]), betas=(0.9, 0.99))
+        opt = torch.optim.Adam(model.parameters(), lr=p.lr, weight_decay=float(ctx.train_cfg.get("weight_decay", 0.0)))
+        opt_d = torch.optim.Adam(adversary.parameters(), lr=p.d_lr, betas=(0.9, 0.99))
         src_it = slice_batches(ctx, ctx.source_train, n_src, salt=301)
         tgt_it = slice_batches(ctx, ctx.support, n_tgt, salt=302)
         unl_it = unlabeled_batches(ctx, ctx.unlabeled, n_unl, salt=303) if n_unl else None
@@ -141,7 +130,7 @@ class AdversarialLearner(Learner):
         model.train()
         adversary.train()
         t0 = time.perf_counter()
-        for step in range(1, int(p["steps"]) + 1):
+        for step in range(1, p.steps + 1):
             xs, ys = next(src_it)
             xt, yt = next(tgt_it)
             xs_ = [xs, xt]

@@ -1,0 +1,47 @@
+"""Source pretraining: the CAP backbone every transfer learner starts from (cached per seed)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fewshot_transfer.models.unet import UNet
+from fewshot_transfer.training.context import LearnerContext
+from fewshot_transfer.training.loops import train_supervised
+from fewshot_transfer.training.streams import slice_batches
+
+#: Bump when source pretraining changes in a way that invalidates cached models.
+PRETRAIN_VERSION = 1
+
+
+def pretrain_key(ctx: LearnerContext) -> dict:
+    """Everything the pretrained weights depend on (the model-cache key)."""
+    train = ctx.train_cfg
+    return {
+        "version": PRETRAIN_VERSION,
+        "source": ctx.source_train.fingerprint,
+        "source_rows": len(ctx.source_train),
+        "model": ctx.config["model"],
+        "steps": train["pretrain_steps"],
+        "lr": train["lr"],
+        "batch_size": train["batch_size"],
+        "augment": train.get("augment", True),
+        "seed": ctx.seed,
+    }
+
+
+def pretrained_source_model(ctx: LearnerContext) -> UNet:
+    """Train (or load) the backbone on labeled source slices for this seed."""
+    train_cfg = ctx.train_cfg
+
+    def train() -> dict[str, Any]:
+        model = ctx.new_model(salt=1)
+        batches = slice_batches(ctx, ctx.source_train, int(train_cfg["batch_size"]), salt=101)
+        train_supervised(
+            ctx, model, batches, steps=int(train_cfg["pretrain_steps"]), lr=float(train_cfg["lr"]), phase="pretrain"
+        )
+        return {k: v.detach().cpu() for k, v in model.state_dict().items()}
+
+    state = ctx.cache.get_or_train("source", pretrain_key(ctx), train)
+    model = ctx.new_model(salt=1)
+    model.load_state_dict(state)
+    return model

@@ -1,0 +1,32 @@
+"""A trained model wrapped for inference on normalized numpy slices (what ``fit`` returns)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+
+class Segmenter:
+    """Batched inference with a fixed threshold; the harness evaluates every learner through it."""
+
+    def __init__(self, model: nn.Module, device: torch.device, threshold: float = 0.5, batch: int = 64) -> None:
+        self.model = model.to(device).eval()
+        self.device = device
+        self.threshold = threshold
+        self.batch = batch
+
+    @torch.no_grad()
+    def predict_proba(self, images: np.ndarray) -> np.ndarray:
+        """Lesion probabilities ``[N, H, W]`` (float32) for images ``[N, H, W]`` in [0, 1]."""
+        self.model.eval()
+        out = np.empty(images.shape, dtype=np.float32)
+        for start in range(0, len(images), self.batch):
+            x = torch.from_numpy(np.ascontiguousarray(images[start : start + self.batch]))
+            x = x.to(self.device, torch.float32).unsqueeze(1)
+            out[start : start + len(x)] = torch.sigmoid(self.model(x))[:, 0].float().cpu().numpy()
+        return out
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        """Binary lesion masks (uint8) at the segmenter's threshold."""
+        return (self.predict_proba(images) >= self.threshold).astype(np.uint8)
