@@ -11,12 +11,17 @@ from fewshot_transfer.training.context import (
     ProgressCallback,
     TrainingDiverged,
 )
-from fewshot_transfer.training.loops import train_supervised
+from fewshot_transfer.training.loops import StepBatch, StepHooks, train_steps, train_supervised
 from fewshot_transfer.training.model_cache import ModelCache
 from fewshot_transfer.training.params import Params
 from fewshot_transfer.training.pretrain import PRETRAIN_VERSION, pretrained_source_model
 from fewshot_transfer.training.segmenter import Segmenter
-from fewshot_transfer.training.streams import mixed_batches, slice_batches, unlabeled_batches
+from fewshot_transfer.training.streams import (
+    labeled_batches,
+    slice_batches,
+    source_rows,
+    unlabeled_batches,
+)
 
 __all__ = [
     "PRETRAIN_VERSION",
@@ -27,10 +32,14 @@ __all__ = [
     "PoolWithheld",
     "ProgressCallback",
     "Segmenter",
+    "StepBatch",
+    "StepHooks",
     "TrainingDiverged",
-    "mixed_batches",
+    "labeled_batches",
     "pretrained_source_model",
     "slice_batches",
+    "source_rows",
+    "train_steps",
     "train_supervised",
     "unlabeled_batches",
 ]

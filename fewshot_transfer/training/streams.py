@@ -32,20 +32,41 @@ def slice_batches(
         yield ctx.to_tensors(data, np.sort(idx))
 
 
-def mixed_batches(
-    ctx: LearnerContext, a: SliceSet, b: SliceSet, batch_size: int, b_share: float, salt: int = 0
+def labeled_batches(
+    ctx: LearnerContext,
+    support: SliceSet,
+    batch_size: int,
+    *,
+    source: SliceSet | None = None,
+    n_source: int = 0,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Batches with ``round(b_share * batch_size)`` rows from ``b`` (oversampled) and the rest from ``a``."""
-    nb = min(batch_size, max(1, round(b_share * batch_size)))
-    it_a = slice_batches(ctx, a, batch_size - nb, salt) if nb < batch_size else None
-    it_b = slice_batches(ctx, b, nb, salt + 1)
+    """The common target budget: ``batch_size`` shot rows per step (the stream finetune uses),
+    preceded by ``n_source`` labeled source rows when a learner mixes in CAP data.
+
+    With ``n_source = 0`` this *is* ``slice_batches(ctx, support, batch_size)``, so a learner
+    with its source rows switched off sees exactly finetune's batches. At k = 0 (no shots)
+    the batch holds only the source rows.
+    """
+    src = slice_batches(ctx, source, n_source, salt=1) if (n_source and source is not None) else None
+    tgt = slice_batches(ctx, support, batch_size) if len(support) else None
+    if src is None and tgt is None:
+        raise ValueError("labeled_batches: no target shots and no source rows to train on")
     while True:
-        xb, yb = next(it_b)
-        if it_a is None:
-            yield xb, yb
-            continue
-        xa, ya = next(it_a)
-        yield torch.cat([xa, xb]), torch.cat([ya, yb])
+        if src is None:
+            yield next(tgt)  # type: ignore[arg-type]
+        elif tgt is None:
+            yield next(src)
+        else:
+            xs, ys = next(src)
+            xt, yt = next(tgt)
+            yield torch.cat([xs, xt]), torch.cat([ys, yt])
+
+
+def source_rows(batch_size: int, source_share: float) -> int:
+    """Source rows next to ``batch_size`` target rows so that they make ``source_share`` of the batch."""
+    if not 0.0 <= source_share < 1.0:
+        raise ValueError(f"source_share must be in [0, 1), got {source_share}")
+    return round(batch_size * source_share / (1.0 - source_share))
 
 
 def unlabeled_batches(ctx: LearnerContext, data: SliceSet, batch_size: int, salt: int = 0) -> Iterator[torch.Tensor]:
