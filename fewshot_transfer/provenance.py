@@ -11,7 +11,7 @@ import hashlib
 import subprocess
 from pathlib import Path
 
-import fewshot_transfer
+from fewshot_transfer import __version__
 
 
 @functools.cache
@@ -20,7 +20,7 @@ def code_version() -> dict:
 
     Computed once per process (the sources do not change mid-run).
     """
-    pkg = Path(fewshot_transfer.__file__).parent
+    pkg = Path(__file__).parent  # this module sits at the package root
     h = hashlib.sha256()
     for p in sorted(pkg.rglob("*.py")):
         h.update(p.relative_to(pkg).as_posix().encode())
@@ -32,4 +32,4 @@ def code_version() -> dict:
         ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         pass
-    return {"package": fewshot_transfer.__version__, "git": commit, "source_sha": h.hexdigest()[:16]}
+    return {"package": __version__, "git": commit, "source_sha": h.hexdigest()[:16]}

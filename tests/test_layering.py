@@ -1,0 +1,155 @@
+"""Dependencies point one way: no module imports from a layer above its own.
+
+Every module of the package is parsed with ``ast``; module-level and function-level imports
+(including ``TYPE_CHECKING`` blocks) are checked. The layer order is written here once and
+mirrored in docs/architecture.md.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = "fewshot_transfer"
+ROOT = Path(__file__).resolve().parents[1] / PACKAGE
+
+#: Highest first. A unit may import from its own unit and from lower layers only; the units
+#: of one layer are independent of each other (adaptation and meta do not import each other,
+#: nor do data and models). The core modules form one unit.
+LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("commands", ("commands", "cli")),
+    ("tuning", ("tuning",)),
+    ("harness", ("harness",)),
+    ("learners", ("learners",)),
+    ("adaptation / meta", ("adaptation", "meta")),
+    ("training", ("training",)),
+    ("data / models", ("data", "models")),
+    ("core", ("config", "atomic", "augment", "losses", "metrics", "provenance")),
+)
+CORE = "core"
+#: ``fewshot_transfer/__init__.py`` is the public-API facade: it re-exports names from every
+#: layer through a lazy ``__getattr__``, so it is exempt as an importer. Inside the package
+#: only ``__version__`` may be taken from it (anything else would be an upward import).
+FACADE_NAMES = {"__version__"}
+
+RANK: dict[str, int] = {}
+LAYER_OF: dict[str, str] = {}
+for _rank, (_layer, _units) in enumerate(reversed(LAYERS)):
+    for _unit in (CORE,) if _layer == CORE else _units:
+        RANK[_unit] = _rank
+        LAYER_OF[_unit] = _layer
+CORE_MODULES = dict(LAYERS)[CORE]
+
+
+def unit_of(module: str) -> str:
+    """``fewshot_transfer.harness.runner`` -> ``harness``; core modules -> ``core``."""
+    first = module.split(".")[1]
+    if first in CORE_MODULES:
+        return CORE
+    if first not in RANK:
+        raise KeyError(f"{module}: {first!r} has no layer; add it to LAYERS here and in docs/architecture.md")
+    return first
+
+
+def is_module(name: str, root: Path = ROOT) -> bool:
+    """Whether ``fewshot_transfer.a.b`` names a module or package of the source tree."""
+    path = root.joinpath(*name.split(".")[1:])
+    return path.with_suffix(".py").is_file() or (path / "__init__.py").is_file()
+
+
+def imported_modules(tree: ast.AST, module: str, is_package: bool, root: Path = ROOT) -> list[tuple[int, str]]:
+    """(line, module) for every package-internal import anywhere in ``tree``.
+
+    ``from X import name`` counts as importing ``X.name`` when that is a submodule; the
+    facade's metadata names map to no module and are skipped.
+    """
+    found: list[tuple[int, str]] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, a.name) for a in node.names if a.name.split(".")[0] == PACKAGE]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                parts = module.split(".")
+                base = parts if is_package else parts[:-1]
+                base = base[: len(base) - (node.level - 1)]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            if target.split(".")[0] != PACKAGE:
+                continue
+            for alias in node.names:
+                sub = f"{target}.{alias.name}"
+                if is_module(sub, root):
+                    found.append((node.lineno, sub))
+                elif target != PACKAGE or alias.name not in FACADE_NAMES:
+                    found.append((node.lineno, target))
+    return found
+
+
+def violations(root: Path = ROOT) -> list[str]:
+    """Every upward or sideways import in the package under ``root``, as readable lines."""
+    problems: list[str] = []
+    for path in sorted(root.rglob("*.py")):
+        rel = path.relative_to(root.parent)
+        if rel == Path(PACKAGE, "__init__.py"):
+            continue  # the facade
+        is_package = path.name == "__init__.py"
+        parts = rel.with_suffix("").parts
+        module = ".".join(parts[:-1] if is_package else parts)
+        src = unit_of(module)
+        tree = ast.parse(path.read_text(), filename=str(path))
+        for line, target in imported_modules(tree, module, is_package, root):
+            if target == PACKAGE:
+                problems.append(f"{rel}:{line}: imports from the {PACKAGE} facade (only __version__ is allowed inside)")
+                continue
+            dst = unit_of(target)
+            if dst == src or RANK[dst] < RANK[src]:
+                continue
+            how = "a higher layer" if RANK[dst] > RANK[src] else "a sibling in the same layer"
+            problems.append(
+                f"{rel}:{line}: {LAYER_OF[src]} ({src}) imports {target} from {how}: {LAYER_OF[dst]} ({dst})"
+            )
+    return problems
+
+
+def test_imports_point_down_the_layers():
+    problems = violations()
+    assert not problems, "imports against the layer order:\n" + "\n".join(problems)
+
+
+def test_every_module_has_a_layer():
+    for path in ROOT.rglob("*.py"):
+        if path.parent == ROOT and path.name != "__init__.py":
+            unit_of(f"{PACKAGE}.{path.stem}")
+        elif path.parent != ROOT:
+            unit_of(f"{PACKAGE}.{path.relative_to(ROOT).parts[0]}")
+
+
+def _write(root: Path, rel: str, text: str) -> None:
+    path = root / PACKAGE / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+def test_checker_catches_function_level_relative_and_sibling_imports(tmp_path):
+    _write(tmp_path, "__init__.py", "")
+    _write(tmp_path, "config.py", "")
+    for pkg in ("data", "models", "meta", "adaptation", "harness"):
+        _write(tmp_path, f"{pkg}/__init__.py", "")
+    _write(tmp_path, "harness/stats.py", "")
+    _write(tmp_path, "data/ok.py", "from fewshot_transfer.config import x\nfrom . import other\n")
+    _write(tmp_path, "data/other.py", "def f():\n    from ..harness import stats\n")
+    _write(tmp_path, "meta/engine.py", "import fewshot_transfer.adaptation\n")
+    _write(tmp_path, "models/unet.py", "from fewshot_transfer import __version__, Learner\n")
+    problems = violations(tmp_path / PACKAGE)
+    assert len(problems) == 3, problems
+    assert "fewshot_transfer/data/other.py:2: data / models (data) imports fewshot_transfer.harness.stats" in problems[0]
+    assert "higher layer: harness (harness)" in problems[0]
+    assert "fewshot_transfer/meta/engine.py:1" in problems[1] and "sibling" in problems[1]
+    assert "fewshot_transfer/models/unet.py:1" in problems[2] and "facade" in problems[2]
+
+
+def test_layer_order_is_the_documented_one():
+    doc = (ROOT.parent / "docs" / "architecture.md").read_text()
+    order = " → ".join(name for name, _ in LAYERS)
+    assert order in doc, f"docs/architecture.md must state the layer order: {order}"
