@@ -171,6 +171,11 @@ def load_toml(path: str | Path) -> dict:
         raise ValueError(f"config file {p} is not valid TOML: {exc}") from exc
 
 
+def load_config_text(text: str) -> dict:
+    """A config from TOML text (as stored on a study), merged onto the defaults."""
+    return deep_merge(DEFAULTS, tomllib.loads(text))
+
+
 def parse_value(text: str) -> Any:
     """A command-line value as TOML would read it (numbers, booleans, strings, arrays)."""
     try:

@@ -23,7 +23,7 @@ import pg_server
 from conftest import TINY
 from fewshot_transfer.cli import main
 from fewshot_transfer.tuning.distributed import cells_by_id, claim_next, grid_study_name, work
-from fewshot_transfer.tuning.study import make_storage
+from fewshot_transfer.tuning.storage import make_storage
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -67,7 +67,7 @@ def _finish(procs: list[subprocess.Popen], timeout: float = 300) -> list[str]:
 CLAIM = """
     import json, sys, warnings
     warnings.simplefilter("ignore")
-    from fewshot_transfer.tuning.study import make_storage
+    from fewshot_transfer.tuning.storage import make_storage
     from fewshot_transfer.tuning.distributed import claim_next
     storage = make_storage(sys.argv[1], heartbeat=None)
     sid = storage.get_study_id_from_name(sys.argv[2])

@@ -16,7 +16,9 @@ from fewshot_transfer.cli import main
 from fewshot_transfer.config import resolve_config
 from fewshot_transfer.harness.benchmark import prepare
 from fewshot_transfer.learners.base import REGISTRY, Learner
-from fewshot_transfer.tuning.study import PinnedTrial, make_storage, redact, searched_names, validation_benchmark
+from fewshot_transfer.tuning.space import PinnedTrial, searched_names
+from fewshot_transfer.tuning.storage import make_storage, redact
+from fewshot_transfer.tuning.validation import validation_benchmark
 
 from conftest import TINY
 

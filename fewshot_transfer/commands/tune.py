@@ -110,10 +110,10 @@ def main(args: argparse.Namespace) -> int:
     from fewshot_transfer import learners
     from fewshot_transfer.harness.benchmark import prepare
     from fewshot_transfer.harness.store import atomic_write_text
-    from fewshot_transfer.tuning.study import (
-        TuneSpec, default_storage, identity, make_storage, open_study, redact, run_study, searched_names,
-        summary_table, validation_benchmark, write_best,
-    )
+    from fewshot_transfer.tuning.space import searched_names
+    from fewshot_transfer.tuning.storage import default_storage, make_storage, redact
+    from fewshot_transfer.tuning.study import TuneSpec, identity, open_study, run_study, summary_table, write_best
+    from fewshot_transfer.tuning.validation import validation_benchmark
 
     console = Console()
     t0 = time.perf_counter()

@@ -79,7 +79,7 @@ def _out(args: argparse.Namespace) -> Path:
 
 
 def _storage(args: argparse.Namespace, heartbeat: int | None = 60, grace: int | None = 180):
-    from fewshot_transfer.tuning.study import make_storage
+    from fewshot_transfer.tuning.storage import make_storage
 
     return make_storage(args.storage, heartbeat=heartbeat, grace=grace)
 
@@ -92,7 +92,7 @@ def submit_main(args: argparse.Namespace) -> int:
     from fewshot_transfer.harness.benchmark import prepare
     from fewshot_transfer.harness.runner import plan_cells, resolve_learners, resolve_seeds
     from fewshot_transfer.tuning.distributed import submit
-    from fewshot_transfer.tuning.study import redact
+    from fewshot_transfer.tuning.storage import redact
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     out = _out(args)

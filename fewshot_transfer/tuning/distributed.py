@@ -19,7 +19,7 @@ The storage is the work queue; no other service is needed:
 Why not ``study.ask()``: it pops a waiting trial the same way, but when the queue is empty
 it *creates* a fresh trial, which a work queue would then have to discard. Claiming is
 atomic on PostgreSQL (``SELECT ... FOR UPDATE`` row lock, then a state check) and on SQLite
-only because :func:`fewshot_transfer.tuning.study.make_storage` starts every transaction
+only because :func:`fewshot_transfer.tuning.storage.make_storage` starts every transaction
 with ``BEGIN IMMEDIATE``.
 """
 
@@ -36,7 +36,8 @@ from collections import defaultdict
 from pathlib import Path
 
 from fewshot_transfer.config import config_hash, run_identity, to_toml
-from fewshot_transfer.tuning.study import heartbeat_thread, jsonable, load_config_text, redact, worker_id
+from fewshot_transfer.config import load_config_text
+from fewshot_transfer.tuning.storage import heartbeat_thread, jsonable, redact, worker_id
 
 log = logging.getLogger(__name__)
 

@@ -1,19 +1,10 @@
-"""Tune one learner's hyperparameters with Optuna on a validation split of the support pool.
+"""Tune one learner's hyperparameters with Optuna: one study per (learner, k).
 
-What a trial measures
----------------------
-The target **support pool** (the patients the benchmark draws shots from) is split once,
-by patient, into a *tuning-support* part and a *validation* part (seeded, lesion-burden
-stratified with :func:`fewshot_transfer.data.splits.split_target`, checked with the leakage
-guard against the test set and the unlabeled pool). A trial writes the sampled values into
-``config["learners"][NAME]`` and runs ``run_cell`` on a copy of the benchmark whose
-support pool is the tuning-support part and whose "test" set is the validation part's
-labeled slices, once per episode (seed 0..E-1). The objective is the mean over episodes of
-the validation Dice (mean over lesion-positive slices, the leaderboard's Dice). The test set
-is never loaded into a trial.
-
-Every trial sees the same episodes (seed e draws the same k shots from the tuning-support
-pool and reuses the same cached source pretraining), so the trials are compared *paired*.
+A trial writes the sampled values into ``config["learners"][NAME]`` and runs ``run_cell``
+on the validation benchmark (:mod:`fewshot_transfer.tuning.validation`) once per episode;
+the objective is the mean validation Dice. Storage, heartbeats and retries are in
+:mod:`fewshot_transfer.tuning.storage`, the search space in
+:mod:`fewshot_transfer.tuning.space`.
 
 Pruning
 -------
@@ -32,324 +23,28 @@ progress display but not used for pruning: it is a different quantity (it keeps 
 when a large learning rate overfits the k shots) and an Optuna trial has one
 intermediate-value series in the study's direction. ``trial.should_prune()`` can only
 change after a ``report``, so it is checked at episode boundaries.
-
-Storage
--------
-Any SQLAlchemy URL Optuna's :class:`~optuna.storages.RDBStorage` accepts (default
-``sqlite:///OUT/study.db``). Heartbeats mark a trial whose process died as failed after the
-grace period and a retry callback re-queues it with the same parameters. On SQLite every
-transaction starts with ``BEGIN IMMEDIATE`` (see :func:`make_storage`) so claiming a queued
-trial is atomic there too.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
-import inspect
-import json
 import logging
 import math
-import os
-import socket
-import threading
 import warnings
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 
-from fewshot_transfer.config import DEFAULTS, config_hash, deep_merge, run_identity, to_toml
+from fewshot_transfer.config import config_hash, run_identity, to_toml
+from fewshot_transfer.tuning.space import PinnedTrial
+from fewshot_transfer.tuning.storage import DEFAULT_GRACE, DEFAULT_HEARTBEAT, redact, worker_id
 
 log = logging.getLogger(__name__)
 
-#: Seconds between heartbeats of a running trial, and silence after which it counts as dead.
-DEFAULT_HEARTBEAT = 60
-DEFAULT_GRACE = 180
-#: How often a trial whose worker died is re-queued.
-DEFAULT_MAX_RETRY = 2
 STUDY_ATTR = "ftbench_tune"
-
-
-# --------------------------------------------------------------------------- storage
-
-
-def default_storage(out: Path) -> str:
-    """``sqlite:///OUT/study.db`` (relative paths stay relative, as optuna-dashboard expects)."""
-    return f"sqlite:///{Path(out) / 'study.db'}"
-
-
-def redact(url: str) -> str:
-    """The storage URL with any password hidden (it ends up in best.toml and leaderboards)."""
-    try:
-        from sqlalchemy.engine import make_url
-
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # not a URL SQLAlchemy understands: show it as given
-        return url
-
-
-def _serialize_sqlite(engine) -> None:
-    """Make every SQLite transaction ``BEGIN IMMEDIATE`` (SQLAlchemy's pysqlite recipe).
-
-    Optuna claims a queued trial with a read-then-write (``SELECT ... FOR UPDATE``, then
-    ``UPDATE``); SQLite ignores ``FOR UPDATE`` and pysqlite only begins a transaction at the
-    write, so two processes can both read ``WAITING`` and both run the trial. Taking the
-    write lock at ``BEGIN`` serializes those transactions.
-    """
-    from sqlalchemy import event
-
-    @event.listens_for(engine, "connect")
-    def _no_implicit_begin(dbapi_connection, _record):  # pragma: no cover - trivial
-        dbapi_connection.isolation_level = None
-
-    @event.listens_for(engine, "begin")
-    def _begin_immediate(conn):  # pragma: no cover - trivial
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
-
-    engine.dispose()  # pooled connections were opened before the hooks
-
-
-def make_storage(
-    url: str,
-    *,
-    heartbeat: int | None = DEFAULT_HEARTBEAT,
-    grace: int | None = DEFAULT_GRACE,
-    max_retry: int | None = DEFAULT_MAX_RETRY,
-):
-    """An :class:`optuna.storages.RDBStorage` with heartbeats and retry of dead trials.
-
-    Uses ``heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback`` where the
-    installed Optuna has it (4.9+; ``failed_trial_callback``/``RetryFailedTrialCallback`` are
-    its deprecated names, used on older versions).
-    """
-    import optuna
-    from sqlalchemy import exc as sa_exc
-    from sqlalchemy.engine import make_url
-
-    if "://" not in url:
-        raise ValueError(
-            f"--storage {url!r} is not a database URL; use e.g. sqlite:///runs/tune/study.db or "
-            "postgresql://user:password@host:5432/dbname"
-        )
-    try:
-        parsed = make_url(url)
-    except Exception as exc:
-        raise ValueError(f"--storage {redact(url)!r} is not a valid database URL ({exc})") from exc
-    is_sqlite = parsed.get_backend_name() == "sqlite"
-    if parsed.drivername == "postgresql":
-        # A bare postgresql:// means psycopg (3) on SQLAlchemy >= 2.1 and psycopg2 before;
-        # use whichever driver is installed (the 'distributed' extra installs psycopg2).
-        import importlib.util
-
-        for driver in ("psycopg2", "psycopg"):
-            if importlib.util.find_spec(driver) is not None:
-                parsed = parsed.set(drivername=f"postgresql+{driver}")
-                url = parsed.render_as_string(hide_password=False)
-                break
-    engine_kwargs: dict[str, Any]
-    if is_sqlite:
-        db = parsed.database or ""
-        if db and db != ":memory:" and not db.startswith("file:"):
-            Path(db).parent.mkdir(parents=True, exist_ok=True)
-        engine_kwargs = {"connect_args": {"timeout": 120}}
-    else:
-        engine_kwargs = {"pool_pre_ping": True}
-
-    kwargs: dict[str, Any] = {"heartbeat_interval": heartbeat, "grace_period": grace if heartbeat else None}
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            warnings.simplefilter("ignore", FutureWarning)
-            if heartbeat:
-                params = inspect.signature(optuna.storages.RDBStorage.__init__).parameters
-                retry_cls = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None)
-                if retry_cls is not None and "heartbeat_stale_trial_callback" in params:
-                    kwargs["heartbeat_stale_trial_callback"] = retry_cls(max_retry=max_retry)
-                else:  # optuna < 4.9
-                    kwargs["failed_trial_callback"] = optuna.storages.RetryFailedTrialCallback(max_retry=max_retry)
-            storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
-    except ImportError as exc:
-        raise RuntimeError(
-            f"no database driver for {parsed.get_backend_name()} storage ({exc.__cause__ or exc}); "
-            "for PostgreSQL install the 'distributed' extra: pip install 'fewshot-transfer[distributed]'"
-        ) from exc
-    except (sa_exc.OperationalError, sa_exc.DBAPIError) as exc:
-        raise RuntimeError(f"cannot open storage {redact(url)}: {getattr(exc, 'orig', exc)}") from exc
-    if is_sqlite:
-        _serialize_sqlite(storage.engine)
-    return storage
-
-
-@contextmanager
-def heartbeat_thread(storage, trial_id: int) -> Iterator[None]:
-    """Record heartbeats of ``trial_id`` while the block runs (for ask/tell loops).
-
-    ``Study.optimize`` does this itself; a worker that claims trials with the storage API
-    must, or a live cell would be declared dead after the grace period.
-    """
-    interval = storage.get_heartbeat_interval() if hasattr(storage, "get_heartbeat_interval") else None
-    if not interval:
-        yield
-        return
-    stop = threading.Event()
-
-    def beat() -> None:
-        while True:
-            try:
-                storage.record_heartbeat(trial_id)
-            except Exception as exc:  # a missed beat is not fatal; the grace period covers a few
-                log.warning("heartbeat for trial id %d failed: %s", trial_id, exc)
-            if stop.wait(interval):
-                return
-
-    thread = threading.Thread(target=beat, name=f"heartbeat-{trial_id}", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join(timeout=30)
-
-
-def worker_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
-# --------------------------------------------------------------------------- validation split
-
-
-def validation_benchmark(bench, shots: str, *, val_fraction: float = 0.5, seed: int = 0):
-    """A copy of ``bench`` whose support pool is the tuning part of the support pool and
-    whose ``test_set`` is the validation part's labeled slices (patient-disjoint).
-
-    Returns ``(val_bench, info)``; ``info`` names the patients of each part. ``shots`` is
-    one k as in ``--shots``: a count, or a percentage / ``all`` of the tuning-support pool.
-    """
-    from fewshot_transfer.data.samplers import resolve_shots
-    from fewshot_transfer.data.splits import check_disjoint, split_target
-
-    if not 0.0 < val_fraction < 1.0:
-        raise ValueError(f"--val-fraction must be in (0, 1), got {val_fraction}")
-    pool = bench.support_pool
-    patients = pool.patient_ids()
-    if len(patients) < 2:
-        raise ValueError(
-            f"the support pool has {len(patients)} patient(s); tuning needs at least 2 "
-            "(one part for the shots, one for validation); raise data.split.support"
-        )
-    try:
-        part = split_target(pool, fractions=(1.0 - val_fraction, 0.0, val_fraction), seed=seed)
-    except ValueError as exc:
-        raise ValueError(f"cannot carve a validation split from the support pool ({len(patients)} patients): {exc}") from exc
-    tune_p, val_p = tuple(part.support), tuple(part.test)
-    # Anything not placed (there are no unlabeled rows in the support pool) stays out.
-    check_disjoint(
-        {
-            "tune-support": tune_p,
-            "validation": val_p,
-            "test": bench.split.test,
-            "unlabeled": bench.split.unlabeled,
-        }
-    )
-    tune_pool = pool.subset(pool.rows_of(list(tune_p)))
-    val = pool.subset(pool.rows_of(list(val_p)))
-    val = val.subset(np.flatnonzero(val.labeled))
-    if not (val.lesion_fraction() > 0).any():
-        raise ValueError(
-            f"the validation patients {list(val_p)} have no lesion-positive labeled slice; "
-            "try another --val-fraction or data.split.seed"
-        )
-    val_bench = dataclasses.replace(
-        bench,
-        support_pool=tune_pool,
-        test_set=val,
-        split=dataclasses.replace(bench.split, support=tune_p, test=val_p),
-        shots=[],
-        _supports={},
-    )
-    resolved = resolve_shots(str(shots), val_bench.eligible)
-    if len(resolved) != 1:
-        raise ValueError(f"--shots must be one k for tuning (one study per k), got {shots!r}")
-    label, k = resolved[0]
-    val_bench.shots = [(label, k)]
-    info = {
-        "tune_support": list(tune_p),
-        "validation": list(val_p),
-        "validation_slices": len(val),
-        "tune_support_eligible": val_bench.eligible,
-        "excluded_test": list(bench.split.test),
-        "val_fraction": val_fraction,
-        "seed": seed,
-    }
-    return val_bench, info
-
-
-# --------------------------------------------------------------------------- search space
-
-
-class _Probe:
-    """A stand-in trial that records which names a search space suggests (first choices)."""
-
-    def __init__(self) -> None:
-        self.names: list[str] = []
-
-    def suggest_float(self, name, low, high, **_kw):
-        self.names.append(name)
-        return low
-
-    def suggest_int(self, name, low, high, **_kw):
-        self.names.append(name)
-        return low
-
-    def suggest_categorical(self, name, choices):
-        self.names.append(name)
-        return choices[0]
-
-
-class PinnedTrial:
-    """Wraps a trial: names pinned in ``[learners.NAME]`` return their value unsearched."""
-
-    def __init__(self, trial, pinned: dict) -> None:
-        self._trial = trial
-        self._pinned = pinned
-
-    def _pick(self, fn: Callable, name: str, *args, **kwargs):
-        return self._pinned[name] if name in self._pinned else fn(name, *args, **kwargs)
-
-    def suggest_float(self, name, *args, **kwargs):
-        return self._pick(self._trial.suggest_float, name, *args, **kwargs)
-
-    def suggest_int(self, name, *args, **kwargs):
-        return self._pick(self._trial.suggest_int, name, *args, **kwargs)
-
-    def suggest_categorical(self, name, *args, **kwargs):
-        return self._pick(self._trial.suggest_categorical, name, *args, **kwargs)
-
-    def __getattr__(self, attr):
-        return getattr(self._trial, attr)
-
-
-def searched_names(learner_cls, pinned: dict) -> tuple[list[str], list[str]]:
-    """(names the study searches, names pinned by the config) for ``learner_cls``."""
-    probe = _Probe()
-    learner_cls.search_space(probe)
-    names = list(dict.fromkeys(probe.names))
-    if not names:
-        raise ValueError(f"learner {learner_cls.name!r} declares no hyperparameters to tune (empty search_space)")
-    free = [n for n in names if n not in pinned]
-    fixed = [n for n in names if n in pinned]
-    if not free:
-        raise ValueError(
-            f"every hyperparameter learner {learner_cls.name!r} searches ({', '.join(names)}) is fixed by "
-            f"[learners.{learner_cls.name}] in the config; remove some of them (e.g. do not pass a best.toml "
-            "of the same learner) to tune"
-        )
-    return free, fixed
-
-
-# --------------------------------------------------------------------------- the study
 
 
 @dataclasses.dataclass
@@ -646,15 +341,3 @@ def _fmt(v: Any) -> str:
     if isinstance(v, float):
         return f"{v:.4g}"
     return str(v)
-
-
-def load_config_text(text: str) -> dict:
-    """A config from TOML text (as stored on a study), merged onto the defaults."""
-    import tomllib
-
-    return deep_merge(DEFAULTS, tomllib.loads(text))
-
-
-def jsonable(obj: Any) -> Any:
-    """``obj`` as plain JSON types (numpy scalars -> float), for Optuna user attributes."""
-    return json.loads(json.dumps(obj, default=float))
