@@ -38,14 +38,6 @@ from scipy import ndimage
 PER_SLICE_KEYS = ("dice", "iou", "sensitivity", "specificity", "precision", "hd95", "pred_fraction", "true_fraction")
 
 
-def to_binary(prob: np.ndarray, threshold: float = 0.5) -> np.ndarray:
-    """Lesion mask (uint8) from lesion probabilities: strictly above ``threshold``.
-
-    Strict so that a 0.5/0.5 softmax tie goes to background, as argmax would.
-    """
-    return (np.asarray(prob) > threshold).astype(np.uint8)
-
-
 def _as_batch(x: np.ndarray, what: str) -> np.ndarray:
     a = np.asarray(x)
     if a.ndim == 2:

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from fewshot_transfer.metrics import evaluate, hd95_unit, slice_metrics, to_binary
+from fewshot_transfer.metrics import evaluate, hd95_unit, slice_metrics
 
 
 def square(hw: int, top: int, left: int, size: int) -> np.ndarray:
@@ -111,9 +111,7 @@ def test_evaluate_matches_slice_metrics_and_spacing_units() -> None:
     assert rows_px[1]["hd95"] == pytest.approx(slice_metrics(pred[1], gt[1])["hd95"])
 
 
-def test_to_binary_and_shape_errors() -> None:
-    assert to_binary(np.array([0.2, 0.5, 0.51])).tolist() == [0, 0, 1]
-    assert to_binary(np.array([0.2, 0.5]), threshold=0.1).dtype == np.uint8
+def test_shape_errors() -> None:
     with pytest.raises(ValueError, match="same shape"):
         evaluate(np.zeros((2, 4, 4)), np.zeros((2, 4, 5)))
     with pytest.raises(ValueError, match=r"\[H, W\]"):

@@ -8,13 +8,11 @@ import numpy as np
 import pytest
 
 from fewshot_transfer.data.samplers import (
-    BatchSampler,
     labeled_fraction,
     resolve_shots,
     source_meta_tasks,
     support_indices,
     support_pool_size,
-    unlabeled_iterator,
 )
 from fewshot_transfer.data.slices import SliceSet
 
@@ -125,26 +123,6 @@ def test_labeled_fraction() -> None:
     assert labeled_fraction(5, 20) == 0.25
     with pytest.raises(ValueError):
         labeled_fraction(30, 20)
-
-
-def test_batch_sampler_deterministic_and_covers_epoch() -> None:
-    a, b = BatchSampler(10, 4, seed=1), BatchSampler(10, 4, seed=1)
-    batches = [a.next() for _ in range(5)]
-    assert all(np.array_equal(x, b.next()) for x in batches)
-    flat = np.concatenate(batches)
-    assert sorted(flat[:10]) == list(range(10))
-    small = BatchSampler(2, 8, seed=0).next()
-    assert small.shape == (8,) and set(small) <= {0, 1}
-
-
-def test_unlabeled_iterator_deterministic() -> None:
-    pool = make_pool(3, 5)
-    a = list(itertools.islice(unlabeled_iterator(pool, 4, seed=9), 6))
-    b = list(itertools.islice(unlabeled_iterator(pool, 4, seed=9), 6))
-    assert all(np.array_equal(x, y) for x, y in zip(a, b))
-    assert all(x.shape == (4,) and x.max() < len(pool) for x in a)
-    with pytest.raises(ValueError, match="empty"):
-        next(unlabeled_iterator(pool.subset([]), 4, seed=0))
 
 
 def test_meta_tasks_disjoint_single_patient_and_deterministic() -> None:

@@ -1,8 +1,9 @@
-"""Episode samplers: k-shot support sets, source meta-tasks, unlabeled and minibatch streams.
+"""Episode samplers: k-shot support sets and source meta-tasks.
 
 Everything here returns row-index arrays into a :class:`SliceSet` and is a pure function
 of its inputs and seed, so every learner of a seed sees the same data (the protocol's
-pairing) and any episode can be replayed. No torch: the harness converts batches itself.
+pairing) and any episode can be replayed. No torch; the minibatch streams learners train
+on are in :mod:`fewshot_transfer.training.streams`.
 
 Support-set stratification (``support_indices``): only labeled, lesion-positive slices are
 eligible by default. One seeded ordering of the pool is built — a seeded order of the
@@ -167,40 +168,6 @@ def labeled_fraction(k: int, pool_size: int) -> float:
     return k / pool_size
 
 
-class BatchSampler:
-    """Infinite, seeded minibatches of row indices in ``range(n)``.
-
-    When ``n >= batch_size`` it walks seeded permutations (each row once per epoch); for
-    smaller sets (a 1-shot support set, say) it samples with replacement.
-    """
-
-    def __init__(self, n: int, batch_size: int, seed: int) -> None:
-        if n < 1:
-            raise ValueError(f"BatchSampler needs at least one row, got n={n}")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be positive, got {batch_size}")
-        self.n = int(n)
-        self.batch_size = int(batch_size)
-        self.seed = seed
-        self._rng = np.random.default_rng(seed)
-        self._buffer = np.empty(0, dtype=np.int64)
-
-    def next(self) -> np.ndarray:
-        """The next batch of ``batch_size`` row indices."""
-        if self.n < self.batch_size:
-            return self._rng.integers(0, self.n, self.batch_size).astype(np.int64)
-        while self._buffer.size < self.batch_size:
-            self._buffer = np.concatenate([self._buffer, self._rng.permutation(self.n)])
-        batch, self._buffer = self._buffer[: self.batch_size], self._buffer[self.batch_size :]
-        return batch
-
-    def __iter__(self) -> Iterator[np.ndarray]:
-        return self
-
-    def __next__(self) -> np.ndarray:
-        return self.next()
-
-
 @dataclass(frozen=True)
 class MetaTask:
     """One source meta-learning task: disjoint support / query rows from one patient (group)."""
@@ -285,12 +252,3 @@ def _meta_task_stream(
                 continue
             support, query = _draw_task(rows, positive, n_support, n_query, rng)
             yield MetaTask(support=support, query=query, patients=group)
-
-
-def unlabeled_iterator(pool: SliceSet, batch_size: int, seed: int) -> Iterator[np.ndarray]:
-    """Infinite seeded batches of row indices over the whole (unlabeled) pool; never labels."""
-    if len(pool) == 0:
-        raise ValueError(f"unlabeled pool of dataset {pool.name!r} is empty; learners that need it cannot run")
-    sampler = BatchSampler(len(pool), batch_size, seed)
-    while True:
-        yield sampler.next()

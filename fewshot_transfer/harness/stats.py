@@ -1,8 +1,8 @@
 """Confidence intervals, paired tests and ranking with ties for the leaderboard.
 
 Episodes share support sets across learners (same seed, same shots), so learners are
-compared **paired** by episode; slices of one patient are correlated, so uncertainty is
-bootstrapped over groups (patients or seeds), not over slices. NaN entries are dropped
+compared **paired** by episode; slices of one patient are correlated, so intervals are
+taken over episodes (one value per seed), never over slices. NaN entries are dropped
 (pairwise, for paired statistics) rather than propagated, because one undefined episode
 should not blank a whole row.
 """
@@ -76,46 +76,6 @@ def paired_diff(
             warnings.simplefilter("ignore", RuntimeWarning)
             p_w = float(stats.wilcoxon(d).pvalue)
     return {"mean": mean, "lo": lo, "hi": hi, "n": int(d.size), "p_value": _ttest_p(d), "p_wilcoxon": p_w}
-
-
-def bootstrap_ci(
-    values: Sequence[float] | np.ndarray,
-    *,
-    groups: Sequence | np.ndarray | None = None,
-    n_boot: int = 2000,
-    confidence: float = 0.95,
-    seed: int = 0,
-) -> tuple[float, float, float]:
-    """(mean, lo, hi): percentile bootstrap of the mean, vectorized.
-
-    With ``groups`` (e.g. the patient of each slice), whole groups are resampled and the
-    pooled mean recomputed, so correlated values inside a group count once as a unit.
-    NaN values are dropped first.
-    """
-    _check_confidence(confidence)
-    if n_boot < 1:
-        raise ValueError(f"n_boot must be positive, got {n_boot}")
-    v = np.asarray(values, dtype=np.float64).ravel()
-    keep = ~np.isnan(v)
-    if groups is not None:
-        g = np.asarray(groups).ravel()
-        if g.size != v.size:
-            raise ValueError(f"groups has {g.size} entries, values has {v.size}")
-        _, gid = np.unique(g[keep], return_inverse=True)
-    else:
-        gid = np.arange(int(keep.sum()))
-    v = v[keep]
-    if v.size == 0:
-        return (math.nan, math.nan, math.nan)
-    n_groups = int(gid.max()) + 1
-    sums = np.bincount(gid, weights=v, minlength=n_groups)
-    counts = np.bincount(gid, minlength=n_groups).astype(np.float64)
-    rng = np.random.default_rng(seed)
-    draw = rng.integers(0, n_groups, size=(n_boot, n_groups))
-    boot = sums[draw].sum(axis=1) / counts[draw].sum(axis=1)
-    alpha = (1.0 - confidence) / 2
-    lo, hi = np.quantile(boot, [alpha, 1.0 - alpha])
-    return (float(v.mean()), float(lo), float(hi))
 
 
 def rank_with_ties(
