@@ -64,6 +64,7 @@ DEFAULTS: dict[str, Any] = {
         "out": "runs/quick",
         "plots": False,
         "threads": 0,
+        "plugins": [],
     },
 }
 
@@ -140,7 +141,10 @@ def _check_values(cfg: dict, ref: dict, where: str = "") -> None:
         if isinstance(default, dict):
             _check_values(value, default, path)
             continue
-        if isinstance(default, bool):
+        if isinstance(default, list):
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise ValueError(f"config key {path!r} must be a list of strings, got {value!r}")
+        elif isinstance(default, bool):
             if not isinstance(value, bool):
                 raise ValueError(f"config key {path!r} must be true or false, got {value!r}")
         elif isinstance(default, int) and path != "run.seeds":

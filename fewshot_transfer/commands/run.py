@@ -42,12 +42,26 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config key, e.g. --set train.steps=50 --set learners.finetune.lr=1e-4")
     p.add_argument("--retry-failed", action="store_true", help="recompute cells recorded as failed")
+    add_plugin_flag(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
     p.set_defaults(func=main)
 
 
+def add_plugin_flag(p: argparse.ArgumentParser) -> None:
+    """``--plugin``: learner modules from outside the package (shared by run, tune, grid submit)."""
+    p.add_argument("--plugin", action="append", default=[], metavar="FILE.py|MODULE",
+                   help="import a learner plugin (a .py file or a module name) before learners are resolved; "
+                   "repeatable; recorded in the run's config.toml as run.plugins")
+
+
+def with_plugins(cfg: dict, args: argparse.Namespace) -> dict:
+    """Append ``--plugin`` values to ``run.plugins`` (a config's own plugins stay first)."""
+    cfg["run"]["plugins"] = list(dict.fromkeys([*cfg["run"]["plugins"], *getattr(args, "plugin", [])]))
+    return cfg
+
+
 def build_config(args: argparse.Namespace) -> dict:
-    """Defaults < --config < command-line flags (< --set)."""
+    """Defaults < --config < command-line flags (< --set); ``--plugin`` adds to run.plugins."""
     overrides = list(args.set)
     flag_keys = {
         "shots": "run.shots", "learners": "run.learners", "seeds": "run.seeds", "out": "run.out",
@@ -59,13 +73,14 @@ def build_config(args: argparse.Namespace) -> dict:
             overrides.append(f'{key}="{value}"' if attr != "seeds" or "," in value else f"{key}={value}")
     if getattr(args, "plots", False):
         overrides.append("run.plots=true")
-    return resolve_config(args.config, overrides)
+    return with_plugins(resolve_config(args.config, overrides), args)
 
 
 def main(args: argparse.Namespace) -> int:
     import torch
     from rich.console import Console
 
+    from fewshot_transfer import learners
     from fewshot_transfer.harness.benchmark import prepare
     from fewshot_transfer.harness.outputs import render, render_curves, render_gallery
     from fewshot_transfer.harness.rundir import check_run_dir
@@ -81,6 +96,7 @@ def main(args: argparse.Namespace) -> int:
         torch.set_num_threads(int(run_cfg["threads"]))
     out = Path(run_cfg["out"])
     check_run_dir(out, cfg)
+    learners.load_plugins(cfg["run"]["plugins"])
     names = resolve_learners(run_cfg["learners"], cfg)
     seeds = resolve_seeds(run_cfg["seeds"])
     bench = prepare(cfg, out)

@@ -8,6 +8,8 @@ import logging
 import time
 from pathlib import Path
 
+from fewshot_transfer.commands.run import add_plugin_flag, with_plugins
+
 log = logging.getLogger(__name__)
 
 HELP = """\
@@ -70,6 +72,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sampler-seed", type=int, help="seed of the TPE sampler (leave unset when several workers share a study)")
     p.add_argument("--heartbeat", type=int, default=60, help="seconds between heartbeats of a running trial (default 60)")
     p.add_argument("--grace", type=int, default=180, help="seconds without a heartbeat before a trial counts as dead and is retried (default 180)")
+    add_plugin_flag(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
     p.set_defaults(func=main)
 
@@ -81,7 +84,7 @@ def build_config(args: argparse.Namespace) -> dict:
     overrides.append(f"run.out={json.dumps(str(args.out))}")
     if args.device:
         overrides.append(f"run.device={json.dumps(args.device)}")
-    return resolve_config(args.config, overrides)
+    return with_plugins(resolve_config(args.config, overrides), args)
 
 
 def parse_enqueue(items: list[str], searched: list[str]) -> list[dict]:
@@ -119,8 +122,9 @@ def main(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     if args.trials < 1 or args.episodes < 1:
         raise ValueError("--trials and --episodes must be >= 1")
-    cls = learners.get(args.learner)
     cfg = build_config(args)
+    learners.load_plugins(cfg["run"]["plugins"])
+    cls = learners.get(args.learner)
     if int(cfg["run"].get("threads") or 0) > 0:
         torch.set_num_threads(int(cfg["run"]["threads"]))
     out = Path(args.out)

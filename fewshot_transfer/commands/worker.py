@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from fewshot_transfer.commands.run import add_plugin_flag
+
 WORKER_HELP = """\
 Run cells of a submitted grid until its queue is empty. Start one per machine (or several
 per machine); each claims one cell at a time from --storage, runs it, stores the record in
@@ -64,6 +66,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config key")
     s.add_argument("--out", help="where the submitting machine writes split.json (default runs/grid/NAME)")
     s.add_argument("--retry-failed", action="store_true", help="re-enqueue cells recorded as failed (e.g. diverged)")
+    add_plugin_flag(s)
     s.set_defaults(func=submit_main)
     st = gsub.add_parser("status", help="cells per state")
     _common(st)
@@ -88,6 +91,7 @@ def submit_main(args: argparse.Namespace) -> int:
     import optuna
     from rich.console import Console
 
+    from fewshot_transfer import learners
     from fewshot_transfer.commands.run import build_config
     from fewshot_transfer.harness.benchmark import prepare
     from fewshot_transfer.harness.runner import plan_cells, resolve_learners, resolve_seeds
@@ -98,6 +102,7 @@ def submit_main(args: argparse.Namespace) -> int:
     out = _out(args)
     args.out = str(out)
     cfg = build_config(args)
+    learners.load_plugins(cfg["run"]["plugins"])
     names = resolve_learners(cfg["run"]["learners"], cfg)
     seeds = resolve_seeds(cfg["run"]["seeds"])
     bench = prepare(cfg, out)

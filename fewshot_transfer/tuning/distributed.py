@@ -176,6 +176,7 @@ def work(
     from optuna.exceptions import UpdateFinishedTrialError
     from optuna.trial import TrialState
 
+    from fewshot_transfer import learners
     from fewshot_transfer.harness.rundir import check_run_dir
     from fewshot_transfer.data.splits import TargetSplit, save_split
     from fewshot_transfer.harness.benchmark import prepare
@@ -183,6 +184,7 @@ def work(
     from fewshot_transfer.harness.store import CellSpec, CellStore, atomic_write_text
 
     study, cfg, attrs = load_grid(storage, grid)
+    learners.load_plugins(cfg["run"]["plugins"])  # a grid's plugins must be importable on every worker
     cfg = copy.deepcopy(cfg)
     cfg["run"]["out"] = str(out)
     if device:
@@ -282,6 +284,7 @@ def collect(storage, grid: str, out: Path, *, console=None) -> dict:
     """Write every recorded cell of ``grid`` into ``out/cells`` and render the leaderboard there."""
     from optuna.trial import TrialState
 
+    from fewshot_transfer import learners
     from fewshot_transfer.harness.rundir import check_run_dir
     from fewshot_transfer.data.splits import TargetSplit, save_split
     from fewshot_transfer.harness.outputs import render
