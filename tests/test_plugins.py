@@ -138,3 +138,28 @@ def test_public_api_is_lazy_and_complete():
     assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.strip() == "False"
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         fewshot_transfer.nope  # noqa: B018
+
+
+def test_importer_entry_point_adds_a_kind(tmp_path, monkeypatch, capsys):
+    from fixtures_datasets import build_folder
+
+    from fewshot_transfer.data.errors import DatasetError
+    from fewshot_transfer.data.importers import ENTRY_POINT_GROUP, import_dataset, layout_help
+
+    dist = tmp_path / "ftb_toy_importer-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: ftb-toy-importer\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text(f"[{ENTRY_POINT_GROUP}]\ntoy = ftb_toy_importer\nbroken = ftb_no_module\n")
+    (tmp_path / "ftb_toy_importer.py").write_text(
+        "from fewshot_transfer.data.importers.folder import plan\n\nLAYOUT = 'a toy layout (a CSV, as folder)'\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert layout_help("toy") == "a toy layout (a CSV, as folder)"
+    exp = build_folder(tmp_path / "src")
+    report = import_dataset("toy", exp.root, tmp_path / "out")
+    assert report.kind == "toy" and report.rows == len(exp.patients)
+    with pytest.raises(DatasetError, match=r"importer plugin broken = ftb_no_module failed to import: ModuleNotFoundError"):
+        layout_help("broken")
+    with pytest.raises(SystemExit):
+        main(["data", "import", "--help"])
+    assert "toy             plugin ftb_toy_importer" in capsys.readouterr().out

@@ -53,7 +53,10 @@ def _register_info(sub: argparse._SubParsersAction) -> None:
 
 
 def _register_import(sub: argparse._SubParsersAction) -> None:
-    kinds = "\n".join(f"  {k:15s} {v}" for k, v in _KIND_HELP.items())
+    from fewshot_transfer.data.importers import plugin_kinds
+
+    helps = {**_KIND_HELP, **{k: f"plugin {m}" for k, m in plugin_kinds().items()}}
+    kinds = "\n".join(f"  {k:15s} {v}" for k, v in helps.items())
     p = sub.add_parser(
         "import",
         help="convert a public COVID-19 CT layout into a dataset folder",
@@ -66,7 +69,7 @@ def _register_import(sub: argparse._SubParsersAction) -> None:
             "train/test split goes into the manifest's split column. DIR appears only when the import succeeded."
         ),
     )
-    p.add_argument("kind", choices=list(_KIND_HELP), metavar="KIND", help=f"layout: {', '.join(_KIND_HELP)}")
+    p.add_argument("kind", choices=list(helps), metavar="KIND", help=f"layout: {', '.join(helps)}")
     p.add_argument("src", type=Path, metavar="SRC", help="folder (or, for 'folder', the CSV) holding the unpacked data")
     p.add_argument("--out", type=Path, required=True, metavar="DIR", help="new dataset folder to create")
     p.add_argument(

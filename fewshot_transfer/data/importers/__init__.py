@@ -3,6 +3,8 @@
 One module per layout, each exposing ``LAYOUT`` (a one-line description of what it
 expects) and ``plan(src, options) -> Plan``. :func:`import_dataset` builds the output
 folder from a plan atomically and validates it with the same reader the loader uses.
+Installed distributions add kinds through the ``ftbench.importers`` entry-point group
+(name = kind, value = a module with the same two names).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import importlib
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
+from importlib.metadata import entry_points
 from pathlib import Path
 from types import ModuleType
 
@@ -29,6 +32,13 @@ KINDS: dict[str, str] = {
     "msd": "msd",
     "folder": "folder",
 }
+#: Entry-point group through which installed distributions add import kinds.
+ENTRY_POINT_GROUP = "ftbench.importers"
+
+
+def plugin_kinds() -> dict[str, str]:
+    """Kinds contributed by installed distributions: kind -> module name (not imported yet)."""
+    return {ep.name: ep.value for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.name not in KINDS}
 
 
 @dataclass
@@ -108,9 +118,21 @@ def import_dataset(
 
 
 def _module(kind: str) -> ModuleType:
-    if kind not in KINDS:
-        raise DatasetError(f"unknown import kind {kind!r}; choose one of {', '.join(KINDS)}")
-    return importlib.import_module(f"fewshot_transfer.data.importers.{KINDS[kind]}")
+    if kind in KINDS:
+        return importlib.import_module(f"fewshot_transfer.data.importers.{KINDS[kind]}")
+    extra = plugin_kinds()
+    if kind not in extra:
+        raise DatasetError(f"unknown import kind {kind!r}; choose one of {', '.join([*KINDS, *extra])}")
+    try:
+        module = importlib.import_module(extra[kind])
+    except Exception as exc:
+        raise DatasetError(
+            f"importer plugin {kind} = {extra[kind]} failed to import: {type(exc).__name__}: {exc}"
+        ) from exc
+    missing = [n for n in ("LAYOUT", "plan") if not hasattr(module, n)]
+    if missing:
+        raise DatasetError(f"importer plugin {kind} = {extra[kind]} lacks {' and '.join(missing)}")
+    return module
 
 
-__all__ = ["KINDS", "ImportOptions", "ImportReport", "import_dataset", "layout_help", "plan_import"]
+__all__ = ["ENTRY_POINT_GROUP", "KINDS", "ImportOptions", "ImportReport", "import_dataset", "layout_help", "plan_import", "plugin_kinds"]
