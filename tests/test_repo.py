@@ -24,3 +24,15 @@ def test_readme_run_command_is_the_default_job():
 
 def test_ci_fails_on_no_tests():
     assert '"$rc" -eq 5' in (ROOT / ".ci" / "run").read_text()
+
+
+def test_ci_runs_ruff_from_the_test_extra():
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert ".venv/bin/ruff check ." in ci and ".venv/bin/ruff format --check ." in ci
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    test_extra = next(line for line in pyproject.splitlines() if line.startswith("test = ["))
+    assert '"ruff' in test_extra and "[tool.ruff]" in pyproject and "line-length = 120" in pyproject
+
+
+def test_readme_fast_test_command():
+    assert 'python -m pytest -q -m "not integration"' in (ROOT / "README.md").read_text()
