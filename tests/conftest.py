@@ -21,6 +21,29 @@ TINY = [
 ]
 
 
+#: End-to-end modules: they run the CLI or whole learners on a tiny benchmark (grids, tuning
+#: studies, multi-worker storage, every learner family). Marked ``integration`` here, by
+#: file, so ``pytest -m "not integration"`` runs the unit tests in under a minute; a single
+#: slow test in a unit module carries ``@pytest.mark.integration`` itself.
+INTEGRATION_MODULES = frozenset(
+    {
+        "test_adversarial.py",
+        "test_baselines.py",
+        "test_distributed.py",
+        "test_harness.py",
+        "test_meta_learners.py",
+        "test_run_on_imported.py",
+        "test_tuning.py",
+    }
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.path.name in INTEGRATION_MODULES:
+            item.add_marker(pytest.mark.integration)
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _isolated_cache(tmp_path_factory):
     """Keep test datasets and cached models out of the user's ~/.cache."""

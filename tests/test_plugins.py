@@ -48,6 +48,7 @@ def _cells(out: Path) -> dict[tuple[str, int], dict]:
     return {(r["learner"], r["seed"]): r for r in recs}
 
 
+@pytest.mark.integration
 def test_run_with_a_plugin_file(tmp_path, plugin_file, clean_registry):
     out = tmp_path / "run"
     args = ["run", *TINY, "--plugin", str(plugin_file), "--shots", "2", "--learners", "finetune,entropy-min",
@@ -65,6 +66,7 @@ def test_run_with_a_plugin_file(tmp_path, plugin_file, clean_registry):
     assert main(["run", "--config", str(out / "config.toml"), "--no-progress"]) == 0
 
 
+@pytest.mark.integration
 def test_tune_with_a_plugin_file(tmp_path, plugin_file, clean_registry):
     out = tmp_path / "tune"
     args = ["tune", "entropy-min", "--plugin", str(plugin_file), *TINY, "--set", "train.steps=3",

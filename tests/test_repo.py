@@ -36,3 +36,10 @@ def test_ci_runs_ruff_from_the_test_extra():
 
 def test_readme_fast_test_command():
     assert 'python -m pytest -q -m "not integration"' in (ROOT / "README.md").read_text()
+
+
+def test_integration_modules_exist():
+    from conftest import INTEGRATION_MODULES
+
+    missing = sorted(m for m in INTEGRATION_MODULES if not (ROOT / "tests" / m).is_file())
+    assert not missing, f"tests/conftest.py marks modules that do not exist: {missing}"
