@@ -220,7 +220,7 @@ def header_meta(records: list[dict]) -> dict[str, str]:
 
 def power_summary(rows: list[dict]) -> str:
     """How many seeds the run used and the finetune − scratch CI half-width it bought per k."""
-    seeds = sorted({n for r in rows if r.get("applicable", True) for n in [r["n_seeds"]] if n})
+    seeds = sorted({r["n_seeds"] for r in rows if r.get("applicable", True) and r["n_seeds"]})
     parts = []
     for r in rows:
         if r["learner"] == "finetune" and r["gain_ref"] == BASELINE:
