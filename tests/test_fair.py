@@ -253,3 +253,21 @@ def test_tuned_protocol_gives_every_learner_the_same_budget(tmp_path, capsys):
     assert {p.name: p.stat().st_mtime_ns for p in (out / "cells").glob("*.json")} == before
     with sqlite3.connect(out / "tuning" / "study.db") as db:
         assert db.execute("select count(*) from trials").fetchone()[0] == 4
+
+
+def test_training_outside_the_loop_is_marked_unrecorded(bench, monkeypatch):
+    """A learner with shots whose training never went through train_steps has an unknown
+    budget, not an empty one (and its own reported seconds as cost)."""
+
+    class OwnLoop(Learner):
+        name = "probe-own-loop"
+
+        def fit(self, ctx):
+            ctx.train_seconds += 1.5
+            return ctx.segmenter(ctx.new_model())
+
+    monkeypatch.setitem(learners.REGISTRY, OwnLoop.name, OwnLoop)
+    record = run_cell(bench, CellSpec(seed=0, k=1, k_label="1", learner=OwnLoop.name))
+    assert record["budget"] is None and record["cost"] == {"target_s": 1.5, "charged": None, "total_s": 1.5, "recorded": False}
+    row = next(r for r in build_rows([record]) if r["learner"] == OwnLoop.name)
+    assert row["budget"] == "not recorded"

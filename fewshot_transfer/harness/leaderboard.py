@@ -68,9 +68,10 @@ def _mean_of(values: list[float]) -> float:
 
 def budget_text(budget: dict[str, dict] | None) -> str:
     """``200 adam steps, lr 0.003, 8 target + 4 source + 8 unlabeled rows`` per target phase;
-    ``none`` for a learner that trains nothing on the target side (source-only)."""
+    ``none`` for a learner that trains nothing on the target side (source-only), ``not
+    recorded`` for one that trained outside ``train_steps``."""
     if budget is None:
-        return ""
+        return "not recorded"
     if not budget:
         return "none"
     parts = []

@@ -139,12 +139,16 @@ def target_budget(ctx) -> dict[str, dict]:
     return out
 
 
-def cell_cost(budget: dict[str, dict], charged: dict[str, float] | None) -> dict:
+def cell_cost(budget: dict[str, dict] | None, charged: dict[str, float] | None, unrecorded_s: float = 0.0) -> dict:
     """Seconds of the cell's own target training plus the charged cached trainings (source
-    pretraining, meta-training: their original seconds, also on a cache hit)."""
-    own = float(sum(b["seconds"] for b in budget.values()))
+    pretraining, meta-training: their original seconds, also on a cache hit).
+
+    ``budget`` None = the learner trained outside ``train_steps``; its training seconds are
+    then ``unrecorded_s`` (what the learner reported in ``ctx.train_seconds``).
+    """
+    own = float(sum(b["seconds"] for b in budget.values())) if budget is not None else float(unrecorded_s)
     extra = float(sum((charged or {}).values()))
-    return {"target_s": own, "charged": charged, "total_s": own + extra}
+    return {"target_s": own, "charged": charged, "total_s": own + extra, "recorded": budget is not None}
 
 
 def run_cell(bench: Benchmark, spec: CellSpec, callback: ProgressCallback | None = None, tuned_from: str | None = None) -> dict:
@@ -189,8 +193,13 @@ def run_cell(bench: Benchmark, spec: CellSpec, callback: ProgressCallback | None
         return record
     fit_s = time.perf_counter() - t0
     cell_costs = getattr(bench.cache, "cell_costs", None)
-    budget = target_budget(ctx)
-    record.update(budget=budget, cost=cell_cost(budget, dict(cell_costs()) if cell_costs is not None else None))
+    # A learner with shots whose training left no target phase trained outside train_steps:
+    # its budget is unknown, not empty.
+    budget: dict | None = target_budget(ctx)
+    if not budget and ctx.k > 0:
+        budget = None
+    charged = dict(cell_costs()) if cell_costs is not None else None
+    record.update(budget=budget, cost=cell_cost(budget, charged, ctx.train_seconds))
     t1 = time.perf_counter()
     test = bench.test_set
     pred = segmenter.predict(test.images)
