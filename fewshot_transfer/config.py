@@ -57,13 +57,20 @@ DEFAULTS: dict[str, Any] = {
     },
     "learners": {},
     "run": {
-        "shots": "1,5,20",
+        "shots": "0,1,5,20",
         "seeds": 3,
         "learners": "all",
         "device": "cpu",
         "out": "runs/quick",
         "plots": False,
-        "threads": 0,
+        # One torch thread per cell: a cell's numbers must not depend on the machine's core count.
+        "threads": 1,
+        # "defaults" = every learner's code defaults; "tuned" = each learner's best of
+        # ``trials`` Optuna trials on the validation split of the support pool (tuning/protocol.py).
+        "protocol": "defaults",
+        "trials": 20,
+        "tune_shots": "",
+        "tune_episodes": 3,
         "plugins": [],
     },
 }
@@ -93,6 +100,8 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
     "train.threshold": (0.0, 1.0),
     "train.weight_decay": (0.0, None),
     "run.threads": (0, None),
+    "run.trials": (1, None),
+    "run.tune_episodes": (1, None),
 }
 #: Keys that must be strictly positive.
 POSITIVE = ("train.lr",)

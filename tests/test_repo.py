@@ -19,7 +19,7 @@ def test_ci_runs_the_readme_test_command():
 
 def test_readme_run_command_is_the_default_job():
     run_cmd = [c for c in _readme_commands() if "ftbench run" in c]
-    assert run_cmd and run_cmd[0].endswith("ftbench run --shots 1,5,20")
+    assert run_cmd and run_cmd[0].endswith("ftbench run --shots 0,1,5,20")
 
 
 def test_ci_fails_on_no_tests():

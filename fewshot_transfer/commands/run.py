@@ -17,6 +17,20 @@ Run the benchmark grid: every learner x every k x every seed, on paired support 
 options it runs the embedded synthetic CAP -> COVID-19 phantom benchmark with the quick
 profile (configs/quick.toml) and every registered learner.
 
+k = 0 is the unsupervised setting (no target labels, the unlabeled target slices only):
+learners that can run without labels (supports_k0) get a cell there, the others show
+"n/a"; gains at k = 0 are against source-only. Unlabeled target data of a cell = the
+unlabeled pool plus the support-pool slices not drawn as its shots (labels stripped).
+
+Hyperparameters (--protocol): "defaults" runs every learner with its code defaults;
+"tuned" first gives every learner the same Optuna budget (--trials trials, --tune-episodes
+episodes each, at --tune-shots) on a validation split of the support pool (never the test
+set; studies in OUT/tuning/study.db, resumed on rerun), then runs the grid with each
+learner's best parameters. The leaderboard header names the protocol.
+
+Cells run single-threaded by default (run.threads = 1), so their numbers do not depend on
+the machine's core count.
+
 Finished cells are stored at once; rerunning the same command after an interruption
 resumes where it stopped. Outputs in --out: leaderboard.{md,csv,json},
 transfer_gain.png, config.toml (resolved), split.json, cells/ (one JSON per cell, loss
@@ -29,7 +43,8 @@ keyed by everything they depend on, and shared by runs.
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="run the benchmark grid and write the leaderboard", description=HELP,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--shots", help="k values: counts, fractions of the support pool, or 'all' (e.g. 1,5,20,25%%,all); default 1,5,20")
+    p.add_argument("--shots", help="k values: counts (0 = no target labels), fractions of the support pool, or 'all' "
+                   "(e.g. 0,1,5,20,25%%,all); default 0,1,5,20")
     p.add_argument("--learners", help="comma list of learners, or 'all' (default: all registered)")
     p.add_argument("--seeds", help="number of seeds N (seeds 0..N-1) or an explicit list '0,3,7' (one seed: '3,'); default 3")
     p.add_argument("--config", help="TOML config (configs/quick.toml is the default, configs/full.toml is GPU-sized); "
@@ -41,6 +56,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--plots", action="store_true", help="also write prediction galleries per k and loss-curve PNGs")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config key, e.g. --set train.steps=50 --set learners.finetune.lr=1e-4")
+    p.add_argument("--protocol", choices=("defaults", "tuned"), help="how hyperparameters are chosen (default: defaults)")
+    p.add_argument("--trials", type=int, help="--protocol tuned: Optuna trials per learner (default 20)")
+    p.add_argument("--tune-shots", help="--protocol tuned: the k the studies tune at (default: the grid's middle k >= 1)")
+    p.add_argument("--tune-episodes", type=int, help="--protocol tuned: paired episodes per trial (default 3)")
     p.add_argument("--retry-failed", action="store_true", help="recompute cells recorded as failed")
     add_plugin_flag(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
@@ -65,12 +84,16 @@ def build_config(args: argparse.Namespace) -> dict:
     overrides = list(args.set)
     flag_keys = {
         "shots": "run.shots", "learners": "run.learners", "seeds": "run.seeds", "out": "run.out",
-        "device": "run.device", "target": "data.target", "source": "data.source",
+        "device": "run.device", "target": "data.target", "source": "data.source", "protocol": "run.protocol",
+        "tune_shots": "run.tune_shots",
     }
     for attr, key in flag_keys.items():
         value = getattr(args, attr, None)
         if value is not None:
             overrides.append(f'{key}="{value}"' if attr != "seeds" or "," in value else f"{key}={value}")
+    for attr, key in (("trials", "run.trials"), ("tune_episodes", "run.tune_episodes")):
+        if getattr(args, attr, None) is not None:
+            overrides.append(f"{key}={int(getattr(args, attr))}")
     if getattr(args, "plots", False):
         overrides.append("run.plots=true")
     return with_plugins(resolve_config(args.config, overrides), args)
@@ -87,6 +110,7 @@ def main(args: argparse.Namespace) -> int:
     from fewshot_transfer.harness.runner import plan_cells, resolve_learners, resolve_seeds, run_grid
     from fewshot_transfer.provenance import code_version
     from fewshot_transfer.harness.store import atomic_write_text
+    from fewshot_transfer.tuning.protocol import PROTOCOLS, tune_learners
 
     console = Console()
     t0 = time.perf_counter()
@@ -95,10 +119,20 @@ def main(args: argparse.Namespace) -> int:
     if int(run_cfg.get("threads") or 0) > 0:
         torch.set_num_threads(int(run_cfg["threads"]))
     out = Path(run_cfg["out"])
-    check_run_dir(out, cfg)
     learners.load_plugins(cfg["run"]["plugins"])
+    if run_cfg.get("protocol") not in PROTOCOLS:
+        raise ValueError(f"run.protocol must be one of {', '.join(PROTOCOLS)}, got {run_cfg.get('protocol')!r}")
     names = resolve_learners(run_cfg["learners"], cfg)
     seeds = resolve_seeds(run_cfg["seeds"])
+    if run_cfg["protocol"] == "tuned":
+        console.print(
+            f"[bold]--protocol tuned[/bold]: {run_cfg['trials']} Optuna trials per learner on the validation split "
+            f"of the support pool (studies in {out / 'tuning'})"
+        )
+        cfg, outcome = tune_learners(cfg, names, out, console=console, show_progress=not args.no_progress)
+        for name, text in outcome.items():
+            console.print(f"  {name}: {text}")
+    check_run_dir(out, cfg)
     bench = prepare(cfg, out)
     atomic_write_text(out / "config.toml", to_toml(cfg))
     cells = plan_cells(bench, names, seeds)
@@ -118,7 +152,7 @@ def main(args: argparse.Namespace) -> int:
         "code (this render)": code_version(),
         "config": str(out / "config.toml"),
     }
-    render([out], out, meta=meta, console=console)
+    render([out], out, meta=meta, console=console, shots=bench.shots)
     if run_cfg.get("plots"):
         extra = render_gallery(bench, records, out) + render_curves(out)
         console.print(f"plots: {len(extra)} PNGs (galleries in {out}, loss curves in {out / 'cells'})")

@@ -49,7 +49,11 @@ class Benchmark:
     shots: list[tuple[str, int]]
     device: torch.device
     cache: ModelCache
-    _supports: dict[tuple[int, int], SliceSet] = field(default_factory=dict)
+    #: (k, seed) -> (row indices of the shots in the support pool, the shots as a SliceSet).
+    _supports: dict[tuple[int, int], tuple[np.ndarray, SliceSet]] = field(default_factory=dict)
+    #: (k, seed) -> unlabeled set; not an init field, so a ``dataclasses.replace`` copy with
+    #: another support pool (the tuning split) starts with an empty cache.
+    _unlabeled: dict[tuple[int, int], SliceSet] = field(default_factory=dict, init=False, repr=False)
 
     @property
     def eligible(self) -> int:
@@ -64,30 +68,57 @@ class Benchmark:
             "split": config_hash(self.split.to_json()),
         }
 
-    def support_set(self, k: int, seed: int) -> SliceSet:
-        """The k-shot support set of ``seed``: identical for every learner (paired), nested in k."""
+    def _shots(self, k: int, seed: int) -> tuple[np.ndarray, SliceSet]:
         key = (k, seed)
         if key not in self._supports:
-            idx = support_indices(
-                self.support_pool, k, seed=seed, include_negative=float(self.config["data"]["include_negative"])
-            )
-            self._supports[key] = self.support_pool.subset(idx)
+            if k == 0:
+                idx = np.empty(0, dtype=np.int64)
+            else:
+                idx = support_indices(
+                    self.support_pool, k, seed=seed, include_negative=float(self.config["data"]["include_negative"])
+                )
+            self._supports[key] = (idx, self.support_pool.subset(idx))
         return self._supports[key]
 
+    def support_set(self, k: int, seed: int) -> SliceSet:
+        """The k-shot support set of ``seed``: identical for every learner (paired), nested in k;
+        empty at k = 0."""
+        return self._shots(k, seed)[1]
+
+    def unlabeled_set(self, k: int, seed: int) -> SliceSet:
+        """Every target training slice not labeled in this episode, labels stripped: the
+        unlabeled pool plus the support-pool slices not drawn as the (k, seed) shots.
+
+        Test patients are never in it (they are in neither pool), and the shots never are.
+        """
+        key = (k, seed)
+        if key not in self._unlabeled:
+            shots = self._shots(k, seed)[0]
+            rest = self.support_pool.subset(np.setdiff1d(np.arange(len(self.support_pool)), shots))
+            rest = replace(rest, masks=np.zeros_like(rest.masks), labeled=np.zeros_like(rest.labeled))
+            merged = SliceSet.concat([self.unlabeled_pool, rest], name=f"{self.target.name} unlabeled")
+            fp = config_hash([self.unlabeled_pool.fingerprint, self.support_pool.fingerprint, "unlabeled", k, seed])
+            self._unlabeled[key] = replace(merged, fingerprint=fp)
+        return self._unlabeled[key]
+
     def labeled_fraction(self, k: int) -> float:
-        return labeled_fraction(k, self.eligible)
+        return labeled_fraction(k, self.eligible) if k else 0.0
 
     def context(
         self, learner_cls, k: int, seed: int, callback: ProgressCallback | None = None
     ) -> LearnerContext:
-        support = self.support_set(max(k, 1), seed) if learner_cls.uses_target else self.support_set(1, seed).subset([])
+        """The cell's context: the (k, seed) shots (empty at k = 0 and for learners that take no
+        target labels) and, for learners with ``uses_unlabeled``, :meth:`unlabeled_set`."""
+        if k == 0 and learner_cls.uses_target and not (learner_cls.supports_k0 or learner_cls.k_independent):
+            raise ValueError(f"learner {learner_cls.name!r} needs labeled target shots; it has no k = 0 cell")
+        support = self.support_set(k if learner_cls.uses_target else 0, seed)
         return LearnerContext(
             learner=learner_cls.name,
             _source_train=self.source_train if learner_cls.uses_source else None,
             _source_val=self.source_val if learner_cls.uses_source else None,
             support=support,
-            _unlabeled=self.unlabeled_pool if learner_cls.uses_unlabeled else None,
-            k=k,
+            _unlabeled=self.unlabeled_set(k if learner_cls.uses_target else 0, seed) if learner_cls.uses_unlabeled else None,
+            k=k if learner_cls.uses_target else 0,
             seed=seed,
             config=self.config,
             params=learner_cls.resolve_params(self.config),
@@ -95,6 +126,17 @@ class Benchmark:
             cache=self.cache,
             callback=callback,
         )
+
+
+def resolve_grid_shots(spec: str, pool_size: int) -> list[tuple[str, int]]:
+    """``--shots`` with k = 0 allowed (the unsupervised setting): ``"0,1,5,20"`` ->
+    ``[("0", 0), ("1", 1), ...]``; every other entry as :func:`resolve_shots` reads it."""
+    items = [s.strip() for s in str(spec).split(",") if s.strip()]
+    zero = [s for s in items if s == "0"]
+    rest = [s for s in items if s != "0"]
+    if not items:
+        raise ValueError("--shots is empty; give k values such as 0,1,5,20")
+    return ([("0", 0)] if zero else []) + (resolve_shots(",".join(rest), pool_size) if rest else [])
 
 
 def _load(spec: str, cfg: dict, role: str, cache_dir: Path | None) -> SliceSet:
@@ -152,7 +194,7 @@ def prepare(config: dict, out_dir: Path, *, device: str | None = None) -> Benchm
         device=resolve_device(device or str(config["run"]["device"])),
         cache=ModelCache((cache_dir or cache_root()) / "models"),
     )
-    bench.shots = resolve_shots(str(config["run"]["shots"]), bench.eligible)
+    bench.shots = resolve_grid_shots(str(config["run"]["shots"]), bench.eligible)
     log.info(
         "source %s: %d train / %d val slices; target %s: support %d (%d eligible), unlabeled %d, test %d slices",
         source.name, len(source_train), len(source_val), target.name,

@@ -1,10 +1,12 @@
-"""Cell records -> leaderboard rows: Dice with 95% CIs, paired transfer gain, collapse flags, ranks.
+"""Cell records -> leaderboard rows: Dice with 95% CIs, paired transfer gain, cost, ranks.
 
 Statistics follow the benchmark protocol: the unit of replication is the seed (one
 support set per seed and k), so intervals are Student-t over seeds, and the transfer
-gain over ``scratch`` is a *paired* difference on the same support sets. Ranks are
-per k with ties: a learner's rank is 1 + the number of learners significantly better
-than it (paired t-test over seeds, alpha 0.05), so indistinguishable learners share one.
+gain is a *paired* difference on the same support sets: over ``scratch`` when there are
+shots, over ``source-only`` at k = 0 (no target labels: the zero-shot model is the bar an
+unsupervised learner must clear). Ranks are per k with ties: a learner's rank is 1 + the
+number of learners significantly better than it (paired t-test over seeds, Holm-corrected
+over all pairs of learners at that k, alpha 0.05), so indistinguishable learners share one.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from fewshot_transfer.harness.runner import reproduce_command
-from fewshot_transfer.harness.stats import mean_ci, paired_diff, rank_with_ties
+from fewshot_transfer.harness.stats import holm, mean_ci, paired_diff, rank_with_ties
 from fewshot_transfer.harness.store import atomic_write_text, write_csv
 
 log = logging.getLogger(__name__)
@@ -27,6 +29,15 @@ log = logging.getLogger(__name__)
 #: falls below this share of the true fraction (the AdaptSeg failure mode).
 COLLAPSE_RATIO = 0.2
 BASELINE = "scratch"
+#: The reference of the gain at k = 0 (no target labels).
+REFERENCE_K0 = "source-only"
+#: The finetune − scratch CI half-width the committed results aim for at every k.
+TARGET_HALF_WIDTH = 0.05
+
+
+def gain_reference(k: int) -> str:
+    """The learner a gain at ``k`` is measured against."""
+    return REFERENCE_K0 if k == 0 else BASELINE
 
 
 def _dedupe(records: list[dict]) -> list[dict]:
@@ -40,55 +51,114 @@ def _dedupe(records: list[dict]) -> list[dict]:
     return list(seen.values())
 
 
-def _k_columns(records: list[dict]) -> list[tuple[str, int]]:
+def _k_columns(records: list[dict], shots: list[tuple[str, int]] | None = None) -> list[tuple[str, int]]:
+    """The k columns: those of the cells plus the run's ``shots``; a run of k-independent
+    learners only (source-only) with no shots known is shown at k = 0."""
     ks = {(r["k_label"], int(r["k"])) for r in records if r["k_label"] != "any"}
+    ks |= {(str(label), int(k)) for label, k in shots or []}
+    if not ks and any(r["k_label"] == "any" for r in records):
+        ks = {("0", 0)}
     return sorted(ks, key=lambda t: (t[1], t[0]))
 
 
-def build_rows(records: list[dict]) -> list[dict]:
-    """Aggregate cells into one row per (learner, k); k-independent learners appear at every k."""
+def _mean_of(values: list[float]) -> float:
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    return float(np.mean(finite)) if finite else math.nan
+
+
+def budget_text(budget: dict[str, dict] | None) -> str:
+    """``200 adam steps, lr 0.003, 8 target + 4 source + 8 unlabeled rows`` per target phase;
+    ``none`` for a learner that trains nothing on the target side (source-only), ``not
+    recorded`` for one that trained outside ``train_steps``."""
+    if budget is None:
+        return "not recorded"
+    if not budget:
+        return "none"
+    parts = []
+    for phase, b in (budget or {}).items():
+        rows = [f"{b['target_rows']} target"]
+        if b.get("source_rows"):
+            rows.append(f"{b['source_rows']} source")
+        if b.get("unlabeled_rows"):
+            rows.append(f"{b['unlabeled_rows']} unlabeled")
+        parts.append(
+            (f"{phase}: " if len(budget or {}) > 1 else "")
+            + f"{b['steps']} {b['optimizer']} steps, lr {b['lr']:.3g}, {' + '.join(rows)} rows/step"
+        )
+    return "; ".join(parts)
+
+
+def _na_row(name: str, family: str, label: str, k: int) -> dict:
+    """The row of a learner that needs target labels, in the k = 0 column: not a failure."""
+    nan = math.nan
+    return {
+        "learner": name, "family": family, "k": k, "k_label": label, "labeled_fraction": 0.0, "applicable": False,
+        "n_seeds": 0, "n_failed": 0, "failures": "", "dice": nan, "dice_lo": nan, "dice_hi": nan,
+        "dice_global": nan, "hd95": nan, "hd95_unit": "", "gain": nan, "gain_lo": nan, "gain_hi": nan,
+        "gain_ci": nan, "gain_p": nan, "gain_p_holm": nan, "gain_ref": gain_reference(k), "pred_fraction": nan,
+        "true_fraction": nan, "collapsed": False, "cost_s": nan, "charged_s": nan, "budget": "",
+        "selection": "", "tuned_from": "", "protocol": None, "command": "", "seeds": [],
+    }
+
+
+def build_rows(records: list[dict], shots: list[tuple[str, int]] | None = None) -> list[dict]:
+    """Aggregate cells into one row per (learner, k); k-independent learners appear at every k,
+    learners without a k = 0 cell that need target labels get an "n/a" row there."""
     records = _dedupe(records)
-    ks = _k_columns(records)
+    ks = _k_columns(records, shots)
     by_cell: dict[tuple[str, str], dict[int, dict]] = defaultdict(dict)
     learner_order: list[str] = []
+    k0_capable: dict[str, bool] = {}
+    family: dict[str, str] = {}
     for r in records:
-        if r["learner"] not in learner_order:
-            learner_order.append(r["learner"])
+        name = r["learner"]
+        if name not in learner_order:
+            learner_order.append(name)
+        k0_capable[name] = k0_capable.get(name, False) or bool(r.get("supports_k0", r["k_label"] == "any"))
+        family[name] = r.get("family", "")
         labels = [label for label, _ in ks] if r["k_label"] == "any" else [r["k_label"]]
         for label in labels:
-            by_cell[(r["learner"], label)][int(r["seed"])] = r
+            by_cell[(name, label)][int(r["seed"])] = r
     rows: list[dict] = []
     for label, k in ks:
-        scratch = by_cell.get((BASELINE, label), {})
-        dice_by_learner: dict[str, list[float]] = {}
-        common_seeds = None
+        ref_name = gain_reference(k)
+        reference = by_cell.get((ref_name, label), {})
+        dice_by_learner: dict[str, dict[int, float]] = {}
+        common_seeds: set[int] | None = None
+        k_rows: list[dict] = []
         for name in learner_order:
             cells = by_cell.get((name, label))
             if not cells:
+                if k == 0 and not k0_capable[name]:
+                    rows.append(_na_row(name, family[name], label, k))
                 continue
             ok = {s: r for s, r in cells.items() if r["status"] == "ok"}
             failed = {s: r for s, r in cells.items() if r["status"] != "ok"}
             seeds = sorted(ok)
             dice = [float(ok[s]["metrics"]["dice"]) for s in seeds]
             m, lo, hi = mean_ci(dice) if dice else (math.nan, math.nan, math.nan)
-            gm, glo, ghi = mean_ci([float(ok[s]["metrics"]["dice_global"]) for s in seeds]) if seeds else (math.nan,) * 3
+            gm, _, _ = mean_ci([float(ok[s]["metrics"]["dice_global"]) for s in seeds]) if seeds else (math.nan,) * 3
             pred_f = float(np.mean([ok[s]["metrics"]["pred_fraction"] for s in seeds])) if seeds else math.nan
             true_f = float(np.mean([ok[s]["metrics"]["true_fraction"] for s in seeds])) if seeds else math.nan
             hd95 = float(np.nanmean([ok[s]["metrics"]["hd95"] for s in seeds])) if seeds else math.nan
             gain = {"mean": math.nan, "lo": math.nan, "hi": math.nan, "p_value": math.nan, "n": 0}
-            paired = [s for s in seeds if s in scratch and scratch[s]["status"] == "ok"]
-            if name != BASELINE and paired:
+            paired = [s for s in seeds if s in reference and reference[s]["status"] == "ok"]
+            if name != ref_name and paired:
                 gain = paired_diff(
                     [float(ok[s]["metrics"]["dice"]) for s in paired],
-                    [float(scratch[s]["metrics"]["dice"]) for s in paired],
+                    [float(reference[s]["metrics"]["dice"]) for s in paired],
                 )
+            costs = [r.get("cost") or {} for r in ok.values()]
+            charged = [sum(c["charged"].values()) for c in costs if c.get("charged") is not None]
             any_rec = next(iter(cells.values()))
+            first_ok = ok[seeds[0]] if seeds else any_rec
             row = {
                 "learner": name,
                 "family": any_rec.get("family", ""),
                 "k": k,
                 "k_label": label,
                 "labeled_fraction": (k / any_rec["support_pool_size"]) if any_rec.get("support_pool_size") else math.nan,
+                "applicable": True,
                 "n_seeds": len(seeds),
                 "n_failed": len(failed),
                 "failures": "; ".join(f"seed {s}: {r.get('reason', '')}" for s, r in sorted(failed.items())),
@@ -101,10 +171,17 @@ def build_rows(records: list[dict]) -> list[dict]:
                 "gain": gain["mean"],
                 "gain_lo": gain["lo"],
                 "gain_hi": gain["hi"],
+                "gain_ci": (gain["hi"] - gain["lo"]) / 2 if math.isfinite(gain["lo"]) else math.nan,
                 "gain_p": gain.get("p_value", math.nan),
+                "gain_p_holm": math.nan,
+                "gain_ref": ref_name,
                 "pred_fraction": pred_f,
                 "true_fraction": true_f,
                 "collapsed": bool(seeds) and pred_f < COLLAPSE_RATIO * true_f,
+                "cost_s": _mean_of([c.get("total_s") for c in costs]),
+                "charged_s": _mean_of(charged),
+                "budget": budget_text(first_ok.get("budget")),
+                "selection": any_rec.get("selection", ""),
                 "tuned_from": any_rec.get("tuned_from") or "",
                 "protocol": any_rec.get("protocol"),
                 "command": reproduce_command(
@@ -113,16 +190,47 @@ def build_rows(records: list[dict]) -> list[dict]:
                 ),
                 "seeds": seeds,
             }
-            rows.append(row)
-            dice_by_learner[name] = dict(zip(seeds, dice))  # type: ignore[assignment]
+            k_rows.append(row)
+            dice_by_learner[name] = dict(zip(seeds, dice))
             common_seeds = set(seeds) if common_seeds is None else common_seeds & set(seeds)
+        for row, p in zip(k_rows, holm([r["gain_p"] for r in k_rows])):
+            row["gain_p_holm"] = p
         if dice_by_learner and common_seeds:
             ordered = sorted(common_seeds)
-            ranks = rank_with_ties({n: [d[s] for s in ordered] for n, d in dice_by_learner.items()})  # type: ignore[index]
-            for row in rows:
-                if row["k_label"] == label and row["learner"] in ranks:
-                    row["rank"] = ranks[row["learner"]]
+            ranks = rank_with_ties({n: [d[s] for s in ordered] for n, d in dice_by_learner.items()})
+            for row in k_rows:
+                row["rank"] = ranks[row["learner"]]
+        rows.extend(k_rows)
     return rows
+
+
+def header_meta(records: list[dict]) -> dict[str, str]:
+    """What every leaderboard header states: how hyperparameters were chosen, and a warning
+    when its cells come from different code versions."""
+    meta: dict[str, str] = {}
+    selections = sorted({r.get("selection") or "defaults" for r in records})
+    meta["hyperparameters"] = selections[0] if len(selections) == 1 else "MIXED: " + " | ".join(selections)
+    shas = sorted({str(r.get("provenance", {}).get("code", {}).get("source_sha", "?")) for r in records})
+    if len(shas) > 1:
+        meta["code versions"] = (
+            f"WARNING: these cells come from {len(shas)} different code versions (source_sha {', '.join(shas)}); "
+            "rerun them on one version before comparing"
+        )
+    return meta
+
+
+def power_summary(rows: list[dict]) -> str:
+    """How many seeds the run used and the finetune − scratch CI half-width it bought per k."""
+    seeds = sorted({r["n_seeds"] for r in rows if r.get("applicable", True) and r["n_seeds"]})
+    parts = []
+    for r in rows:
+        if r["learner"] == "finetune" and r["gain_ref"] == BASELINE:
+            half = "n/a (needs 2+ seeds)" if math.isnan(r["gain_ci"]) else f"± {r['gain_ci']:.3f}"
+            parts.append(f"k={r['k_label']} {half}")
+    text = f"seeds per cell: {', '.join(map(str, seeds)) or '0'}"
+    if parts:
+        text += f"; finetune − scratch 95% CI half-width: {', '.join(parts)} (aim: ≤ {TARGET_HALF_WIDTH} at every k)"
+    return text
 
 
 def fmt_ci(m: float, lo: float, hi: float, digits: int = 3) -> str:
@@ -135,22 +243,50 @@ def fmt_ci(m: float, lo: float, hi: float, digits: int = 3) -> str:
 
 
 def fmt_gain(row: dict) -> str:
-    if row["learner"] == BASELINE or math.isnan(row["gain"]):
+    """``+0.052 ± 0.031 *`` (± = 95% CI half-width; ``*`` = the CI excludes 0)."""
+    if not row.get("applicable", True):
+        return "n/a"
+    if row["learner"] == row.get("gain_ref", BASELINE):
+        return "reference"
+    if math.isnan(row["gain"]):
         return "—"
     s = fmt_ci(row["gain"], row["gain_lo"], row["gain_hi"])
     s = s if s.startswith("-") else "+" + s
-    if not math.isnan(row["gain_lo"]) and (row["gain_lo"] > 0 or row["gain_hi"] < 0):
+    if math.isnan(row["gain_lo"]):
+        return s + " ± n/a"
+    if row["gain_lo"] > 0 or row["gain_hi"] < 0:
         s += " *"
     return s
 
 
+def fmt_seconds(row: dict) -> str:
+    """Seconds per cell, with the charged cached training (pretraining / meta-training) named."""
+    if math.isnan(row.get("cost_s", math.nan)):
+        return "n/a"
+    text = f"{row['cost_s']:.1f}"
+    if math.isnan(row.get("charged_s", math.nan)):
+        text += "+?"
+    elif row["charged_s"] > 0:
+        text += f" (incl. {row['charged_s']:.1f} cached)"
+    return text
+
+
+def k_title(label: str, k: int) -> str:
+    if k == 0:
+        return f"k = {label} (no target labels; gain vs {REFERENCE_K0})"
+    return f"k = {label} (gain vs {BASELINE})"
+
+
 MD_HEADER = (
-    "| rank | learner | k | labeled frac | Dice (mean ± 95% CI) | gain vs scratch | p | global Dice | HD95 | pred / true lesion frac | seeds | notes |\n"
-    "|---:|---|---:|---:|---|---|---:|---:|---:|---|---:|---|\n"
+    "| rank | learner | k | labeled frac | Dice (mean ± 95% CI) | gain (± 95% CI) | p | p (Holm) | global Dice | HD95 "
+    "| pred / true lesion frac | seeds | s / cell | target budget | notes |\n"
+    "|---:|---|---:|---:|---|---|---:|---:|---:|---:|---|---:|---:|---|---|\n"
 )
 
 
 def row_notes(row: dict) -> str:
+    if not row.get("applicable", True):
+        return "needs labeled target shots"
     notes = []
     if row["collapsed"]:
         notes.append("**collapsed**")
@@ -159,6 +295,14 @@ def row_notes(row: dict) -> str:
     if row["tuned_from"]:
         notes.append(f"tuned ({row['tuned_from']})")
     return ", ".join(notes)
+
+
+def _p(value: float) -> str:
+    return "" if value is None or math.isnan(value) else format(value, ".3g")
+
+
+def _num(value: float, fmt: str) -> str:
+    return "" if value is None or math.isnan(value) else format(value, fmt)
 
 
 def to_markdown(
@@ -170,24 +314,38 @@ def to_markdown(
         out.append("\n".join(f"- **{k}**: {v}" for k, v in meta.items()) + "\n")
     out.append(
         "\nDice = mean over lesion-positive test slices, averaged over seeds (95% Student-t CI over seeds). "
-        "Gain = learner − scratch, paired by seed (same support set); `*` = CI excludes 0. "
+        f"Gain = learner − reference, paired by seed (same support set); the reference is {BASELINE} when there are "
+        f"shots and {REFERENCE_K0} at k = 0 (no target labels); ± = 95% CI half-width, `*` = CI excludes 0; "
+        "p = paired t-test, p (Holm) = Holm-corrected over the learners of that k. "
         f"Collapsed = predicted lesion fraction < {COLLAPSE_RATIO:.0%} of the true one. "
-        "Rank = 1 + number of learners significantly better (paired t-test, α = 0.05).\n"
+        "Rank = 1 + number of learners significantly better (paired t-tests over seeds, Holm-corrected over all "
+        "pairs of learners at that k, α = 0.05). s / cell = seconds of the cell's target training plus the "
+        "charged source pretraining / meta-training (their original seconds, also when loaded from the cache; "
+        "`+?` = the model cache did not record them). "
+        "n/a at k = 0 = the learner needs labeled target shots.\n"
     )
-    for label in dict.fromkeys(r["k_label"] for r in rows):
-        sub = sorted((r for r in rows if r["k_label"] == label), key=lambda r: (r.get("rank", 99), -np.nan_to_num(r["dice"])))
-        out.append(f"\n## k = {label}\n\n" + MD_HEADER)
+    for label, k in dict.fromkeys((r["k_label"], r["k"]) for r in rows):
+        sub = sorted(
+            (r for r in rows if r["k_label"] == label),
+            key=lambda r: (not r.get("applicable", True), r.get("rank", 99), -np.nan_to_num(r["dice"])),
+        )
+        out.append(f"\n## {k_title(label, k)}\n\n" + MD_HEADER)
         for r in sub:
+            frac = "" if math.isnan(r["pred_fraction"]) else f"{r['pred_fraction']:.4f} / {r['true_fraction']:.4f}"
+            hd = "" if math.isnan(r["hd95"]) else f"{r['hd95']:.1f} {r['hd95_unit']}"
             out.append(
-                f"| {r.get('rank', '')} | {r['learner']} | {r['k']} | {r['labeled_fraction']:.3f} | {fmt_ci(r['dice'], r['dice_lo'], r['dice_hi'])} "
-                f"| {fmt_gain(r)} | {'' if math.isnan(r['gain_p']) else format(r['gain_p'], '.3g')} | {r['dice_global']:.3f} | {r['hd95']:.1f} {r['hd95_unit']} "
-                f"| {r['pred_fraction']:.4f} / {r['true_fraction']:.4f} | {r['n_seeds']} | {row_notes(r)} |\n"
+                f"| {r.get('rank', '')} | {r['learner']} | {r['k']} | {r['labeled_fraction']:.3f} "
+                f"| {fmt_ci(r['dice'], r['dice_lo'], r['dice_hi'])} | {fmt_gain(r)} | {_p(r['gain_p'])} "
+                f"| {_p(r['gain_p_holm'])} | {_num(r['dice_global'], '.3f')} | {hd} | {frac} | {r['n_seeds']} "
+                f"| {fmt_seconds(r)} | {r['budget']} | {row_notes(r)} |\n"
             )
+    out.append(f"\n**Power**: {power_summary(rows)}.\n")
     for text in sections or []:
         out.append("\n" + text.rstrip() + "\n")
     out.append("\n## Reproduce\n\nEach row is recomputed by:\n\n")
     for r in rows:
-        out.append(f"- {r['learner']} k={r['k_label']}: `{r['command']}`\n")
+        if r["command"]:
+            out.append(f"- {r['learner']} k={r['k_label']}: `{r['command']}`\n")
     return "".join(out)
 
 
@@ -215,20 +373,28 @@ def _json_default(o):
 
 
 def rich_table(rows: list[dict], title: str = "ftbench leaderboard"):
-    """A rich Table, one row per (k, learner): Dice ± CI, gain vs scratch ± CI, lesion fractions.
+    """A rich Table, one row per (k, learner): Dice ± CI, gain ± CI, lesion fractions, cost.
 
-    Long format so it stays readable in an 80-column terminal or a CI log, whatever the
-    number of k values; learners are sorted by Dice within each k.
+    Long format so it stays readable in a narrow terminal or a CI log, whatever the number
+    of k values; learners are sorted by Dice within each k, "n/a" rows last.
     """
     from rich.table import Table
 
-    table = Table(title=title, caption="± = 95% CI half-width over seeds; * = gain CI excludes 0; pred/true % = lesion share of test pixels")
-    for col, justify in (("k", "right"), ("learner", "left"), ("Dice", "right"), ("gain vs scratch", "right"),
-                         ("pred/true %", "right"), ("n", "right")):
+    table = Table(
+        title=title,
+        caption=f"± = 95% CI half-width over seeds; * = gain CI excludes 0; reference = {BASELINE} "
+        f"(k = 0: {REFERENCE_K0}); rank: paired t-tests, Holm-corrected; s/cell incl. charged pretraining / "
+        "meta-training (+? = not recorded by this model cache)",
+    )
+    for col, justify in (("k", "right"), ("rank", "right"), ("learner", "left"), ("Dice", "right"),
+                         ("gain vs ref.", "right"), ("pred/true %", "right"), ("n", "right"), ("s/cell", "right")):
         table.add_column(col, justify=justify, no_wrap=True)
-    labels = list(dict.fromkeys(r["k_label"] for r in rows))
-    for i, label in enumerate(labels):
-        sub = sorted((r for r in rows if r["k_label"] == label), key=lambda r: -np.nan_to_num(r["dice"], nan=-1))
+    labels = list(dict.fromkeys((r["k_label"], r["k"]) for r in rows))
+    for i, (label, k) in enumerate(labels):
+        sub = sorted(
+            (r for r in rows if r["k_label"] == label),
+            key=lambda r: (not r.get("applicable", True), -np.nan_to_num(r["dice"], nan=-1)),
+        )
         for j, r in enumerate(sub):
             dice = fmt_ci(r["dice"], r["dice_lo"], r["dice_hi"])
             if r["collapsed"]:
@@ -238,7 +404,7 @@ def rich_table(rows: list[dict], title: str = "ftbench leaderboard"):
             gain = fmt_gain(r)
             if gain.endswith("*"):
                 gain = f"[green]{gain}[/green]" if r["gain"] > 0 else f"[red]{gain}[/red]"
-            frac = f"{100 * r['pred_fraction']:.2f}/{100 * r['true_fraction']:.2f}"
-            table.add_row(label if j == 0 else "", r["learner"], dice, gain, frac, str(r["n_seeds"]),
-                          end_section=j == len(sub) - 1 and i < len(labels) - 1)
+            frac = "" if math.isnan(r["pred_fraction"]) else f"{100 * r['pred_fraction']:.2f}/{100 * r['true_fraction']:.2f}"
+            table.add_row(label if j == 0 else "", str(r.get("rank", "")), r["learner"], dice, gain, frac, str(r["n_seeds"]),
+                          fmt_seconds(r), end_section=j == len(sub) - 1 and i < len(labels) - 1)
     return table

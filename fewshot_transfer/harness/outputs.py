@@ -8,7 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from fewshot_transfer.harness.leaderboard import build_rows, rich_table, write_leaderboard
+from fewshot_transfer.config import load_toml
+from fewshot_transfer.harness.leaderboard import build_rows, header_meta, power_summary, rich_table, write_leaderboard
 from fewshot_transfer.harness.plots import loss_curves_plot, prediction_gallery, transfer_gain_plot
 from fewshot_transfer.harness.report import render_sections
 from fewshot_transfer.harness.store import load_records
@@ -16,17 +17,45 @@ from fewshot_transfer.harness.store import load_records
 log = logging.getLogger(__name__)
 
 
-def render(run_dirs: list[Path], out_dir: Path, *, meta: dict | None = None, console=None) -> list[dict]:
-    """Merge the cells of ``run_dirs``; write leaderboard.{md,csv,json} + transfer_gain.png to ``out_dir``."""
+def saved_shots(run_dirs: list[Path]) -> list[tuple[str, int]]:
+    """The plain-count k columns (``0``, ``5`` ...) the runs' ``config.toml`` asked for, so a run of
+    k-independent learners alone still renders in its columns (others come from the cells)."""
+    out: list[tuple[str, int]] = []
+    for d in run_dirs:
+        cfg = Path(d) / "config.toml"
+        if cfg.is_file():
+            for item in str(load_toml(cfg).get("run", {}).get("shots", "")).split(","):
+                if item.strip().isdigit():
+                    out.append((item.strip(), int(item)))
+    return out
+
+
+def render(
+    run_dirs: list[Path],
+    out_dir: Path,
+    *,
+    meta: dict | None = None,
+    console=None,
+    shots: list[tuple[str, int]] | None = None,
+) -> list[dict]:
+    """Merge the cells of ``run_dirs``; write leaderboard.{md,csv,json} + transfer_gain.png to ``out_dir``.
+
+    ``shots`` are the grid's k columns (default: those saved with the runs).
+    """
     records = load_records(run_dirs)
     if not records:
         raise ValueError(f"no finished cells in {', '.join(map(str, run_dirs))}; run `ftbench run` first")
-    rows = build_rows(records)
+    rows = build_rows(records, shots if shots is not None else saved_shots(run_dirs))
     out_dir.mkdir(parents=True, exist_ok=True)
+    header = header_meta(records)  # recomputed from the cells, never taken from an older render
+    meta = {**header, **{k: v for k, v in (meta or {}).items() if k not in ("hyperparameters", "code versions")}}
     paths = write_leaderboard(out_dir, rows, meta=meta, sections=render_sections(rows, records))
     paths.append(transfer_gain_plot(rows, out_dir / "transfer_gain.png"))
     if console is not None:
-        console.print(rich_table(rows))
+        console.print(rich_table(rows, title=f"ftbench leaderboard — hyperparameters: {meta['hyperparameters']}"))
+        if "code versions" in meta:
+            console.print(f"[yellow]{meta['code versions']}[/yellow]")
+        console.print(power_summary(rows))
         console.print("wrote " + ", ".join(str(p) for p in paths))
     return rows
 

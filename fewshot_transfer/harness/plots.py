@@ -31,46 +31,84 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
+#: Panel order of the families; any other family gets a panel after these.
+FAMILIES = ("baseline", "adversarial", "meta", "semi")
+#: Drawn in every panel so each family is read against the same two bars.
+REFERENCES = {BASELINE: ("black", "--"), "finetune": ("dimgray", ":")}
+
+
+def _palette(n: int) -> list:
+    """``n`` distinct colours that are neither grey nor black (the references' colours)."""
+    import matplotlib
+
+    base = list(matplotlib.colormaps["tab10"].colors)
+    colors = [c for i, c in enumerate(base) if i != 7]
+    if n > len(colors):
+        colors = [c for i, c in enumerate(matplotlib.colormaps["tab20"].colors) if i not in (14, 15)]
+    if n > len(colors):
+        colors = [matplotlib.colormaps["hsv"](i / n) for i in range(n)]
+    return colors[:n]
+
+
 def transfer_gain_plot(rows: list[dict], path: Path) -> Path:
-    """Gain over scratch vs labeled fraction: one line per learner, 95% CI bands, log-x."""
+    """Gain and Dice vs k, one panel per learner family, finetune and scratch in every panel.
+
+    x = the k columns (labeled with their fraction of the support pool), evenly spaced so
+    k = 0 fits next to the others. The k = 0 gain is against source-only, not scratch, so
+    it is drawn as an open marker not joined to the line. Bands = 95% CI over seeds;
+    red x = collapsed. Within a panel no two learners share a colour.
+    """
     plt = _pyplot()
-    fig, (ax_gain, ax_dice) = plt.subplots(1, 2, figsize=(12, 4.5))
-    learners_ = [n for n in dict.fromkeys(r["learner"] for r in rows)]
-    cmap = plt.get_cmap("tab10")
-    for i, name in enumerate(learners_):
-        sub = sorted((r for r in rows if r["learner"] == name and not math.isnan(r["labeled_fraction"])), key=lambda r: r["k"])
+    live = [r for r in rows if r.get("applicable", True) and not math.isnan(r["dice"])]
+    ks = sorted({(r["k"], r["k_label"], r["labeled_fraction"]) for r in live})
+    xpos = {label: i for i, (_, label, _) in enumerate(ks)}
+    present = list(dict.fromkeys(r.get("family") or "other" for r in live))
+    families = [f for f in FAMILIES if f in present] + [f for f in present if f not in FAMILIES]
+    families = families or ["baseline"]
+    fig, axes = plt.subplots(2, len(families), figsize=(5.2 * len(families), 8), squeeze=False, sharey="row")
+
+    def series(name: str):
+        sub = sorted((r for r in live if r["learner"] == name), key=lambda r: r["k"])
+        return sub, np.array([xpos[r["k_label"]] for r in sub], dtype=float)
+
+    def draw(ax_gain, ax_dice, name: str, color, style: str, label: str) -> None:
+        sub, x = series(name)
         if not sub:
-            continue
-        x = np.array([r["labeled_fraction"] for r in sub])
-        color = cmap(i % 10)
-        dice = np.array([r["dice"] for r in sub])
-        ax_dice.plot(x, dice, "o-", color=color, label=name)
-        ax_dice.fill_between(x, [r["dice_lo"] for r in sub], [r["dice_hi"] for r in sub], color=color, alpha=0.15)
-        if name == BASELINE:
-            continue
-        gain = np.array([r["gain"] for r in sub])
-        if not np.isfinite(gain).any():  # no paired scratch cells in this run: nothing to draw
-            continue
-        ax_gain.plot(x, gain, "o-", color=color, label=name)
-        ax_gain.fill_between(x, [r["gain_lo"] for r in sub], [r["gain_hi"] for r in sub], color=color, alpha=0.15)
-        for r in sub:
+            return
+        ax_dice.plot(x, [r["dice"] for r in sub], marker="o", ls=style, color=color, label=label)
+        ax_dice.fill_between(x, [r["dice_lo"] for r in sub], [r["dice_hi"] for r in sub], color=color, alpha=0.12)
+        shots = [(xi, r) for xi, r in zip(x, sub) if r["k"] > 0 and not math.isnan(r["gain"])]
+        if shots:
+            xs = [xi for xi, _ in shots]
+            ax_gain.plot(xs, [r["gain"] for _, r in shots], marker="o", ls=style, color=color, label=label)
+            ax_gain.fill_between(xs, [r["gain_lo"] for _, r in shots], [r["gain_hi"] for _, r in shots], color=color, alpha=0.12)
+        for xi, r in zip(x, sub):
+            if r["k"] == 0 and not math.isnan(r["gain"]):
+                ax_gain.errorbar([xi], [r["gain"]], yerr=[[r["gain"] - r["gain_lo"]], [r["gain_hi"] - r["gain"]]]
+                                 if not math.isnan(r["gain_lo"]) else None, fmt="o", mfc="white", color=color)
             if r["collapsed"]:
-                ax_gain.plot([r["labeled_fraction"]], [r["gain"]], "x", color="red", ms=10)
-    ax_gain.axhline(0, color="black", lw=1)
-    for ax in (ax_gain, ax_dice):
-        ax.set_xscale("log")
-        ax.set_xlabel("labeled fraction of the support pool (k / pool size, log)")
-        ax.grid(alpha=0.3, which="both")
-        ks = sorted({(r["labeled_fraction"], r["k_label"]) for r in rows if not math.isnan(r["labeled_fraction"])})
-        sec = ax.secondary_xaxis("top")
-        sec.set_xticks([f for f, _ in ks], [f"k={lab}" for _, lab in ks])
-    ax_gain.set_ylabel("Dice gain over scratch (paired, 95% CI)")
-    ax_gain.set_title("Transfer gain vs labeled fraction (x = collapsed)")
-    ax_dice.set_ylabel("Dice (mean over seeds, 95% CI)")
-    ax_dice.set_title("Dice vs labeled fraction")
-    ax_dice.legend(fontsize=8, loc="lower right")
-    if ax_gain.get_legend_handles_labels()[0]:
-        ax_gain.legend(fontsize=8, loc="upper right")
+                ax_gain.plot([xi], [0 if math.isnan(r["gain"]) else r["gain"]], "x", color="red", ms=10)
+
+    for col, fam in enumerate(families):
+        ax_gain, ax_dice = axes[0, col], axes[1, col]
+        members = [n for n in dict.fromkeys(r["learner"] for r in live if (r.get("family") or "other") == fam)
+                   if n not in REFERENCES]
+        for name, (color, style) in REFERENCES.items():
+            draw(ax_gain, ax_dice, name, color, style, f"{name} (reference)")
+        for name, color in zip(members, _palette(len(members))):
+            draw(ax_gain, ax_dice, name, color, "-", name)
+        ax_gain.axhline(0, color="black", lw=0.8, ls="--", label=f"{BASELINE} (reference, gain 0)")
+        ax_gain.set_title(f"{fam}: gain over scratch (k = 0: over source-only)", fontsize=9)
+        ax_dice.set_title(f"{fam}: Dice", fontsize=9)
+        for ax in (ax_gain, ax_dice):
+            ax.set_xticks(range(len(ks)), [f"k={lab}\n{frac:.1%}" for _, lab, frac in ks])
+            ax.set_xlabel("k (labeled fraction of the support pool)")
+            ax.grid(alpha=0.3)
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize=7, loc="best")
+    axes[0, 0].set_ylabel("Dice gain (paired by seed, 95% CI)")
+    axes[1, 0].set_ylabel("Dice (mean over seeds, 95% CI)")
+    fig.suptitle("Transfer gain and Dice per learner family (red x = collapsed; open marker = k = 0, vs source-only)", fontsize=10)
     fig.tight_layout()
     out = _save(fig, Path(path))
     plt.close(fig)

@@ -61,7 +61,8 @@ def resolve_seeds(spec: int | str | list) -> list[int]:
 
 
 def plan_cells(bench: Benchmark, learner_names: list[str], seeds: list[int]) -> list[CellSpec]:
-    """All cells of the grid, seed-major (k-independent learners get one cell per seed)."""
+    """All cells of the grid, seed-major. k-independent learners get one cell per seed; at
+    k = 0 only learners with ``supports_k0`` get a cell (the others are "n/a" there)."""
     cells: list[CellSpec] = []
     for seed in seeds:
         for name in learner_names:
@@ -70,6 +71,8 @@ def plan_cells(bench: Benchmark, learner_names: list[str], seeds: list[int]) -> 
                 cells.append(CellSpec(seed=seed, k=0, k_label="any", learner=name))
                 continue
             for label, k in bench.shots:
+                if k == 0 and not cls.supports_k0:
+                    continue
                 cells.append(CellSpec(seed=seed, k=k, k_label=label, learner=name))
     order = {n: i for i, n in enumerate(learner_names)}
     return sorted(cells, key=lambda c: (c.seed, c.k, order[c.learner]))
@@ -94,29 +97,78 @@ def reproduce_command(
     pin = f" --set run.threads={threads}" if threads else ""
     return (
         f"ftbench run --config {shlex.quote(str(Path(run_dir) / 'config.toml'))} --learners {learner} "
-        f"--shots {shlex.quote(shots if shots != 'any' else '1')} --seeds {seeds_arg(seeds)}{pin} --out {shlex.quote(str(run_dir))}"
+        f"--shots {shlex.quote(shots if shots != 'any' else '0')} --seeds {seeds_arg(seeds)}{pin} --out {shlex.quote(str(run_dir))}"
     )
 
 
 def _tuned_from(config: dict, learner: str) -> str | None:
-    """The study a learner's hyperparameters came from (only learners the tuned config sets)."""
-    if config.get("tuned_from") and learner in config.get("learners", {}):
-        return str(config["tuned_from"])
-    return None
+    """The study a learner's hyperparameters came from (only learners the tuned config sets);
+    of several studies (``--protocol tuned``), the ones named ``LEARNER-k...``."""
+    if not (config.get("tuned_from") and learner in config.get("learners", {})):
+        return None
+    parts = str(config["tuned_from"]).split("; ")
+    own = [part for part in parts if part.startswith(f"{learner}-k")]
+    return "; ".join(own or parts)
+
+
+def selection(config: dict) -> str:
+    """How the hyperparameters of a run were chosen, in words (the leaderboard header shows it)."""
+    run = config.get("run", {})
+    if run.get("protocol") == "tuned":
+        return f"tuned, {int(run['trials'])} trials per learner, validation split of the support pool"
+    return "defaults"
+
+
+#: The ``train_steps`` phase of source pretraining: a cached, k-independent cost charged
+#: through the model cache, not part of the cell's target budget.
+PRETRAIN_PHASE = "pretrain"
+
+
+def target_budget(ctx) -> dict[str, dict]:
+    """The target-side phases a cell trained (``ctx.budget`` minus cached pretraining), with the
+    batch composition per step: ``batch_size`` target rows when there are shots, the rest of
+    the labeled rows from the source, plus the unlabeled (extra) rows."""
+    out: dict[str, dict] = {}
+    target_rows = int(ctx.params.get("batch_size", 0)) if ctx.k > 0 else 0
+    for phase, b in ctx.budget.items():
+        if phase == PRETRAIN_PHASE:
+            continue
+        labeled = int(b["labeled_rows"])
+        tgt = min(labeled, target_rows)
+        out[phase] = {**b, "target_rows": tgt, "source_rows": labeled - tgt, "unlabeled_rows": int(b["extra_rows"])}
+    return out
+
+
+def cell_cost(budget: dict[str, dict] | None, charged: dict[str, float] | None, unrecorded_s: float = 0.0) -> dict:
+    """Seconds of the cell's own target training plus the charged cached trainings (source
+    pretraining, meta-training: their original seconds, also on a cache hit).
+
+    ``budget`` None = the learner trained outside ``train_steps``; its training seconds are
+    then ``unrecorded_s`` (what the learner reported in ``ctx.train_seconds``).
+    """
+    own = float(sum(b["seconds"] for b in budget.values())) if budget is not None else float(unrecorded_s)
+    extra = float(sum((charged or {}).values()))
+    return {"target_s": own, "charged": charged, "total_s": own + extra, "recorded": budget is not None}
 
 
 def run_cell(bench: Benchmark, spec: CellSpec, callback: ProgressCallback | None = None, tuned_from: str | None = None) -> dict:
     """Fit one learner on one support set and evaluate it on the whole test set."""
     cls = learners.get(spec.learner)
     ctx = bench.context(cls, spec.k, spec.seed, callback)
+    begin_cell = getattr(bench.cache, "begin_cell", None)
+    if begin_cell is not None:
+        begin_cell()
     record: dict = {
         "cell_id": spec.cell_id,
         "learner": spec.learner,
         "family": cls.family,
+        "supports_k0": bool(cls.supports_k0 or cls.k_independent),
+        "selection": selection(bench.config),
         "k": spec.k,
         "k_label": spec.k_label,
         "seed": spec.seed,
-        "labeled_fraction": bench.labeled_fraction(spec.k) if spec.k else 0.0,
+        "labeled_fraction": bench.labeled_fraction(spec.k),
+        "unlabeled_rows": len(ctx.unlabeled) if cls.uses_unlabeled else 0,
         "support_pool_size": bench.eligible,
         "support_patients": sorted(set(ctx.support.patients.tolist())),
         "params": dict(ctx.params),
@@ -140,6 +192,14 @@ def run_cell(bench: Benchmark, spec: CellSpec, callback: ProgressCallback | None
         _save_curves(bench, spec, ctx.curves)
         return record
     fit_s = time.perf_counter() - t0
+    cell_costs = getattr(bench.cache, "cell_costs", None)
+    # A learner with shots whose training left no target phase trained outside train_steps:
+    # its budget is unknown, not empty.
+    budget: dict | None = target_budget(ctx)
+    if not budget and ctx.k > 0:
+        budget = None
+    charged = dict(cell_costs()) if cell_costs is not None else None
+    record.update(budget=budget, cost=cell_cost(budget, charged, ctx.train_seconds))
     t1 = time.perf_counter()
     test = bench.test_set
     pred = segmenter.predict(test.images)

@@ -78,16 +78,37 @@ def paired_diff(
     return {"mean": mean, "lo": lo, "hi": hi, "n": int(d.size), "p_value": _ttest_p(d), "p_wilcoxon": p_w}
 
 
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm-Bonferroni adjusted p-values (step-down, monotone, capped at 1); NaN stays NaN
+    and does not count as a test.
+
+    Controls the family-wise error rate over the whole family of comparisons without
+    assuming independence, so "significant" on a leaderboard with many learners means the
+    same as with two.
+    """
+    p = np.asarray(p_values, dtype=np.float64).ravel()
+    out = np.full(p.shape, np.nan)
+    idx = np.flatnonzero(~np.isnan(p))
+    m = idx.size
+    running = 0.0
+    for rank, i in enumerate(idx[np.argsort(p[idx], kind="stable")]):
+        running = max(running, min(1.0, (m - rank) * p[i]))
+        out[i] = running
+    return out.tolist()
+
+
 def rank_with_ties(
     scores: dict[str, Sequence[float]], *, alpha: float = 0.05, higher_is_better: bool = True
 ) -> dict[str, int]:
     """Leaderboard ranks where statistically indistinguishable learners share a rank.
 
     Meta-Dataset style: rank = 1 + the number of learners whose mean is better *and*
-    whose paired difference to this learner is significant (two-sided paired t-test on the
-    episodes both have, p < ``alpha``). So the best learner and every learner it cannot be
-    told apart from get rank 1. Scores must be paired by episode (same length, same order).
-    A learner with no finite score ranks below every learner that has one.
+    whose paired difference to this learner is significant: two-sided paired t-test on the
+    episodes both have, Holm-corrected over all pairs of learners, adjusted p < ``alpha``.
+    So the best learner and every learner it cannot be told apart from get rank 1, and
+    adding learners does not manufacture significant differences. Scores must be paired by
+    episode (same length, same order). A learner with no finite score ranks below every
+    learner that has one.
     """
     if not scores:
         return {}
@@ -97,18 +118,11 @@ def rank_with_ties(
     sign = 1.0 if higher_is_better else -1.0
     means = {name: sign * mean_ci(v)[0] for name, v in scores.items()}
     names = sorted(scores, key=lambda n: (-np.nan_to_num(means[n], nan=-np.inf), n))
-    ranks: dict[str, int] = {}
     finite = [n for n in names if not math.isnan(means[n])]
-    for name in names:
-        if math.isnan(means[name]):
-            ranks[name] = 1 + len(finite)
-            continue
-        better = 0
-        for other in names:
-            if other == name or not means[other] > means[name]:
-                continue
-            p = _ttest_p(_paired(scores[other], scores[name]))
-            if p < alpha:
-                better += 1
-        ranks[name] = 1 + better
-    return ranks
+    pairs = [(a, b) for i, a in enumerate(finite) for b in finite[i + 1 :] if means[a] > means[b]]
+    adjusted = holm([_ttest_p(_paired(scores[a], scores[b])) for a, b in pairs])
+    beaten_by: dict[str, int] = {n: 0 for n in names}
+    for (_, worse), p in zip(pairs, adjusted):
+        if p < alpha:
+            beaten_by[worse] += 1
+    return {n: (1 + beaten_by[n]) if not math.isnan(means[n]) else 1 + len(finite) for n in names}

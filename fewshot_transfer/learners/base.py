@@ -36,6 +36,9 @@ class Learner:
     uses_unlabeled: ClassVar[bool] = False
     #: True when the result does not depend on k (source-only): one cell per seed.
     k_independent: ClassVar[bool] = False
+    #: True when the learner can run without target labels (k = 0: ``ctx.k == 0`` and an
+    #: empty ``ctx.support``); the others show "n/a" in the k = 0 column.
+    supports_k0: ClassVar[bool] = False
     defaults: ClassVar[dict[str, Any]] = {}
     bounds: ClassVar[dict[str, tuple[float | None, float | None]]] = {}
 

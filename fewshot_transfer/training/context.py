@@ -67,6 +67,9 @@ class LearnerContext:
     callback: ProgressCallback | None = None
     curves: LossCurves = field(default_factory=LossCurves)
     train_seconds: float = 0.0
+    #: What each ``train_steps`` phase spent (steps, optimizer, lr, rows per step, seconds),
+    #: keyed by phase; the harness stores it with the cell so budgets can be compared.
+    budget: dict[str, dict] = field(default_factory=dict)
     _report_every: int = 10
 
     def _pool(self, value: SliceSet | None, pool: str, flag: str) -> SliceSet:

@@ -95,10 +95,12 @@ def train_steps(
     gen = ctx.torch_generator(salt=zlib.crc32(phase.encode()) % 10_000)
     model.train()
     t0 = time.perf_counter()
+    labeled_rows = extra_rows = 0  # the most rows of either kind one step used (the budget record)
     for step in range(1, steps + 1):
         x, y = next(batches)
         n = x.shape[0]
         extra = hooks.extra_rows(step)
+        labeled_rows, extra_rows = max(labeled_rows, n), max(extra_rows, 0 if extra is None else int(extra.shape[0]))
         if extra is not None and extra.shape[0]:
             x = torch.cat([x, extra])
             y = torch.cat([y, torch.zeros_like(extra)])
@@ -124,7 +126,11 @@ def train_steps(
             values.update({name: float(term.detach()) for name, _, term in terms})
         values.update(stats)
         ctx.report(phase, step, values)
-    ctx.train_seconds += time.perf_counter() - t0
+    seconds = time.perf_counter() - t0
+    ctx.train_seconds += seconds
+    ctx.budget[phase] = {
+        "steps": steps, "optimizer": "adam", "lr": lr, "labeled_rows": labeled_rows, "extra_rows": extra_rows, "seconds": seconds
+    }
     return model.eval()
 
 
