@@ -64,6 +64,7 @@ DEFAULTS: dict[str, Any] = {
         "out": "runs/quick",
         "plots": False,
         "threads": 0,
+        "jobs": 0,
     },
 }
 
@@ -92,6 +93,7 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
     "train.threshold": (0.0, 1.0),
     "train.weight_decay": (0.0, None),
     "run.threads": (0, None),
+    "run.jobs": (0, None),
 }
 #: Keys that must be strictly positive.
 POSITIVE = ("train.lr",)

@@ -42,6 +42,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config key, e.g. --set train.steps=50 --set learners.finetune.lr=1e-4")
     p.add_argument("--retry-failed", action="store_true", help="recompute cells recorded as failed")
+    p.add_argument("--jobs", type=int, help="cells run side by side in this many worker processes, one thread each "
+                   "(default run.jobs = 0: one per physical core; 1 = in this process)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
     p.set_defaults(func=main)
 
@@ -51,12 +53,12 @@ def build_config(args: argparse.Namespace) -> dict:
     overrides = list(args.set)
     flag_keys = {
         "shots": "run.shots", "learners": "run.learners", "seeds": "run.seeds", "out": "run.out",
-        "device": "run.device", "target": "data.target", "source": "data.source",
+        "device": "run.device", "target": "data.target", "source": "data.source", "jobs": "run.jobs",
     }
     for attr, key in flag_keys.items():
         value = getattr(args, attr, None)
         if value is not None:
-            overrides.append(f'{key}="{value}"' if attr != "seeds" or "," in value else f"{key}={value}")
+            overrides.append(f"{key}={value}" if attr == "jobs" or (attr == "seeds" and "," not in value) else f'{key}="{value}"')
     if getattr(args, "plots", False):
         overrides.append("run.plots=true")
     return resolve_config(args.config, overrides)
@@ -90,7 +92,7 @@ def main(args: argparse.Namespace) -> int:
         f"[bold]ftbench run[/bold]: {len(names)} learners x k={','.join(lab for lab, _ in bench.shots)} "
         f"x {len(seeds)} seeds = {len(cells)} cells -> {out}"
     )
-    records = run_grid(bench, cells, retry_failed=args.retry_failed, show_progress=not args.no_progress)
+    records = run_grid(bench, cells, retry_failed=args.retry_failed, show_progress=not args.no_progress, jobs=int(run_cfg["jobs"]))
     wall = time.perf_counter() - t0
     train_s = sum(r.get("timing", {}).get("train_s", 0.0) for r in records)
     meta = {
