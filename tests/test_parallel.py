@@ -117,7 +117,9 @@ def test_jobs_2_killed_and_resumed_equals_jobs_1(tmp_path):
 def test_ctrl_c_stops_every_worker_and_keeps_finished_cells(tmp_path):
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "fewshot_transfer.cli", "run", *GRID, "--set", "train.steps=200", "--jobs", "2", "--out", str(out)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    # Default SIGINT handling even when the test runner's own SIGINT is ignored (a background job).
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     while time.time() < deadline and not list((out / "cells").glob("*.json")):
         time.sleep(0.05)
