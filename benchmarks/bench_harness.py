@@ -145,6 +145,8 @@ def main() -> int:
     ap.add_argument("--skip-run", action="store_true", help="only (a)")
     ap.add_argument("--skip-default", action="store_true", help="(a), (b) and (d) without the default run")
     ap.add_argument("--subset-seeds", type=int, default=1, help="seeds of the default run actually run in (c)")
+    ap.add_argument("--scale", type=float, default=1.0,
+                    help="run (b) and (c) with this fraction of train.steps and train.pretrain_steps (a busy box)")
     ap.add_argument("--keep", help="keep the run directories here instead of a temp dir")
     args = ap.parse_args()
     if args.keep and Path(args.keep).exists():
@@ -177,11 +179,17 @@ def main() -> int:
         subprocess.run([sys.executable, "-m", "fewshot_transfer.cli", "run", "--learners", "source-only", "--shots", "1",
                         "--seeds", "1", "--set", "train.pretrain_steps=0", "--out", str(tmp / "warm"), "--no-progress"],
                        check=True, stdout=subprocess.DEVNULL, env={**os.environ, "FTBENCH_CACHE": str(warm)})
+        budget = [] if args.scale == 1.0 else [
+            "--set", f"train.steps={max(1, round(int(cfg['train']['steps']) * args.scale))}",
+            "--set", f"train.pretrain_steps={max(1, round(int(cfg['train']['pretrain_steps']) * args.scale))}",
+        ]
+        if budget:
+            print(f"(b), (c) at {args.scale} of the step budget: {' '.join(budget[1::2])}")
         modes = {"1 job x 1 thread": (1, 1), "2 jobs x 1 thread": (2, 1), "1 job x 2 threads": (1, 2)}
         res = {}
         for label, (jobs, threads) in modes.items():
             name = f"j{jobs}t{threads}"
-            res[label] = ftbench([*CELLS_12, "--jobs", str(jobs), "--set", f"run.threads={threads}"], tmp / name,
+            res[label] = ftbench([*CELLS_12, *budget, "--jobs", str(jobs), "--set", f"run.threads={threads}"], tmp / name,
                                  cold_cache(tmp, name, warm / "datasets"))
             r = res[label]
             print(f"(b) 12 scratch/finetune cells, {label}: wall {r['wall_s']:.1f} s, CPU {r['cpu_s']:.1f} s, "
@@ -195,13 +203,13 @@ def main() -> int:
         if args.skip_default:
             return 0
         seeds = int(cfg["run"]["seeds"])
-        sub = ftbench(["--seeds", str(args.subset_seeds)], tmp / "default", cold_cache(tmp, "default", warm / "datasets"))
-        scale = seeds / args.subset_seeds
+        sub = ftbench(["--seeds", str(args.subset_seeds), *budget], tmp / "default", cold_cache(tmp, "default", warm / "datasets"))
+        scale = seeds / args.subset_seeds / args.scale
         wall = sub["wall_s"] * scale
         print(f"(c) default run subset: {sub['cells']} cells ({args.subset_seeds} of {seeds} seeds), default jobs = "
               f"{cores}: wall {sub['wall_s']:.1f} s, CPU {sub['cpu_s']:.1f} s, in learner steps {sub['train_s']:.1f} s, "
               f"efficiency {sub['train_s'] / (cores * sub['wall_s']):.2f} (load average {os.getloadavg()[0]:.2f})")
-        print(f"(c) default run ({n_cells} cells) scaled x{scale:.1f}: wall {wall:.0f} s = {wall / 60:.1f} min "
+        print(f"(c) default run ({n_cells} cells) scaled x{scale:.1f} (seeds, step budget): wall {wall:.0f} s = {wall / 60:.1f} min "
               f"(target <= 10 min)")
         print(f"(d) actual / physical bound: {wall:.0f} s / {bound:.1f} s = {wall / bound:.1f}x (target <= 2x)")
     finally:
