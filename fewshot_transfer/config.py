@@ -71,6 +71,7 @@ DEFAULTS: dict[str, Any] = {
         "trials": 20,
         "tune_shots": "",
         "tune_episodes": 3,
+        "jobs": 0,
         "plugins": [],
     },
 }
@@ -102,6 +103,7 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
     "run.threads": (0, None),
     "run.trials": (1, None),
     "run.tune_episodes": (1, None),
+    "run.jobs": (0, None),
 }
 #: Keys that must be strictly positive.
 POSITIVE = ("train.lr",)

@@ -61,6 +61,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tune-shots", help="--protocol tuned: the k the studies tune at (default: the grid's middle k >= 1)")
     p.add_argument("--tune-episodes", type=int, help="--protocol tuned: paired episodes per trial (default 3)")
     p.add_argument("--retry-failed", action="store_true", help="recompute cells recorded as failed")
+    p.add_argument("--jobs", type=int, help="cells run side by side in this many worker processes, one thread each "
+                   "(default run.jobs = 0: one per physical core; 1 = in this process)")
     add_plugin_flag(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
     p.set_defaults(func=main)
@@ -85,12 +87,12 @@ def build_config(args: argparse.Namespace) -> dict:
     flag_keys = {
         "shots": "run.shots", "learners": "run.learners", "seeds": "run.seeds", "out": "run.out",
         "device": "run.device", "target": "data.target", "source": "data.source", "protocol": "run.protocol",
-        "tune_shots": "run.tune_shots",
+        "tune_shots": "run.tune_shots", "jobs": "run.jobs",
     }
     for attr, key in flag_keys.items():
         value = getattr(args, attr, None)
         if value is not None:
-            overrides.append(f'{key}="{value}"' if attr != "seeds" or "," in value else f"{key}={value}")
+            overrides.append(f"{key}={value}" if attr == "jobs" or (attr == "seeds" and "," not in value) else f'{key}="{value}"')
     for attr, key in (("trials", "run.trials"), ("tune_episodes", "run.tune_episodes")):
         if getattr(args, attr, None) is not None:
             overrides.append(f"{key}={int(getattr(args, attr))}")
@@ -140,7 +142,7 @@ def main(args: argparse.Namespace) -> int:
         f"[bold]ftbench run[/bold]: {len(names)} learners x k={','.join(lab for lab, _ in bench.shots)} "
         f"x {len(seeds)} seeds = {len(cells)} cells -> {out}"
     )
-    records = run_grid(bench, cells, retry_failed=args.retry_failed, show_progress=not args.no_progress)
+    records = run_grid(bench, cells, retry_failed=args.retry_failed, show_progress=not args.no_progress, jobs=int(run_cfg["jobs"]))
     wall = time.perf_counter() - t0
     train_s = sum(r.get("timing", {}).get("train_s", 0.0) for r in records)
     meta = {

@@ -21,6 +21,7 @@ from fewshot_transfer import learners
 from fewshot_transfer.atomic import atomic_open
 from fewshot_transfer.config import config_hash
 from fewshot_transfer.harness.benchmark import Benchmark
+from fewshot_transfer.harness.parallel import producers_first, resolve_jobs, run_parallel
 from fewshot_transfer.harness.store import CellSpec, CellStore, write_csv
 from fewshot_transfer.metrics import evaluate, hd95_unit
 from fewshot_transfer.provenance import code_version
@@ -255,8 +256,14 @@ def run_grid(
     on_cell: Callable[[CellSpec, dict], None] | None = None,
     retry_failed: bool = False,
     show_progress: bool = True,
+    jobs: int = 1,
 ) -> list[dict]:
-    """Run the missing cells with a rich progress display; returns all records of the grid."""
+    """Run the missing cells with a rich progress display; returns all records of the grid.
+
+    ``jobs > 1`` runs cells in that many worker processes (``harness/parallel.py``), each
+    single-threaded unless ``run.threads`` says otherwise; they save into this run
+    directory's cell store. Records do not depend on ``jobs`` at equal thread counts.
+    """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     store = store or CellStore(bench.out_dir)
@@ -268,6 +275,9 @@ def run_grid(
             todo.append(c)
     if len(todo) < len(cells):
         log.info("resuming: %d of %d cells already done", len(cells) - len(todo), len(cells))
+    jobs = resolve_jobs(jobs, len(todo))
+    if jobs > 1 and store.root != CellStore(bench.out_dir).root:
+        raise ValueError("parallel cells are saved into the run directory's own cell store")
     with Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -279,13 +289,42 @@ def run_grid(
         transient=False,
     ) as progress:
         task = progress.add_task("grid", total=len(todo))
-        for spec in todo:
-            progress.update(task, description=f"{spec.learner} k={spec.k_label} seed={spec.seed}")
-            record = run_cell(bench, spec)
-            store.save(spec, record)
+
+        def finished(spec: CellSpec, record: dict) -> None:
             if record["status"] != "ok":
                 log.warning("cell %s failed: %s", spec.cell_id, record.get("reason"))
             if on_cell:
                 on_cell(spec, record)
             progress.advance(task)
+
+        if jobs == 1:
+            for spec in todo:
+                progress.update(task, description=_label(spec))
+                bench.cache.begin_cell()
+                record = run_cell(bench, spec)
+                store.save(spec, record)
+                finished(spec, record)
+        else:
+            running: dict[CellSpec, None] = {}
+
+            def on_event(kind: str, spec: CellSpec, payload) -> None:
+                if kind == "start":
+                    running[spec] = None
+                else:
+                    running.pop(spec, None)
+                    hits, misses = payload["cache"]
+                    bench.cache.hits += hits
+                    bench.cache.misses += misses
+                    finished(spec, payload["record"])
+                progress.update(task, description=f"{jobs} jobs: " + " | ".join(_label(s) for s in running))
+
+            threads = int(bench.config["run"].get("threads") or 0) or 1
+            run_parallel(
+                bench.config, bench.out_dir, producers_first(todo),
+                jobs=jobs, device=str(bench.device), threads=threads, on_event=on_event,
+            )
     return [r for r in (store.load(c) for c in cells) if r is not None]
+
+
+def _label(spec: CellSpec) -> str:
+    return f"{spec.learner} k={spec.k_label} seed={spec.seed}"

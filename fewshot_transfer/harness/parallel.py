@@ -1,0 +1,200 @@
+"""Cells side by side: worker processes that each run whole cells, single-threaded.
+
+Why processes and not threads: a cell is a small U-Net whose steps are too short to use
+two cores well (intra-op threading of 8-channel convolutions mostly synchronizes), while
+independent cells scale with the cores. Each worker builds the :class:`Benchmark` once
+(the dataset and split come from the caches the parent filled), pulls cells from one
+queue in order, saves every finished cell itself (atomically, as a single process does)
+and tells the parent, which keeps the one progress display. Workers share the model cache
+through its per-entry lock, so a source model that several cells need is trained once.
+
+Workers are started by ``forkserver`` (``spawn`` where unavailable), never ``fork``: a
+forked child of a process that has already run torch (or touched CUDA) can deadlock.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import multiprocessing as mp
+import os
+import queue
+import signal
+import sys
+import traceback
+from pathlib import Path
+from typing import Callable, Iterable
+
+from fewshot_transfer.harness.store import CellSpec
+
+log = logging.getLogger(__name__)
+
+#: What a worker reports: ("start" | "done" | "error", cell, payload).
+Event = tuple[str, CellSpec, object]
+
+
+def physical_cores() -> int:
+    """Physical cores this process may use (hyper-threads share one core's arithmetic units)."""
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores: set[tuple[str, str]] = set()
+    try:
+        phys = core = ""
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            name, _, value = line.partition(":")
+            name = name.strip()
+            if name == "physical id":
+                phys = value.strip()
+            elif name == "core id":
+                core = value.strip()
+            elif not name:
+                if core:
+                    cores.add((phys, core))
+                phys = core = ""
+        if core:
+            cores.add((phys, core))
+    except OSError:
+        pass
+    return max(1, min(usable, len(cores))) if cores else max(1, usable)
+
+
+def resolve_jobs(jobs: int, n_cells: int | None = None) -> int:
+    """``0`` = one worker per physical core; never more workers than cells."""
+    n = int(jobs) if int(jobs) > 0 else physical_cores()
+    return max(1, min(n, n_cells)) if n_cells is not None else n
+
+
+def producers_first(cells: Iterable[CellSpec]) -> list[CellSpec]:
+    """Each learner's first cell of every seed, learner-major, then the rest in plan order.
+
+    A learner's first cell of a seed is the one that trains what its later k reuse (the
+    seed's source model, its meta-training). Going learner-major over those puts different
+    seeds' producers side by side instead of workers queueing behind one seed's lock.
+    """
+    cells = list(cells)
+    heads: dict[tuple[str, int], CellSpec] = {}
+    for c in cells:
+        heads.setdefault((c.learner, c.seed), c)
+    learner_order = list(dict.fromkeys(c.learner for c in cells))
+    first = sorted(heads.values(), key=lambda c: (learner_order.index(c.learner), c.seed))
+    chosen = set(first)
+    return first + [c for c in cells if c not in chosen]
+
+
+def run_parallel(
+    config: dict,
+    out_dir: Path,
+    cells: list[CellSpec],
+    *,
+    jobs: int,
+    device: str,
+    threads: int = 1,
+    on_event: Callable[[str, CellSpec, object], None],
+) -> None:
+    """Run ``cells`` in ``jobs`` worker processes; ``on_event`` sees every start and finish.
+
+    Returns when every cell is saved. Any exit before that (Ctrl-C, a worker that raised or
+    died) terminates all workers first; cells they finished are already on disk.
+    """
+    ctx = _context()
+    tasks = ctx.Queue()
+    tasks.cancel_join_thread()  # unread cells left in the pipe must not block our exit
+    events = ctx.Queue()
+    for spec in cells:
+        tasks.put(spec)
+    for _ in range(jobs):
+        tasks.put(None)
+    procs = [
+        ctx.Process(
+            target=_worker,
+            args=(config, str(out_dir), device, threads, dict(os.environ), tasks, events),
+            name=f"ftbench-worker-{i}",
+            daemon=True,
+        )
+        for i in range(jobs)
+    ]
+    try:
+        for p in procs:
+            p.start()
+        remaining = len(cells)
+        while remaining:
+            try:
+                kind, spec, payload = events.get(timeout=0.5)
+            except queue.Empty:
+                _check_workers(procs)
+                continue
+            if kind == "error":
+                raise RuntimeError(f"cell {spec.cell_id} raised in a worker process:\n{payload}")
+            on_event(kind, spec, payload)
+            if kind == "done":
+                remaining -= 1
+        for p in procs:
+            p.join()
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.terminate()
+        for p in procs:
+            if p.pid is not None:
+                p.join()
+
+
+def _context() -> mp.context.BaseContext:
+    if "forkserver" in mp.get_all_start_methods():
+        ctx = mp.get_context("forkserver")
+        # Workers then fork from a server that has imported torch once, instead of each
+        # importing it again (seconds per worker on a busy 2-core box). torch._dynamo is
+        # what the first optimizer constructor imports (~1-5 s here).
+        ctx.set_forkserver_preload(["torch._dynamo", "fewshot_transfer.harness.runner"])
+        return ctx
+    return mp.get_context("spawn")
+
+
+def _check_workers(procs: list) -> None:
+    dead = [p for p in procs if p.exitcode not in (None, 0)]
+    if dead:
+        raise RuntimeError(f"worker {dead[0].name} died (exit code {dead[0].exitcode}); rerun to resume")
+    if all(p.exitcode == 0 for p in procs):
+        raise RuntimeError("all workers exited with cells left unfinished; rerun to resume")
+
+
+def _exit_on_term(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)  # unwinds atomic writes, so no temp file is left behind
+
+
+def _die_with_parent() -> None:
+    """Linux: get SIGTERM when the parent dies (a killed run leaves no orphaned workers)."""
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+
+
+def _worker(config: dict, out_dir: str, device: str, threads: int, env: dict[str, str], tasks, events) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    # A forkserver child inherits the server's environment, which may be older than the
+    # parent's (FTBENCH_CACHE set after the server started must still reach the worker).
+    os.environ.clear()
+    os.environ.update(env)
+    signal.signal(signal.SIGTERM, _exit_on_term)
+    _die_with_parent()
+    import torch
+
+    from fewshot_transfer.harness.benchmark import prepare
+    from fewshot_transfer.harness.runner import run_cell
+    from fewshot_transfer.harness.store import CellStore
+
+    torch.set_num_threads(threads)
+    bench = prepare(config, Path(out_dir), device=device)
+    store = CellStore(bench.out_dir)
+    while (spec := tasks.get()) is not None:
+        events.put(("start", spec, None))
+        try:
+            hits, misses = bench.cache.hits, bench.cache.misses
+            bench.cache.begin_cell()
+            record = run_cell(bench, spec)
+            store.save(spec, record)
+        except Exception:
+            events.put(("error", spec, traceback.format_exc()))
+            return
+        events.put(("done", spec, {"record": record, "cache": (bench.cache.hits - hits, bench.cache.misses - misses)}))
