@@ -268,6 +268,6 @@ def test_training_outside_the_loop_is_marked_unrecorded(bench, monkeypatch):
 
     monkeypatch.setitem(learners.REGISTRY, OwnLoop.name, OwnLoop)
     record = run_cell(bench, CellSpec(seed=0, k=1, k_label="1", learner=OwnLoop.name))
-    assert record["budget"] is None and record["cost"] == {"target_s": 1.5, "charged": None, "total_s": 1.5, "recorded": False}
+    assert record["budget"] is None and record["cost"] == {"target_s": 1.5, "charged": {}, "total_s": 1.5, "recorded": False}
     row = next(r for r in build_rows([record]) if r["learner"] == OwnLoop.name)
     assert row["budget"] == "not recorded"

@@ -180,11 +180,13 @@ def _worker(config: dict, out_dir: str, device: str, threads: int, env: dict[str
     _die_with_parent()
     import torch
 
+    from fewshot_transfer import learners
     from fewshot_transfer.harness.benchmark import prepare
     from fewshot_transfer.harness.runner import run_cell
     from fewshot_transfer.harness.store import CellStore
 
     torch.set_num_threads(threads)
+    learners.load_plugins(config["run"].get("plugins", []))
     bench = prepare(config, Path(out_dir), device=device)
     store = CellStore(bench.out_dir)
     while (spec := tasks.get()) is not None:

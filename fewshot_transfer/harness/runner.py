@@ -156,9 +156,7 @@ def run_cell(bench: Benchmark, spec: CellSpec, callback: ProgressCallback | None
     """Fit one learner on one support set and evaluate it on the whole test set."""
     cls = learners.get(spec.learner)
     ctx = bench.context(cls, spec.k, spec.seed, callback)
-    begin_cell = getattr(bench.cache, "begin_cell", None)
-    if begin_cell is not None:
-        begin_cell()
+    bench.cache.begin_cell()
     record: dict = {
         "cell_id": spec.cell_id,
         "learner": spec.learner,
@@ -193,13 +191,12 @@ def run_cell(bench: Benchmark, spec: CellSpec, callback: ProgressCallback | None
         _save_curves(bench, spec, ctx.curves)
         return record
     fit_s = time.perf_counter() - t0
-    cell_costs = getattr(bench.cache, "cell_costs", None)
     # A learner with shots whose training left no target phase trained outside train_steps:
     # its budget is unknown, not empty.
     budget: dict | None = target_budget(ctx)
     if not budget and ctx.k > 0:
         budget = None
-    charged = dict(cell_costs()) if cell_costs is not None else None
+    charged = dict(bench.cache.cell_costs())
     record.update(budget=budget, cost=cell_cost(budget, charged, ctx.train_seconds))
     t1 = time.perf_counter()
     test = bench.test_set
