@@ -67,6 +67,8 @@ class LearnerContext:
     callback: ProgressCallback | None = None
     curves: LossCurves = field(default_factory=LossCurves)
     train_seconds: float = 0.0
+    #: Learner-specific facts for the cell record (e.g. ``summary["adversarial"]``: D accuracy, probe).
+    summary: dict = field(default_factory=dict)
     _report_every: int = 10
 
     def _pool(self, value: SliceSet | None, pool: str, flag: str) -> SliceSet:
