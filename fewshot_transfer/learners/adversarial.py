@@ -23,8 +23,12 @@ gradient points nowhere. A held-out linear probe of domain separability at the a
 layer is measured before and after adaptation (``probe``); both, with D's accuracies, go
 to ``ctx.summary["adversarial"]``.
 
-At k = 0 (no shots) the labeled rows are source only and the target domain is the
-unlabeled rows (unsupervised domain adaptation).
+At k = 0 (no shots) the labeled rows are ``batch_size`` source rows and the target domain
+is the unlabeled rows (unsupervised domain adaptation).
+
+Default batch: 8 shots + 2 source rows (``source_share = 0.2``) + 2 unlabeled rows
+(``unlabeled_share = 0.25``): 12 rows against finetune's 8, which keeps a cell within the
+1.5x cost budget (``benchmarks/bench_adversarial.py``).
 """
 
 from __future__ import annotations
@@ -179,7 +183,7 @@ class AdversarialLearner(Learner):
         "d_lr": 0.001,
         "d_steps": 1,
         "d_warmup": 50,
-        "source_share": 0.5,
+        "source_share": 0.2,
         "unlabeled_share": 0.25,
         "lambda_adv": 0.01,
         "lambda_ramp": 0.25,
@@ -278,9 +282,8 @@ class AdversarialLearner(Learner):
     def fit(self, ctx: LearnerContext) -> Segmenter:
         p = ctx.params
         k0 = len(ctx.support) == 0
-        n_src = source_rows(p.batch_size, p.source_share)
-        if k0 and n_src == 0:
-            n_src = p.batch_size  # k = 0: the labeled rows are all source
+        # k = 0: the labeled rows are batch_size source rows (there are no shots to spend them on)
+        n_src = p.batch_size if k0 else source_rows(p.batch_size, p.source_share)
         n_unl = round(p.unlabeled_share * p.batch_size) if len(ctx.unlabeled) else 0
         if k0 and n_unl == 0:
             raise ValueError(f"{self.name} at k = 0 needs unlabeled target rows (unlabeled_share > 0, a non-empty pool)")
