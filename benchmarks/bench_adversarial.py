@@ -4,10 +4,12 @@
     python benchmarks/bench_adversarial.py --steps 150 --repeats 3 --set model.base=8
 
 Every learner starts from the same cached source-pretrained model (pretrained once,
-outside the timing), fits one cell (k = 5, seed 0) and is timed on its training loop
-(``ctx.train_seconds``) and on the whole ``fit``. Learners are interleaved within each
-repeat so a change in machine load hits all of them alike; the median over repeats is
-reported with the ratio to finetune. The brief's budget: ratio <= 2.
+outside the timing), fits one cell (k = 5, seed 0) at the same target budget (``steps`` x
+``batch_size`` shot rows) and is timed on its training loop (``ctx.train_seconds``) and
+on the whole ``fit`` (which for the adversarial learners adds the D warm-up and the two
+linear-probe readings). Learners are interleaved within each repeat so a change in
+machine load hits all of them alike; the median over repeats is reported with the ratio
+to finetune. The budget (issue #11): a whole adversarial cell <= 1.5x a finetune cell.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=30, help="training steps per cell (same for every learner)")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--k", type=int, default=5)
-    ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = leave torch's default)")
+    ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (0 = leave torch's default)")
     ap.add_argument("--out", default="", help="bench dir (keeps the pretrained-model cache); default a temp dir")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config overrides")
     args = ap.parse_args()
@@ -63,8 +65,8 @@ def main() -> None:
     for name in names:
         tr, fi = statistics.median(train_s[name]), statistics.median(fit_s[name])
         print(f"{name:<20}{tr:>14.2f}{tr / base_train:>8.2f}{fi:>12.2f}{fi / base_fit:>8.2f}{1000 * tr / args.steps:>10.1f}")
-    worst = max(statistics.median(train_s[n]) / base_train for n in ADVERSARIAL)
-    print(f"\nworst adversarial / finetune train-time ratio: {worst:.2f} (budget 2.0)")
+    worst = max(statistics.median(fit_s[n]) / base_fit for n in ADVERSARIAL)
+    print(f"\nworst adversarial / finetune whole-cell (fit) ratio: {worst:.2f} (budget 1.5)")
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@
 * :mod:`~fewshot_transfer.adaptation.losses` -- region-masked and output-space adversarial
   losses (as ``nn.Module`` losses that own their discriminators), entropy maps, the
   lesion-fraction prior;
+* :mod:`~fewshot_transfer.adaptation.probe` -- the held-out linear probe of domain separability;
 
 The learners' base class and shared loop live in ``fewshot_transfer/learners/adversarial.py``,
 the learners in ``fewshot_transfer/learners/feature_adversarial.py``
@@ -25,14 +26,20 @@ from fewshot_transfer.adaptation.losses import (
     binary_softmax,
     class_balanced_weights,
     confident_regions,
+    domain_accuracy,
     entropy_map,
+    fraction_penalty,
     gather_pixels,
     lesion_prior_band,
     lesion_prior_penalty,
     masked_mean,
     output_space_input,
+    region_at,
     self_information,
+    slice_level_prior,
+    soft_lesion_fraction,
 )
+from fewshot_transfer.adaptation.probe import domain_probe, probe_accuracy
 
 __all__ = [
     "SOURCE_LABEL",
@@ -44,12 +51,19 @@ __all__ = [
     "binary_softmax",
     "class_balanced_weights",
     "confident_regions",
+    "domain_accuracy",
+    "domain_probe",
     "entropy_map",
+    "fraction_penalty",
     "gather_pixels",
     "lesion_prior_band",
     "lesion_prior_penalty",
     "masked_mean",
     "output_space_input",
+    "probe_accuracy",
+    "region_at",
     "self_information",
     "set_requires_grad",
+    "slice_level_prior",
+    "soft_lesion_fraction",
 ]

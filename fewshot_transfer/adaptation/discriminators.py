@@ -2,11 +2,13 @@
 
 Two shapes, one per level at which domains are aligned:
 
-* :class:`PixelDiscriminator` -- feature level. An MLP over the feature *vector* of each
-  pixel, written as 1x1 convolutions, so it classifies every pixel independently (no
-  spatial context). It accepts a feature map ``[B, C, H, W]`` (-> logits ``[B, 1, H, W]``)
-  or a bag of gathered pixel vectors ``[N, C]`` (-> logits ``[N]``); the dual-discriminator
-  learner feeds it only the pixels of its region (lesion or background).
+* :class:`PixelDiscriminator` -- feature level. A small fully-convolutional net over a
+  feature map ``[B, C, H, W]`` -> one logit per position ``[B, 1, H, W]``. With ``kernel =
+  3`` (default of the learners) each logit sees a 3x3 neighbourhood per layer (a 7x7 field
+  with three layers): the domain of a ground-glass patch is a texture, which a per-pixel
+  MLP cannot see. ``kernel = 1`` is the per-pixel MLP, which also accepts gathered pixel
+  vectors ``[N, C]``. The dual-discriminator loss reads its logits only at the pixels of
+  its region (lesion or background).
 * :class:`OutputDiscriminator` -- output space. The AdaptSegNet fully-convolutional
   discriminator (Tsai et al. 2018): 4x4 convolutions with stride 2 and LeakyReLU(0.2),
   widths ``ndf, 2ndf, 4ndf, 8ndf`` and a 4x4 stride-2 classifier to one logit map. The
@@ -34,27 +36,31 @@ def set_requires_grad(module: nn.Module, flag: bool) -> None:
 
 
 class PixelDiscriminator(nn.Module):
-    """Per-pixel domain classifier: ``n_layers`` 1x1 convs (LeakyReLU 0.2 between them).
+    """Position-wise domain classifier: ``n_layers`` ``kernel x kernel`` convs (LeakyReLU 0.2 between them).
 
     Args:
-        in_channels: feature channels (``model.feature_channels["dec1"]``).
+        in_channels: feature channels (``model.feature_channels[layer]``).
         hidden: hidden width; default ``2 * in_channels`` (at least 8), i.e. scaled to the backbone.
-        n_layers: number of 1x1 conv layers including the output layer (>= 2).
+        n_layers: number of conv layers including the output layer (>= 2).
+        kernel: 1 (per-pixel MLP) or an odd size (spatial context, "same" padding).
     """
 
-    def __init__(self, in_channels: int, hidden: int | None = None, n_layers: int = 3) -> None:
+    def __init__(self, in_channels: int, hidden: int | None = None, n_layers: int = 3, kernel: int = 1) -> None:
         super().__init__()
         if n_layers < 2:
             raise ValueError(f"PixelDiscriminator needs n_layers >= 2, got {n_layers}")
+        if kernel < 1 or kernel % 2 == 0:
+            raise ValueError(f"PixelDiscriminator kernel must be odd and >= 1, got {kernel}")
         hidden = hidden or max(8, 2 * in_channels)
         layers: list[nn.Module] = []
         cin = in_channels
         for _ in range(n_layers - 1):
-            layers += [nn.Conv2d(cin, hidden, 1), nn.LeakyReLU(0.2)]
+            layers += [nn.Conv2d(cin, hidden, kernel, padding=kernel // 2), nn.LeakyReLU(0.2)]
             cin = hidden
-        layers.append(nn.Conv2d(cin, 1, 1))
+        layers.append(nn.Conv2d(cin, 1, kernel, padding=kernel // 2))
         self.net = nn.Sequential(*layers)
         self.in_channels = in_channels
+        self.kernel = kernel
 
     @classmethod
     def for_backbone(cls, model: nn.Module, feature: str = "dec1", **kwargs) -> "PixelDiscriminator":
@@ -62,6 +68,8 @@ class PixelDiscriminator(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim == 2:  # [N, C] pixel vectors -> [N] logits
+            if self.kernel != 1:
+                raise ValueError("a PixelDiscriminator with spatial context needs feature maps, not pixel vectors")
             if x.shape[0] == 0:
                 return x.new_zeros(0)
             return self.net(x[:, :, None, None])[:, 0, 0, 0]

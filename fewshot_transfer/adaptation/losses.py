@@ -10,10 +10,12 @@ Functions (testable, reusable):
 
 * :func:`binary_softmax`, :func:`self_information`, :func:`entropy_map`, :func:`output_space_input`
   -- what an output-space discriminator sees;
-* :func:`masked_mean`, :func:`gather_pixels`, :func:`domain_bce` -- region-restricted BCE;
-* :func:`confident_regions` -- lesion / background pixels from confident predictions;
+* :func:`masked_mean`, :func:`gather_pixels`, :func:`region_at`, :func:`domain_bce`,
+  :func:`domain_accuracy` -- region-restricted BCE and D accuracy;
+* :func:`confident_regions` -- lesion / background pixels from confident predictions, with an ignore band;
 * :func:`class_balanced_weights` -- per-cell weights giving lesion and background half each;
-* :func:`lesion_prior_band`, :func:`lesion_prior_penalty` -- the lesion-fraction prior.
+* :func:`slice_level_prior`, :func:`lesion_prior_band`, :func:`soft_lesion_fraction`,
+  :func:`fraction_penalty`, :func:`lesion_prior_penalty` -- the lesion-fraction prior.
 
 Modules (TLlib-style: the loss owns its discriminators):
 
@@ -96,10 +98,25 @@ def domain_bce(logits: torch.Tensor, label: float) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(logits, torch.full_like(logits, label), reduction="none")
 
 
-def confident_regions(prob: torch.Tensor, threshold: float = 0.9) -> tuple[torch.Tensor, torch.Tensor]:
-    """(lesion, background) bool masks: ``prob > threshold`` and ``prob < 1 - threshold``; the rest is ignored."""
+def confident_regions(
+    prob: torch.Tensor, threshold: float = 0.9, ignore_radius: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(lesion, background) bool masks from predictions ``[B, 1, H, W]``, with an ignore band.
+
+    Lesion: ``prob > threshold``. Background: ``prob < 1 - threshold`` *and* farther than
+    ``ignore_radius`` pixels from any pixel that is not confident background. Everything
+    else is ignored. The band keeps the rim of a half-detected lesion (ground glass the
+    source model sees at ``prob`` 0.05-0.5) out of the background discriminator, which
+    would otherwise push missed lesion features toward source background.
+    """
     prob = prob.detach()
-    return prob > threshold, prob < 1.0 - threshold
+    pos = prob > threshold
+    neg = prob < 1.0 - threshold
+    if ignore_radius > 0:
+        size = 2 * ignore_radius + 1
+        unsure = F.max_pool2d((~neg).float(), size, stride=1, padding=ignore_radius) > 0
+        neg = neg & ~unsure
+    return pos, neg
 
 
 def class_balanced_weights(lesion: torch.Tensor, size: tuple[int, int] | torch.Size) -> torch.Tensor:
@@ -121,70 +138,110 @@ def class_balanced_weights(lesion: torch.Tensor, size: tuple[int, int] | torch.S
 
 # ----------------------------------------------------------------------------- lesion-fraction prior
 def lesion_prior_band(masks: np.ndarray, lo_ratio: float = 0.25, hi_ratio: float = 2.0) -> tuple[float, float, float]:
-    """(prior, lower, upper) lesion fraction from the k labeled shots' masks ``[k, H, W]``.
-
-    ``prior`` is the mean lesion fraction of the shots; the band is ``[lo_ratio * prior,
-    hi_ratio * prior]``. The band is deliberately wide: k can be 1, and support shots are
-    lesion-positive slices while unlabeled batches also hold lesion-free slices, so the
-    shots over-estimate the pool's fraction.
-    """
+    """(prior, lower, upper) lesion fraction: the mean of ``masks`` ``[n, H, W]``, band ``[lo_ratio, hi_ratio] * prior``."""
     if masks.size == 0:
-        raise ValueError("lesion_prior_band needs at least one labeled shot")
+        raise ValueError("lesion_prior_band needs at least one labeled slice")
     prior = float(np.asarray(masks, dtype=np.float64).mean())
     return prior, lo_ratio * prior, hi_ratio * prior
 
 
-def lesion_prior_penalty(
-    logits: torch.Tensor, lower: float, upper: float, sharpness: float = 4.0, eps: float = 1e-6
-) -> torch.Tensor:
-    """Squared log-ratio hinge on a batch's predicted lesion fraction.
+def slice_level_prior(shot_masks: np.ndarray, reference_masks: np.ndarray) -> float:
+    """Expected lesion fraction of an *unlabeled* target slice, corrected for lesion-free slices.
 
-    ``f = mean sigmoid(sharpness * z)`` over the batch's lesion logits ``z`` -- a smooth
-    stand-in for the hard fraction ``mean(z > 0)`` that the leaderboard reports (the plain
-    soft mean ``mean sigmoid(z)`` of an uncertain model, e.g. 0.1 everywhere, would read as
-    a 10 % lesion burden with no pixel above threshold). Then
-
-        ``L = (log(lower / f))_+^2 + (log(f / upper))_+^2``
-
-    zero inside the band, scale-free (2x below the band costs ``log(2)^2 = 0.48`` at any
-    prior), growing without saturating as the batch collapses (``f -> 0``) or floods.
-    Because ``d log f / d z_i`` is proportional to pixel i's share of ``f``, a collapsing
-    batch is pulled back through its most lesion-like pixels first. ``f`` is clamped at ``eps``.
+    Shots are drawn from lesion-positive slices, while the unlabeled pool also holds slices
+    without lesion, so the shots' mean fraction over-states an unlabeled batch's. The prior
+    is (mean lesion fraction of the lesion-positive shots) x (share of lesion-positive
+    slices), the share estimated from a labeled reference pool (the source training
+    slices: target slices have no labels to count). With no shots (k = 0) it is the
+    reference pool's mean lesion fraction.
     """
-    f = torch.sigmoid(sharpness * logits).mean().clamp_min(eps)
+    ref = np.asarray(reference_masks, dtype=np.float64)
+    if ref.size == 0:
+        raise ValueError("slice_level_prior needs labeled reference slices")
+    positive_share = float((ref.reshape(len(ref), -1).max(axis=1) > 0).mean())
+    shots = np.asarray(shot_masks, dtype=np.float64).reshape(len(shot_masks), -1) if len(shot_masks) else np.zeros((0, 1))
+    shots = shots[shots.max(axis=1) > 0] if shots.size else shots
+    if shots.shape[0] == 0:
+        return float(ref.mean())
+    return float(shots.mean()) * positive_share
+
+
+def soft_lesion_fraction(logits: torch.Tensor, sharpness: float = 4.0) -> torch.Tensor:
+    """``mean sigmoid(sharpness * z)``: a smooth stand-in for the hard fraction ``mean(z > 0)``
+    the leaderboard reports (the plain soft mean of an uncertain model, 0.1 everywhere, would
+    read as a 10 % lesion burden with no pixel above threshold)."""
+    return torch.sigmoid(sharpness * logits).mean()
+
+
+def fraction_penalty(f: torch.Tensor, lower: float, upper: float, eps: float = 1e-6) -> torch.Tensor:
+    """``(log(lower / f))_+^2 + (log(f / upper))_+^2``: zero inside the band, scale-free
+    (2x below it costs ``log(2)^2 = 0.48`` at any prior), unbounded as ``f -> 0`` or floods."""
+    f = f.clamp_min(eps)
     lo = torch.relu(torch.log(lower / f))
     hi = torch.relu(torch.log(f / upper))
     return lo * lo + hi * hi
 
 
-# ----------------------------------------------------------------------------- feature level
-class RegionAdversarialLoss(nn.Module):
-    """Feature-level adversary: one pixel discriminator per region, each loss a masked mean over its region.
+def lesion_prior_penalty(
+    logits: torch.Tensor, lower: float, upper: float, sharpness: float = 4.0, eps: float = 1e-6
+) -> torch.Tensor:
+    """:func:`fraction_penalty` of one batch's :func:`soft_lesion_fraction`. Because
+    ``d log f / d z_i`` is proportional to pixel i's share of ``f``, a collapsing batch is
+    pulled back through its most lesion-like pixels first."""
+    return fraction_penalty(soft_lesion_fraction(logits, sharpness), lower, upper, eps)
 
-    ``regions`` maps a region name to bool masks ``[B, 1, H, W]`` telling which pixels belong
-    to it (dual-adv: ``"pos"`` = lesion, ``"neg"`` = background; single-adv: ``"all"``).
-    Discriminator ``D_r`` only ever sees the feature vectors of region ``r`` (gathered), so
-    every region is a separate domain game and the tiny lesion region is not averaged into
-    the background. ``max_pixels`` caps the pixels per region and domain per step by
-    uniform subsampling (unbiased for the masked means; it only ever bites on background).
+
+# ----------------------------------------------------------------------------- feature level
+def region_at(mask: torch.Tensor, size: tuple[int, int] | torch.Size, *, whole: bool) -> torch.Tensor:
+    """A region mask ``[B, 1, H, W]`` at a feature map's ``size``: a cell belongs to the region when
+    *any* of its pixels does (``whole = False``, for the rare lesion region) or *all* of them do
+    (``whole = True``, for background: a cell touching a lesion or an ignored pixel is not background)."""
+    if tuple(mask.shape[-2:]) == tuple(size):
+        return mask.bool()
+    m = mask.float()
+    if whole:
+        return ~(F.adaptive_max_pool2d(1.0 - m, tuple(size)) > 0)
+    return F.adaptive_max_pool2d(m, tuple(size)) > 0
+
+
+def domain_accuracy(logits: torch.Tensor, label: float) -> float:
+    """Share of discriminator logits on the right side of 0 for domain ``label`` (NaN when empty)."""
+    if logits.numel() == 0:
+        return float("nan")
+    right = logits > 0 if label == TARGET_LABEL else logits < 0
+    return float(right.float().mean())
+
+
+class RegionAdversarialLoss(nn.Module):
+    """Feature-level adversary: one discriminator per region, each loss a masked mean over its region.
+
+    ``regions`` maps a region name to bool masks ``[B, 1, h, w]`` (at the feature map's
+    size) telling which positions belong to it (dual-adv: ``"pos"`` = lesion, ``"neg"`` =
+    background; single-adv: ``"all"``). ``D_r`` runs over the whole feature map (so a 3x3
+    discriminator sees each position's neighbourhood) and its loss is read only at region
+    ``r``'s positions: every region is a separate domain game and the tiny lesion region is
+    not averaged into the background.
 
     Discriminator loss (features detached), over the regions ``r`` present in both domains:
-        ``L_D = mean_r [ 1/2 mean_{i in r, src} BCE(D_r(f_i), 0) + 1/2 mean_{j in r, tgt} BCE(D_r(f_j), 1) ]``
+        ``L_D = mean_r [ 1/2 mean_{i in r, src} BCE(D_r(f)_i, 0) + 1/2 mean_{j in r, tgt} BCE(D_r(f)_j, 1) ]``
     Segmentor ("fool D") loss, over the regions present in the target batch:
-        ``L_adv = mean_r mean_{j in r, tgt} BCE(D_r(f_j), 0)``
+        ``L_adv = mean_r mean_{j in r, tgt} BCE(D_r(f)_j, 0)``
+    Stats: ``disc_r`` and D's accuracy per region and domain, ``dacc_r_src`` / ``dacc_r_tgt``.
     """
 
-    def __init__(self, discriminators: Mapping[str, nn.Module], max_pixels: int = 0) -> None:
+    def __init__(self, discriminators: Mapping[str, nn.Module]) -> None:
         super().__init__()
         if not discriminators:
             raise ValueError("RegionAdversarialLoss needs at least one discriminator")
         self.discriminators = nn.ModuleDict(dict(discriminators))
-        #: Per region and domain, at most this many pixels per step (0 = all); see gather_pixels.
-        self.max_pixels = int(max_pixels)
 
     @property
     def regions(self) -> list[str]:
         return list(self.discriminators)
+
+    @staticmethod
+    def _at(logit_map: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return logit_map.permute(0, 2, 3, 1)[mask[:, 0].bool()][:, 0]
 
     def discriminator_loss(
         self,
@@ -195,13 +252,16 @@ class RegionAdversarialLoss(nn.Module):
     ) -> tuple[torch.Tensor, dict[str, float]]:
         terms, stats = [], {}
         for name, disc in self.discriminators.items():
-            s = gather_pixels(f_src.detach(), src_regions[name], self.max_pixels)
-            t = gather_pixels(f_tgt.detach(), tgt_regions[name], self.max_pixels)
-            if s.shape[0] == 0 or t.shape[0] == 0:
+            m_s, m_t = src_regions[name], tgt_regions[name]
+            if not bool(m_s.any()) or not bool(m_t.any()):
                 continue  # a one-domain batch would only teach D a constant answer
-            term = 0.5 * domain_bce(disc(s), SOURCE_LABEL).mean() + 0.5 * domain_bce(disc(t), TARGET_LABEL).mean()
+            s = self._at(disc(f_src.detach()), m_s)
+            t = self._at(disc(f_tgt.detach()), m_t)
+            term = 0.5 * domain_bce(s, SOURCE_LABEL).mean() + 0.5 * domain_bce(t, TARGET_LABEL).mean()
             terms.append(term)
             stats[f"disc_{name}"] = float(term.detach())
+            stats[f"dacc_{name}_src"] = domain_accuracy(s.detach(), SOURCE_LABEL)
+            stats[f"dacc_{name}_tgt"] = domain_accuracy(t.detach(), TARGET_LABEL)
         if not terms:
             return f_src.new_zeros(()), stats
         return torch.stack(terms).mean(), stats
@@ -211,10 +271,10 @@ class RegionAdversarialLoss(nn.Module):
     ) -> tuple[torch.Tensor, dict[str, float]]:
         terms, stats = [], {}
         for name, disc in self.discriminators.items():
-            t = gather_pixels(f_tgt, tgt_regions[name], self.max_pixels)
-            if t.shape[0] == 0:
+            m_t = tgt_regions[name]
+            if not bool(m_t.any()):
                 continue
-            term = domain_bce(disc(t), SOURCE_LABEL).mean()
+            term = domain_bce(self._at(disc(f_tgt), m_t), SOURCE_LABEL).mean()
             terms.append(term)
             stats[f"adv_{name}"] = float(term.detach())
         if not terms:
@@ -255,12 +315,13 @@ class OutputAdversarialLoss(nn.Module):
         logits_tgt: torch.Tensor,
         lesion_src: torch.Tensor | None = None,
         lesion_tgt: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        x_s = output_space_input(logits_src.detach(), self.input)
-        x_t = output_space_input(logits_tgt.detach(), self.input)
-        return 0.5 * self._reduce(self.discriminator(x_s), SOURCE_LABEL, lesion_src) + 0.5 * self._reduce(
-            self.discriminator(x_t), TARGET_LABEL, lesion_tgt
-        )
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """D's loss on detached maps, and its accuracy per domain (``dacc_src`` / ``dacc_tgt``, over output cells)."""
+        d_s = self.discriminator(output_space_input(logits_src.detach(), self.input))
+        d_t = self.discriminator(output_space_input(logits_tgt.detach(), self.input))
+        loss = 0.5 * self._reduce(d_s, SOURCE_LABEL, lesion_src) + 0.5 * self._reduce(d_t, TARGET_LABEL, lesion_tgt)
+        stats = {"dacc_src": domain_accuracy(d_s.detach(), SOURCE_LABEL), "dacc_tgt": domain_accuracy(d_t.detach(), TARGET_LABEL)}
+        return loss, stats
 
     def adversarial_loss(self, logits_tgt: torch.Tensor, lesion_tgt: torch.Tensor | None = None) -> torch.Tensor:
         x_t = output_space_input(logits_tgt, self.input)

@@ -112,10 +112,15 @@ def load_domain(
     ``size``, exported once under ``cache_dir/phantoms/<settings hash>/`` and loaded from
     there; later calls with the same settings reuse the export and the decoded cache (a
     damaged export is generated again). ``phantom`` is ignored for folder specs.
+
+    A phantom spec may carry settings after ``?`` (positive-control scenarios, e.g.
+    ``"phantom:covid?seed=100&noise_sigma_hu=120&hu_offset=150"``): phantom options
+    (``seed``, ``n_patients``, ...) override ``phantom``'s, the rest are ScannerProfile fields.
     """
     text = str(spec).strip()
     if text.startswith("phantom:"):
-        return _load_phantom(text.split(":", 1)[1], size=size, cache_dir=cache_dir, options=phantom or {})
+        domain, options = parse_phantom_spec(text, phantom or {})
+        return _load_phantom(domain, size=size, cache_dir=cache_dir, options=options)
     path = Path(text).expanduser()
     if not path.exists():
         hint = f'; did you mean "phantom:{text}"?' if text in ("cap", "covid") else ""
@@ -123,6 +128,31 @@ def load_domain(
             f"domain {text!r} is neither \"phantom:cap\" / \"phantom:covid\" nor an existing dataset folder{hint}"
         )
     return load_dataset(path, size=size, cache_dir=cache_dir)
+
+
+def parse_phantom_spec(text: str, options: dict) -> tuple[str, dict]:
+    """``"phantom:DOMAIN?key=value&..."`` -> (domain, options): phantom options override ``options``,
+    other keys become ``profile`` field overrides (numbers parsed as float, true/false as bool)."""
+    domain, _, query = text.split(":", 1)[1].partition("?")
+    options = dict(options)
+    profile = dict(options.get("profile") or {})
+    for item in filter(None, query.split("&")):
+        key, eq, raw = item.partition("=")
+        if not eq:
+            raise DatasetError(f"phantom spec {text!r}: {item!r} is not key=value")
+        value: Any = raw.lower() == "true" if raw.lower() in ("true", "false") else raw
+        if value is raw:
+            try:
+                value = float(raw)
+            except ValueError:
+                pass
+        if key in PHANTOM_DEFAULTS:
+            options[key] = int(value) if key in ("seed", "n_patients", "n_slices") else value
+        else:
+            profile[key] = value
+    if profile:
+        options["profile"] = profile
+    return domain, options
 
 
 def phantom_settings(domain: str, size: int, options: dict) -> tuple[dict, Any]:

@@ -40,7 +40,7 @@ from fewshot_transfer.data.phantom_anatomy import (
     smooth_noise,
     vessel_alpha,
 )
-from fewshot_transfer.data.phantom_lesions import AIR_BRONCHOGRAM_HU, DISEASES, Disease
+from fewshot_transfer.data.phantom_lesions import AIR_BRONCHOGRAM_HU, DISEASES, Disease, covid_disease
 from fewshot_transfer.data.slices import SliceSet, hu_to_unit
 
 #: Bump whenever the generator's output changes, so cached phantoms are invalidated.
@@ -70,16 +70,28 @@ class ScannerProfile:
             ``"windowed-uint8"`` (lung window [-1250, 250] scaled to 0..255). Generated
             arrays are always HU.
         hu_offset: calibration offset added to every pixel (HU).
+        hu_scale: calibration gain around air, ``-1000 + hu_scale * (hu + 1000)`` (before the offset).
+        lesion_hu_shift: HU added to the lesion tissue before the scanner (a class-conditional
+            shift: lesions change appearance differently from the background). Positive-control
+            scenarios only; 0 in the default profiles.
+        lesion_size: in-plane extent of COVID-19-type foci relative to the default (the area
+            scales roughly with its square; < 1 makes tiny lesions for the imbalance control).
+            Only COVID-19-type lesions take it.
     """
 
     noise_sigma_hu: float = 25.0
     blur_sigma_px: float = 0.8
     intensity: Intensity = "hu"
     hu_offset: float = 0.0
+    hu_scale: float = 1.0
+    lesion_hu_shift: float = 0.0
+    lesion_size: float = 1.0
 
     def __post_init__(self) -> None:
         if self.noise_sigma_hu < 0 or self.blur_sigma_px < 0:
             raise ValueError(f"ScannerProfile: noise and blur must be >= 0, got {self}")
+        if self.hu_scale <= 0 or self.lesion_size <= 0:
+            raise ValueError(f"ScannerProfile: hu_scale and lesion_size must be > 0, got {self}")
         if self.intensity not in ("hu", "windowed-uint8"):
             raise ValueError(f"ScannerProfile: intensity must be 'hu' or 'windowed-uint8', got {self.intensity!r}")
 
@@ -146,12 +158,14 @@ def _recipe(domain: str, index: int, size: int, n_slices: int, seed: int, profil
 
 
 def apply_scanner(hu: np.ndarray, profile: ScannerProfile, rng: np.random.Generator) -> np.ndarray:
-    """Blur (reconstruction kernel), add noise and the HU offset, clip to the stored range."""
+    """Blur (reconstruction kernel), add noise, the HU gain and offset, clip to the stored range."""
     out = hu
     if profile.blur_sigma_px > 0:
         out = ndimage.gaussian_filter(out, sigma=(0.0, profile.blur_sigma_px, profile.blur_sigma_px), truncate=3.0)
     if profile.noise_sigma_hu > 0:
         out = out + rng.standard_normal(out.shape, dtype=np.float32) * np.float32(profile.noise_sigma_hu)
+    if profile.hu_scale != 1.0:
+        out = np.float32(-1000.0) + np.float32(profile.hu_scale) * (out + np.float32(1000.0))
     out = out + np.float32(profile.hu_offset)
     return np.clip(out, *HU_RANGE).astype(np.float32, copy=False)
 
@@ -193,7 +207,13 @@ def generate_patient(
 
     anat = draw_thorax(frame, draw_thorax_params(r_anat), smooth_noise(r_tex, frame, 0.15, 0.2))
     vessels = vessel_alpha(frame, anat, r_vessel)
-    disease = DISEASES[domain](frame, anat, r_disease, r_tex)
+    if profile.lesion_size != 1.0 and domain != "covid":
+        raise ValueError(f"lesion_size applies to COVID-19-type lesions only, not to {domain!r}")
+    if domain == "covid":
+        disease = covid_disease(frame, anat, r_disease, r_tex, size=profile.lesion_size)
+    else:
+        disease = DISEASES[domain](frame, anat, r_disease, r_tex)
+    disease.hu += np.float32(profile.lesion_hu_shift)
     lung = (anat.lungs[RIGHT] | anat.lungs[LEFT]) & ~disease.effusion
     hu = _compose(anat.hu, lung, vessels, disease)
     lesion = disease.mask | disease.effusion if effusion_as_lesion else disease.mask

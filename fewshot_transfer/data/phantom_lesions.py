@@ -153,8 +153,11 @@ def _covid_foci(rng: np.random.Generator, severity: int) -> dict[str, np.ndarray
     return foci
 
 
-def covid_disease(frame: Frame, anat: Anatomy, rng: np.random.Generator, tex: np.random.Generator) -> Disease:
-    """Bilateral, peripheral, posterior, lower-zone, multifocal ground glass."""
+def covid_disease(
+    frame: Frame, anat: Anatomy, rng: np.random.Generator, tex: np.random.Generator, size: float = 1.0
+) -> Disease:
+    """Bilateral, peripheral, posterior, lower-zone, multifocal ground glass; ``size`` scales each
+    focus's in-plane extent (the random draws are the same at any size)."""
     severity = int(rng.choice(3, p=[0.3, 0.45, 0.25]))
     effusion = np.zeros(frame.shape, dtype=bool)
     if rng.random() < 0.05:
@@ -163,6 +166,7 @@ def covid_disease(frame: Frame, anat: Anatomy, rng: np.random.Generator, tex: np
     any_lung = lungs[RIGHT] | lungs[LEFT]
 
     f = _covid_foci(rng, severity)
+    f["along"], f["depth"] = f["along"] * size, f["depth"] * size
     n = f["side"].size
     z = np.clip(np.round(f["tc"] * frame.n_slices - 0.5).astype(int), 0, frame.n_slices - 1)
     bx, by, dx, dy = _boundary_points(frame, anat, lungs, f["side"], z, f["phi"])

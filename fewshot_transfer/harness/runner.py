@@ -197,7 +197,7 @@ def run_cell(bench: Benchmark, spec: CellSpec, callback: ProgressCallback | None
     if not budget and ctx.k > 0:
         budget = None
     charged = dict(bench.cache.cell_costs())
-    record.update(budget=budget, cost=cell_cost(budget, charged, ctx.train_seconds))
+    record.update(budget=budget, cost=cell_cost(budget, charged, ctx.train_seconds), summary=ctx.summary)
     t1 = time.perf_counter()
     test = bench.test_set
     pred = segmenter.predict(test.images)

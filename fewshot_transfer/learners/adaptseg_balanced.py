@@ -10,15 +10,15 @@ discriminators, aux output, alternating updates, optimizers -- is inherited):
    labels; target shot labels; hard predictions ``sigmoid > 0.5`` on unlabeled rows). Cells
    that contain lesion carry half the loss however small the lesion fraction, so "look
    like source" can no longer be satisfied by the background cells alone.
-2. **Lesion-fraction prior from the k shots.** ``pi`` = mean lesion fraction of the k
-   labeled shots, band ``[prior_lo * pi, prior_hi * pi]`` (defaults 0.25, 2: wide, because
-   k may be 1 and the shots are lesion-positive slices while unlabeled batches also hold
-   lesion-free ones). On the unlabeled target batch, with the sharpened soft fraction
-   ``f = mean sigmoid(prior_sharpness * z_u)`` (a smooth stand-in for the hard fraction
-   ``mean(z_u > 0)``; ``prior_sharpness = 4``):
-   ``L_prior = (log(lo / f))_+^2 + (log(f / hi))_+^2`` -- zero inside the band,
-   ``log(2)^2 = 0.48`` at half the lower bound, growing without bound as the batch
-   collapses (``f -> 0``).
+2. **Lesion-fraction prior, per unlabeled slice, tracked across batches.** ``pi`` = mean
+   lesion fraction of the lesion-positive shots x the share of lesion-positive slices
+   (counted on the labeled source slices: the unlabeled pool also holds lesion-free
+   slices, which a prior from positive shots alone over-states); at k = 0 the source's
+   mean lesion fraction. Band ``[prior_lo * pi, prior_hi * pi]``. The predicted fraction
+   is an EMA across batches, ``F_t = m F_{t-1} + (1 - m) f_t`` (``m = prior_momentum``,
+   ``F_{t-1}`` detached; ``f_t = mean sigmoid(prior_sharpness * z_u)`` of this batch's
+   unlabeled rows), so a 2-row batch of lesion-free slices is not pushed to grow lesions:
+   ``L_prior = (log(lo / F_t))_+^2 + (log(F_t / hi))_+^2``.
 
 Exact losses (source label 0, target label 1; ``sum_w`` = class-balanced weighted sum over
 the output grid, ``T`` = shots + unlabeled rows):
@@ -26,7 +26,7 @@ the output grid, ``T`` = shots + unlabeled rows):
     segmentor: L = seg(z_s) + seg(z_t) + aux_seg_weight * [seg(a_s) + seg(a_t)]
                  + lambda_adv * sum_w BCE(D(X_T), 0)
                  + aux_adv_ratio * lambda_adv * sum_w BCE(D_aux(X^aux_T), 0)
-                 + prior_weight * L_prior(z_u)
+                 + prior_weight * L_prior(F_t)
     D, D_aux:  1/2 sum_w BCE(D(X_s), 0) + 1/2 sum_w BCE(D(X_T), 1)
 
 ``X`` is the softmax map ``[1 - sigmoid, sigmoid]`` (``input = "softmax"``, default) or
@@ -39,7 +39,7 @@ from typing import Any
 
 import torch
 
-from fewshot_transfer.adaptation.losses import INPUTS, lesion_prior_band, lesion_prior_penalty
+from fewshot_transfer.adaptation.losses import INPUTS, fraction_penalty, slice_level_prior, soft_lesion_fraction
 from fewshot_transfer.learners.adaptseg import AdaptSeg
 from fewshot_transfer.learners.base import register
 
@@ -50,36 +50,43 @@ class AdaptSegBalanced(AdaptSeg):
     balanced = True
     defaults = {
         **AdaptSeg.defaults,
-        "prior_weight": 0.1,
+        "prior_weight": 1.0,
         "prior_lo": 0.25,
-        "prior_hi": 2.0,
-        "prior_sharpness": 4.0,
+        "prior_hi": 4.0,
+        "prior_sharpness": 10.0,
+        "prior_momentum": 0.9,
     }
 
     @staticmethod
     def search_space(trial: Any) -> dict[str, Any]:
         return {
             **AdaptSeg.search_space(trial),
-            "prior_weight": trial.suggest_float("prior_weight", 1e-3, 1.0, log=True),
+            "prior_weight": trial.suggest_float("prior_weight", 1e-2, 10.0, log=True),
             "input": trial.suggest_categorical("input", list(INPUTS)),
         }
 
     def prepare(self, ctx) -> None:
-        labeled = ctx.support.masks[ctx.support.labeled]
         p = ctx.params
-        self.prior, self.prior_lo, self.prior_hi = lesion_prior_band(labeled, p.prior_lo, p.prior_hi)
+        shots = ctx.support.masks[ctx.support.labeled]
+        prior = slice_level_prior(shots, ctx.source_train.masks[ctx.source_train.labeled])
+        self.prior, self.prior_lo, self.prior_hi = prior, p.prior_lo * prior, p.prior_hi * prior
+        self.fraction_ema: float | None = None
 
     def lesion_masks(self, batch):
         _, _, lg_u = batch.parts(batch.logits)
         lesion_u = (lg_u.detach() > 0).float()  # sigmoid > 0.5
         return batch.y_src, torch.cat([batch.y_tgt, lesion_u])
 
-    def segmentor_terms(self, ctx, step, batch, adversary):
-        terms, stats = super().segmentor_terms(ctx, step, batch, adversary)
+    def segmentor_terms(self, ctx, batch, adversary, lam):
+        terms, stats = super().segmentor_terms(ctx, batch, adversary, lam)
         if batch.n_unl:
             _, _, lg_u = batch.parts(batch.logits)
             p = ctx.params
-            penalty = lesion_prior_penalty(lg_u, self.prior_lo, self.prior_hi, p.prior_sharpness)
-            terms.append(("prior", p.prior_weight, penalty))
+            f = soft_lesion_fraction(lg_u, p.prior_sharpness)
+            if self.fraction_ema is not None:
+                f = p.prior_momentum * self.fraction_ema + (1.0 - p.prior_momentum) * f
+            self.fraction_ema = float(f.detach())
+            terms.append(("prior", p.prior_weight, fraction_penalty(f, self.prior_lo, self.prior_hi)))
+            stats["frac_ema_u"] = self.fraction_ema
         stats["prior_frac"] = self.prior
         return terms, stats

@@ -1,44 +1,70 @@
-"""The adversarial learners' base class and the loop they share (alternating segmentor / discriminator updates).
+"""The adversarial learners' base class: the common target budget plus a discriminator game.
 
-One step:
+Every adversarial learner trains through THE loop, :func:`~fewshot_transfer.training.train_steps`,
+with :class:`AdversarialHooks`. One step:
 
-1. draw ``round(source_share * batch_size)`` labeled source slices, the rest of
-   ``batch_size`` as target shots (with replacement, k may be 1), and
-   ``round(unlabeled_share * batch_size)`` unlabeled target slices; augment
-   them together and run **one** concatenated forward with ``return_features=True``;
-2. segmentor step with the discriminators frozen:
-   ``L = seg(source) + seg(target shots) + sum_i w_i * term_i`` (terms from the learner);
-3. discriminator step on the *detached* outputs/features of the same forward (no second
-   segmentor forward), Adam with ``d_lr`` and betas (0.9, 0.99) (AdaptSegNet);
-4. ``ctx.report`` of every term (``seg``, ``adv``, ``disc``, ...), which also raises
-   ``TrainingDiverged`` on NaN/Inf.
+1. labeled rows from ``labeled_batches``: ``source_rows(batch_size, source_share)`` CAP rows,
+   then ``batch_size`` shot rows (finetune's stream; none at k = 0);
+2. ``round(unlabeled_share * batch_size)`` unlabeled target rows via ``extra_rows``;
+3. one augmentation, one forward with features; ``L = seg(all labeled rows) + sum_i w_i term_i``
+   with the discriminators frozen (``lambda_adv`` ramped linearly over the first
+   ``lambda_ramp`` share of the steps);
+4. ``after_step``: ``d_steps`` discriminator steps on the detached outputs of the same
+   forward (Adam, ``d_lr``, betas (0.9, 0.99)), D's accuracy per region and per domain reported.
 
-The labeled part of the batch is as large as finetune's (``batch_size`` rows), plus a
-modest unlabeled batch, so a step costs about ``1 + unlabeled_share`` finetune
-steps (1.25x by default: 2 unlabeled rows next to 8 labeled ones) plus the small
-discriminators.
+With ``lambda_adv = 0`` (and the learner's other extra weights 0) the segmentor sees
+exactly finetune's (``source_share = 0``, ``unlabeled_share = 0``) or joint's batches,
+augmentation and optimizer: the fair-protocol controls hold by construction.
+
+Before the loop the discriminators are **warmed up** for ``d_warmup`` steps on the frozen
+pretrained model's features (its own streams, so the segmentor's are untouched): the game
+starts against a D that already tells the domains apart, instead of one at chance whose
+gradient points nowhere. A held-out linear probe of domain separability at the aligned
+layer is measured before and after adaptation (``probe``); both, with D's accuracies, go
+to ``ctx.summary["adversarial"]``.
+
+At k = 0 (no shots) the labeled rows are ``batch_size`` source rows and the target domain
+is the unlabeled rows (unsupervised domain adaptation).
+
+Default batch: 8 shots + 2 source rows (``source_share = 0.2``) + 2 unlabeled rows
+(``unlabeled_share = 0.25``): 12 rows against finetune's 8, which keeps a cell within the
+1.5x cost budget (``benchmarks/bench_adversarial.py``).
 """
 
 from __future__ import annotations
 
-import time
+import math
 import zlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from torch import nn
 
 from fewshot_transfer.adaptation.discriminators import set_requires_grad
+from fewshot_transfer.adaptation.probe import domain_probe
 from fewshot_transfer.learners.base import Learner
-from fewshot_transfer.losses import seg_loss
-from fewshot_transfer.training import LearnerContext, Segmenter, slice_batches, unlabeled_batches
+from fewshot_transfer.training import (
+    LearnerContext,
+    Segmenter,
+    StepBatch,
+    StepHooks,
+    labeled_batches,
+    source_rows,
+    train_steps,
+    unlabeled_batches,
+)
+
+Term = tuple[str, float, torch.Tensor]
+#: Slices per domain read by the linear probe (half to fit it, half to score it).
+PROBE_SLICES = 24
 
 
 @dataclass
 class AdversarialBatch:
-    """One forward over ``[source | target shots | unlabeled target]`` rows."""
+    """One forward over ``[source | target shots | unlabeled target]`` rows, as the adversary sees it."""
 
     n_src: int
     n_tgt: int
@@ -47,6 +73,8 @@ class AdversarialBatch:
     y_tgt: torch.Tensor
     logits: torch.Tensor
     feats: dict[str, torch.Tensor]
+    #: Whether unlabeled rows may be routed by the model's own confident predictions.
+    pseudo: bool = True
 
     def parts(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Split a batch-major tensor into its (source, shots, unlabeled) rows."""
@@ -57,27 +85,115 @@ class AdversarialBatch:
         """Rows of the target domain (shots + unlabeled)."""
         return t[self.n_src :]
 
+    @property
+    def y_labeled(self) -> torch.Tensor:
+        return torch.cat([self.y_src, self.y_tgt])
+
+
+class AdversarialHooks(StepHooks):
+    """:class:`StepHooks` of the adversarial learners: unlabeled rows, the fool-D terms, the D step."""
+
+    needs_features = True
+
+    def __init__(
+        self,
+        learner: AdversarialLearner,
+        ctx: LearnerContext,
+        adversary: nn.Module,
+        n_src: int,
+        unlabeled: Iterator[torch.Tensor] | None,
+    ) -> None:
+        self.learner, self.ctx, self.adversary, self.n_src, self.unlabeled = learner, ctx, adversary, n_src, unlabeled
+        p = ctx.params
+        self.opt_d = torch.optim.Adam(adversary.parameters(), lr=p.d_lr, betas=(0.9, 0.99))
+        self.history: list[dict[str, float]] = []
+
+    def lam(self, step: int) -> float:
+        p = self.ctx.params
+        ramp = p.lambda_ramp * p.steps
+        return p.lambda_adv * (min(1.0, step / ramp) if ramp > 0 else 1.0)
+
+    def view(self, batch: StepBatch) -> AdversarialBatch:
+        n_lab, n_src = batch.n_labeled, self.n_src
+        return AdversarialBatch(
+            n_src, n_lab - n_src, batch.logits.shape[0] - n_lab, batch.y[:n_src], batch.y[n_src:n_lab],
+            batch.logits, batch.feats, pseudo=self.learner.pseudo_labels(self.ctx, batch.step),
+        )
+
+    def extra_rows(self, step: int) -> torch.Tensor | None:
+        return next(self.unlabeled) if self.unlabeled is not None else None
+
+    def terms(self, batch: StepBatch) -> tuple[list[Term], dict[str, float]]:
+        set_requires_grad(self.adversary, False)  # back on in after_step, once the segmentor has stepped
+        lam = self.lam(batch.step)
+        terms, stats = self.learner.segmentor_terms(self.ctx, self.view(batch), self.adversary, lam)
+        return terms, {**stats, "lambda": lam}
+
+    def d_step(self, view: AdversarialBatch) -> dict[str, float]:
+        """``d_steps`` discriminator updates on one detached batch; returns the last one's stats.
+
+        A batch without source rows or without target rows (``source_share = 0`` at k >= 1
+        with no unlabeled rows) has no domain game to play: D is left as it is."""
+        set_requires_grad(self.adversary, True)
+        stats: dict[str, float] = {}
+        if view.n_src == 0 or view.n_tgt + view.n_unl == 0:
+            return stats
+        for _ in range(self.ctx.params.d_steps):
+            loss, stats = self.learner.discriminator_loss(self.ctx, view, self.adversary)
+            if loss.requires_grad:
+                self.opt_d.zero_grad(set_to_none=True)
+                loss.backward()
+                self.opt_d.step()
+            stats = {"disc": float(loss.detach()), **stats}
+        return stats
+
+    def after_step(self, batch: StepBatch) -> dict[str, float]:
+        stats = self.d_step(self.view(batch.detached()))
+        self.history.append(stats)
+        return stats
+
+
+def _mean_stats(rows: list[dict[str, float]]) -> dict[str, float]:
+    """Per key, the mean of the finite values (keys whose values are all NaN are dropped)."""
+    out: dict[str, float] = {}
+    for key in sorted({k for r in rows for k in r}):
+        vals = [r[key] for r in rows if key in r and math.isfinite(r[key])]
+        if vals:
+            out[key] = round(float(np.mean(vals)), 4)
+    return out
+
 
 class AdversarialLearner(Learner):
     """Base of the adversarial learners: subclasses build the adversary and define its terms.
 
-    Subclasses implement :meth:`build_adversary`, :meth:`segmentor_terms` and
-    :meth:`discriminator_loss`; everything else (batches, optimizers, freezing, reporting)
-    lives here once.
+    Subclasses implement :meth:`build_adversary`, :meth:`segmentor_terms`,
+    :meth:`discriminator_loss` and :meth:`aligned` (what the probe reads); batches,
+    optimizers, freezing, warm-up, probe and reporting live here once.
     """
 
     family = "adversarial"
     uses_source = True
     uses_target = True
     uses_unlabeled = True
-    phase = "adapt"
+    #: Runs at k = 0 (unsupervised DA: source labels + unlabeled target slices).
+    supports_k0: ClassVar[bool] = True
     #: Shared defaults; subclasses extend them.
-    base_defaults: dict[str, Any] = {
+    base_defaults: ClassVar[dict[str, Any]] = {
         "lr": 0.0005,
-        "d_lr": 0.0001,
-        "source_share": 0.5,
+        "d_lr": 0.001,
+        "d_steps": 1,
+        "d_warmup": 50,
+        "source_share": 0.2,
         "unlabeled_share": 0.25,
         "lambda_adv": 0.01,
+        "lambda_ramp": 0.25,
+        "probe": True,
+    }
+    bounds: ClassVar[dict[str, tuple[float | None, float | None]]] = {
+        "source_share": (0.0, 0.9),
+        "lambda_adv": (0.0, None),
+        "d_steps": (1, None),
+        "d_warmup": (0, None),
     }
 
     # -- hooks --------------------------------------------------------------------------
@@ -87,8 +203,11 @@ class AdversarialLearner(Learner):
         return {
             "lr": trial.suggest_float("lr", 1e-4, 3e-3, log=True),
             "steps": trial.suggest_int("steps", 50, 300, step=25),
+            "source_share": trial.suggest_float("source_share", 0.0, 0.75, step=0.125),
             "lambda_adv": trial.suggest_float("lambda_adv", 1e-4, 1e-1, log=True),
-            "d_lr": trial.suggest_float("d_lr", 1e-5, 1e-3, log=True),
+            "lambda_ramp": trial.suggest_float("lambda_ramp", 0.0, 0.5, step=0.25),
+            "d_lr": trial.suggest_float("d_lr", 1e-4, 1e-2, log=True),
+            "d_steps": trial.suggest_int("d_steps", 1, 3),
         }
 
     def build_adversary(self, ctx: LearnerContext, model: nn.Module) -> nn.Module:
@@ -97,80 +216,96 @@ class AdversarialLearner(Learner):
     def prepare(self, ctx: LearnerContext) -> None:
         """Per-cell setup before training (e.g. priors from the shots)."""
 
+    def pseudo_labels(self, ctx: LearnerContext, step: int) -> bool:
+        """Whether unlabeled rows may be routed by predictions at ``step`` (0 = D warm-up)."""
+        return True
+
     def segmentor_terms(
-        self, ctx: LearnerContext, step: int, batch: AdversarialBatch, adversary: nn.Module
-    ) -> tuple[list[tuple[str, float, torch.Tensor]], dict[str, float]]:
-        """``[(name, weight, term)]`` added to the segmentation loss, plus extra stats to report."""
+        self, ctx: LearnerContext, batch: AdversarialBatch, adversary: nn.Module, lam: float
+    ) -> tuple[list[Term], dict[str, float]]:
+        """``[(name, weight, term)]`` added to the segmentation loss (``lam`` = this step's lambda_adv), plus stats."""
         raise NotImplementedError
 
     def discriminator_loss(
-        self, ctx: LearnerContext, step: int, batch: AdversarialBatch, adversary: nn.Module
+        self, ctx: LearnerContext, batch: AdversarialBatch, adversary: nn.Module
     ) -> tuple[torch.Tensor, dict[str, float]]:
-        """The discriminators' loss on the (detached) batch, plus stats; must report ``disc``."""
+        """The discriminators' loss on the (detached) batch, plus stats with D's accuracies (``dacc_*``)."""
         raise NotImplementedError
 
-    # -- loop ---------------------------------------------------------------------------
+    def aligned(self, ctx: LearnerContext, model: nn.Module) -> tuple[str, Callable[[torch.Tensor], torch.Tensor]]:
+        """(name, images -> maps) of the layer the adversary aligns, for the linear probe."""
+        raise NotImplementedError
+
+    # -- pieces -------------------------------------------------------------------------
+    def _probe(self, ctx: LearnerContext, model: nn.Module) -> float:
+        model.eval()
+        _, read = self.aligned(ctx, model)
+        to = lambda a: torch.from_numpy(a[:PROBE_SLICES]).unsqueeze(1).to(ctx.device, torch.float32)  # noqa: E731
+        acc = domain_probe(read, to(ctx.source_val.images), to(ctx.unlabeled.images), seed=ctx.seed)
+        model.train()
+        return round(acc, 4)
+
+    def _warm_up(
+        self, ctx: LearnerContext, model: nn.Module, hooks: AdversarialHooks, n_src: int, n_unl: int
+    ) -> dict[str, float]:
+        """``d_warmup`` D steps on the frozen pretrained model's features.
+
+        The rows come from fresh copies of the training streams (new generators: the
+        segmentor's own streams are not advanced) through their own augmentation
+        generator; at most 8 forwards are run and cycled, so the warm-up costs a few
+        segmentor forwards, not ``d_warmup`` steps."""
+        p = ctx.params
+        if not p.d_warmup:
+            return {}
+        labeled = labeled_batches(ctx, ctx.support, p.batch_size, source=ctx.source_train, n_source=n_src)
+        unl = unlabeled_batches(ctx, ctx.unlabeled, n_unl, salt=403) if n_unl else None
+        gen = ctx.torch_generator(salt=zlib.crc32(b"d_warmup") % 10_000)
+        cached: list[StepBatch] = []
+        with torch.no_grad():
+            for _ in range(min(p.d_warmup, 8)):
+                x, y = next(labeled)
+                n = x.shape[0]
+                if unl is not None:
+                    xu = next(unl)
+                    x, y = torch.cat([x, xu]), torch.cat([y, torch.zeros_like(xu)])
+                x, y = ctx.augment(x, y, gen)
+                logits, feats = model(x, return_features=True)
+                cached.append(StepBatch(0, n, x, y[:n], logits, feats))
+        rows = []
+        for i in range(p.d_warmup):
+            stats = hooks.d_step(hooks.view(cached[i % len(cached)]))
+            ctx.report("d_warmup", i + 1, stats)
+            rows.append(stats)
+        return _mean_stats(rows[-max(1, len(rows) // 5) :])
+
+    # -- fit ----------------------------------------------------------------------------
     def fit(self, ctx: LearnerContext) -> Segmenter:
         p = ctx.params
-        n_lab = p.batch_size
-        if n_lab < 2:
-            raise ValueError(f"{self.name}: batch_size must be >= 2 (source and target rows), got {n_lab}")
-        n_src = min(max(1, round(p.source_share * n_lab)), n_lab - 1)
-        n_tgt = n_lab - n_src
-        n_unl = max(0, round(p.unlabeled_share * n_lab)) if len(ctx.unlabeled) else 0
+        k0 = len(ctx.support) == 0
+        # k = 0: the labeled rows are batch_size source rows (there are no shots to spend them on)
+        n_src = p.batch_size if k0 else source_rows(p.batch_size, p.source_share)
+        n_unl = round(p.unlabeled_share * p.batch_size) if len(ctx.unlabeled) else 0
+        if k0 and n_unl == 0:
+            raise ValueError(f"{self.name} at k = 0 needs unlabeled target rows (unlabeled_share > 0, a non-empty pool)")
         model = ctx.source_model()
         adversary = self.build_adversary(ctx, model).to(ctx.device)
         self.prepare(ctx)
-        opt = torch.optim.Adam(model.parameters(), lr=p.lr, weight_decay=float(ctx.train_cfg.get("weight_decay", 0.0)))
-        opt_d = torch.optim.Adam(adversary.parameters(), lr=p.d_lr, betas=(0.9, 0.99))
-        src_it = slice_batches(ctx, ctx.source_train, n_src, salt=301)
-        tgt_it = slice_batches(ctx, ctx.support, n_tgt, salt=302)
-        unl_it = unlabeled_batches(ctx, ctx.unlabeled, n_unl, salt=303) if n_unl else None
-        gen = ctx.torch_generator(salt=zlib.crc32(f"{self.name}/{self.phase}".encode()) % 10_000)
-        model.train()
+        unl = unlabeled_batches(ctx, ctx.unlabeled, n_unl, salt=303) if n_unl else None
+        hooks = AdversarialHooks(self, ctx, adversary, n_src, unl)
+        layer, _ = self.aligned(ctx, model)
+        probe_before = self._probe(ctx, model) if p.probe else None
+        warm = self._warm_up(ctx, model, hooks, n_src, n_unl)
+        batches = labeled_batches(ctx, ctx.support, p.batch_size, source=ctx.source_train, n_source=n_src)
         adversary.train()
-        t0 = time.perf_counter()
-        for step in range(1, p.steps + 1):
-            xs, ys = next(src_it)
-            xt, yt = next(tgt_it)
-            xs_ = [xs, xt]
-            ys_ = [ys, yt]
-            if unl_it is not None:
-                xu = next(unl_it)
-                xs_.append(xu)
-                ys_.append(torch.zeros_like(xu))
-            x, y = ctx.augment(torch.cat(xs_), torch.cat(ys_), gen)
-            logits, feats = model(x, return_features=True)
-            batch = AdversarialBatch(n_src, n_tgt, n_unl, y[:n_src], y[n_src : n_src + n_tgt], logits, feats)
-            lg_s, lg_t, _ = batch.parts(logits)
-            seg_s = seg_loss(lg_s, batch.y_src)
-            seg_t = seg_loss(lg_t, batch.y_tgt)
-
-            set_requires_grad(adversary, False)
-            terms, stats = self.segmentor_terms(ctx, step, batch, adversary)
-            loss = seg_s + seg_t
-            for _, weight, term in terms:
-                loss = loss + weight * term
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            set_requires_grad(adversary, True)
-
-            detached = AdversarialBatch(
-                n_src, n_tgt, n_unl, batch.y_src, batch.y_tgt, logits.detach(), {k: v.detach() for k, v in feats.items()}
-            )
-            d_loss, d_stats = self.discriminator_loss(ctx, step, detached, adversary)
-            if d_loss.requires_grad:
-                opt_d.zero_grad(set_to_none=True)
-                d_loss.backward()
-                opt_d.step()
-
-            values = {"loss": float(loss.detach()), "seg": float((seg_s + seg_t).detach()),
-                      "seg_src": float(seg_s.detach()), "seg_tgt": float(seg_t.detach())}
-            values.update({name: float(term.detach()) for name, _, term in terms})
-            values["disc"] = float(d_loss.detach())
-            values.update(stats)
-            values.update(d_stats)
-            ctx.report(self.phase, step, values)
-        ctx.train_seconds += time.perf_counter() - t0
+        train_steps(ctx, model, batches, steps=p.steps, lr=p.lr, phase="target", hooks=hooks)
+        tail = max(1, len(hooks.history) // 5)
+        ctx.summary["adversarial"] = {
+            "layer": layer,
+            "rows": {"source": n_src, "target": 0 if k0 else p.batch_size, "unlabeled": n_unl},
+            "d_after_warmup": warm,
+            "d_first": _mean_stats(hooks.history[:tail]),
+            "d_last": _mean_stats(hooks.history[-tail:]),
+            "probe_before": probe_before,
+            "probe_after": self._probe(ctx, model) if p.probe else None,
+        }
         return ctx.segmenter(model.eval())

@@ -1,43 +1,36 @@
-"""``dual-adv`` and ``single-adv``: feature-level adversarial DA on the U-Net's ``dec1`` features.
+"""``dual-adv`` and ``single-adv``: feature-level adversarial DA on a configurable U-Net layer.
 
-**dual-adv** (the seed's feature-level method): two pixel discriminators on the
-full-resolution decoder features ``f = feats["dec1"]``. ``D_pos`` sees feature vectors only
-at lesion pixels, ``D_neg`` only at background pixels, so "what a lesion looks like to the
+**dual-adv** (the seed's feature-level method): two discriminators on the features of
+``layer`` (default ``dec1``, the full-resolution decoder; any of the backbone's
+``enc{i}`` / ``bottleneck`` / ``dec{i}``). ``D_pos`` is trained and read only at lesion
+positions, ``D_neg`` only at background positions, so "what a lesion looks like to the
 segmentor" and "what background looks like" are aligned across CAP and COVID-19
-separately, and the 1-10 % lesion region is not drowned by background.
+separately, and the 1-10 % lesion region is not drowned by background. Each D is a
+3-layer conv net with ``d_kernel x d_kernel`` kernels (3 = spatial context: a 7x7 field).
 
-Where each pixel goes:
+Where each position goes (masks are made at full resolution, then brought to the layer's
+size: a cell is lesion if any of its pixels is, background only if all of them are):
 
-* source rows: lesion / background from the source labels;
-* target shots: from their labels;
-* unlabeled target rows: only after ``warmup`` steps, from confident predictions of the
-  same forward (``sigmoid > conf_threshold`` -> lesion, ``< 1 - conf_threshold`` ->
-  background, in between -> ignored). Before the warm-up the unlabeled rows contribute
-  **nothing** (neither to the discriminators nor to the adversarial term): the
-  source-pretrained model's early target predictions are what DA is meant to fix, and
-  pseudo-regions from them would route mislabeled features to the wrong discriminator.
+* source rows and target shots: from their labels;
+* unlabeled target rows (after ``warmup`` segmentor steps; always during the D warm-up):
+  confident predictions of the same forward, ``sigmoid > conf_threshold`` -> lesion;
+  ``sigmoid < 1 - conf_threshold`` **and** farther than ``ignore_radius`` pixels from
+  any non-confident pixel -> background; the rest (the ignore band) -> nowhere. The band
+  keeps the rim of a half-seen ground-glass lesion out of ``D_neg``, which would push the
+  missed lesion's features toward CAP background.
 
-Losses (source label 0, target label 1, ``T`` = target shots + routed unlabeled pixels,
-``r`` over the regions present in the batch, each term a masked mean over region ``r``):
+Losses (source label 0, target label 1, ``T`` = target positions, ``r`` over the regions
+present in the batch, each a masked mean over region ``r``):
 
-    segmentor:      L = seg(source) + seg(shots) + lambda_adv * mean_r mean_{j in T_r} BCE(D_r(f_j), 0)
-    discriminators: L_D = mean_r [ 1/2 mean_{i in S_r} BCE(D_r(f_i), 0) + 1/2 mean_{j in T_r} BCE(D_r(f_j), 1) ]
+    segmentor:      L = seg(labeled rows) + lambda * mean_r mean_{j in T_r} BCE(D_r(f)_j, 0)
+    discriminators: L_D = mean_r [ 1/2 mean_{i in S_r} BCE(D_r(f)_i, 0) + 1/2 mean_{j in T_r} BCE(D_r(f)_j, 1) ]
 
-``seg`` is the shared soft-Dice + BCE. Updates alternate (segmentor step with D frozen,
-then a D step on the detached features of the same forward) with the non-saturating
-"fool D" loss rather than a gradient-reversal layer: one scheme for all four adversarial
-learners, independent learning rates for segmentor and discriminators (D: Adam, ``d_lr``,
-betas (0.9, 0.99)), and a segmentor gradient that does not vanish when D wins (the GRL
-minimax gradient ``-log(1 - D)`` saturates exactly then). Starts from the cached
-CAP-pretrained backbone (``ctx.source_model()``).
+Updates alternate (segmentor with D frozen, then D on the detached features of the same
+forward) with the non-saturating "fool D" loss; see ``docs/adversarial.md``.
 
-**single-adv** is the ablation: the same learner with one discriminator over *all* pixels
-(region ``"all"``: every source and every target pixel, shots and unlabeled, from step 1 --
-there is no pseudo-labelling to warm up), its loss a plain mean over all pixels.
-
-Cost: each region's pixels are subsampled to at most ``max_pixels`` (2048) per domain and
-step -- an unbiased estimate of its masked mean; with 64x64 slices this only thins the
-background (and single-adv's "all"), never the lesion region in practice.
+**single-adv** is the ablation: one discriminator over *all* positions (every source and
+every target position, shots and unlabeled, from step 1), its loss a plain mean in which
+background dominates.
 """
 
 from __future__ import annotations
@@ -48,12 +41,13 @@ import torch
 from torch import nn
 
 from fewshot_transfer.adaptation.discriminators import PixelDiscriminator
-from fewshot_transfer.adaptation.losses import RegionAdversarialLoss, confident_regions
+from fewshot_transfer.adaptation.losses import RegionAdversarialLoss, confident_regions, region_at
 from fewshot_transfer.learners.adversarial import AdversarialBatch, AdversarialLearner
 from fewshot_transfer.learners.base import register
 from fewshot_transfer.training import LearnerContext
 
-FEATURE = "dec1"
+#: Layers offered to the tuner (all of the backbone's named features are accepted).
+TUNED_LAYERS = ["dec1", "dec2", "bottleneck"]
 
 
 @register
@@ -63,49 +57,66 @@ class DualAdversarial(AdversarialLearner):
     regions: tuple[str, ...] = ("pos", "neg")
     defaults = {
         **AdversarialLearner.base_defaults,
-        "lambda_adv": 0.01,
+        "layer": "dec1",
+        "d_kernel": 3,
+        "d_hidden": 0,  # 0 = 2 x the layer's channels
         "conf_threshold": 0.9,
-        "warmup": 50,
-        "d_hidden": 0,  # 0 = 2 x feature channels
-        "max_pixels": 2048,  # per region and domain per step (uniform subsample; 0 = all)
+        "ignore_radius": 2,
+        "warmup": 0,
     }
 
     @staticmethod
     def search_space(trial: Any) -> dict[str, Any]:
         return {
             **AdversarialLearner.search_space(trial),
+            "layer": trial.suggest_categorical("layer", TUNED_LAYERS),
             "conf_threshold": trial.suggest_float("conf_threshold", 0.7, 0.99),
-            "warmup": trial.suggest_int("warmup", 0, 150, step=10),
+            "ignore_radius": trial.suggest_int("ignore_radius", 0, 4),
         }
 
     def build_adversary(self, ctx: LearnerContext, model: nn.Module) -> RegionAdversarialLoss:
-        hidden = int(ctx.params.get("d_hidden", 0)) or None
-        discs = {r: PixelDiscriminator.for_backbone(model, FEATURE, hidden=hidden) for r in self.regions}
-        return RegionAdversarialLoss(discs, max_pixels=ctx.params.max_pixels)
+        p = ctx.params
+        if p.layer not in model.feature_channels:
+            raise ValueError(f"{self.name}: layer must be one of {sorted(model.feature_channels)}, got {p.layer!r}")
+        hidden = p.d_hidden or None
+        discs = {r: PixelDiscriminator.for_backbone(model, p.layer, hidden=hidden, kernel=p.d_kernel) for r in self.regions}
+        return RegionAdversarialLoss(discs)
+
+    def pseudo_labels(self, ctx: LearnerContext, step: int) -> bool:
+        return step == 0 or step > ctx.params.warmup
+
+    def aligned(self, ctx, model):
+        layer = ctx.params.layer
+        return layer, lambda x: model(x, return_features=True)[1][layer]
 
     def route(
-        self, ctx: LearnerContext, step: int, batch: AdversarialBatch
+        self, ctx: LearnerContext, batch: AdversarialBatch
     ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, float]]:
-        """Region masks ``[B, 1, H, W]`` for the source rows and the target rows (shots + unlabeled)."""
+        """Region masks at the layer's size for the source rows and the target rows (shots + unlabeled)."""
+        p = ctx.params
         _, _, lg_u = batch.parts(batch.logits)
         y_s, y_t = batch.y_src > 0.5, batch.y_tgt > 0.5
-        src = {"pos": y_s, "neg": ~y_s}
-        if batch.n_unl and step > ctx.params.warmup:
-            pos_u, neg_u = confident_regions(torch.sigmoid(lg_u), ctx.params.conf_threshold)
-        else:  # before the warm-up, unlabeled rows are routed nowhere
+        if batch.n_unl and batch.pseudo:
+            pos_u, neg_u = confident_regions(torch.sigmoid(lg_u), p.conf_threshold, p.ignore_radius)
+        else:  # during the pseudo-label warm-up, unlabeled rows are routed nowhere
             pos_u = neg_u = torch.zeros_like(lg_u, dtype=torch.bool)
-        tgt = {"pos": torch.cat([y_t, pos_u]), "neg": torch.cat([~y_t, neg_u])}
+        size = batch.feats[p.layer].shape[-2:]
+        src = {"pos": region_at(y_s, size, whole=False), "neg": region_at(~y_s, size, whole=True)}
+        tgt = {
+            "pos": region_at(torch.cat([y_t, pos_u]), size, whole=False),
+            "neg": region_at(torch.cat([~y_t, neg_u]), size, whole=True),
+        }
         stats = {"routed_pos_u": float(pos_u.float().mean()), "routed_neg_u": float(neg_u.float().mean())} if batch.n_unl else {}
         return src, tgt, stats
 
-    def segmentor_terms(self, ctx, step, batch, adversary):
-        _, tgt, stats = self.route(ctx, step, batch)
-        adv, adv_stats = adversary.adversarial_loss(batch.target(batch.feats[FEATURE]), tgt)
-        return [("adv", ctx.params.lambda_adv, adv)], {**stats, **adv_stats}
+    def segmentor_terms(self, ctx, batch, adversary, lam):
+        _, tgt, stats = self.route(ctx, batch)
+        adv, adv_stats = adversary.adversarial_loss(batch.target(batch.feats[ctx.params.layer]), tgt)
+        return [("adv", lam, adv)], {**stats, **adv_stats}
 
-    def discriminator_loss(self, ctx, step, batch, adversary):
-        src, tgt, _ = self.route(ctx, step, batch)
-        f = batch.feats[FEATURE]
+    def discriminator_loss(self, ctx, batch, adversary):
+        src, tgt, _ = self.route(ctx, batch)
+        f = batch.feats[ctx.params.layer]
         return adversary.discriminator_loss(f[: batch.n_src], src, batch.target(f), tgt)
 
 
@@ -113,13 +124,16 @@ class DualAdversarial(AdversarialLearner):
 class SingleAdversarial(DualAdversarial):
     name = "single-adv"
     regions = ("all",)
-    defaults = {k: v for k, v in DualAdversarial.defaults.items() if k not in ("conf_threshold", "warmup")}
+    defaults = {k: v for k, v in DualAdversarial.defaults.items() if k not in ("conf_threshold", "ignore_radius", "warmup")}
 
     @staticmethod
     def search_space(trial: Any) -> dict[str, Any]:
-        return AdversarialLearner.search_space(trial)
+        return {**AdversarialLearner.search_space(trial), "layer": trial.suggest_categorical("layer", TUNED_LAYERS)}
 
-    def route(self, ctx, step, batch):
-        f = batch.feats[FEATURE]
+    def pseudo_labels(self, ctx, step):
+        return True
+
+    def route(self, ctx, batch):
+        f = batch.feats[ctx.params.layer]
         everywhere = torch.ones((f.shape[0], 1, *f.shape[-2:]), dtype=torch.bool, device=f.device)
         return {"all": everywhere[: batch.n_src]}, {"all": everywhere[batch.n_src :]}, {}

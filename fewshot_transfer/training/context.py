@@ -70,6 +70,8 @@ class LearnerContext:
     #: What each ``train_steps`` phase spent (steps, optimizer, lr, rows per step, seconds),
     #: keyed by phase; the harness stores it with the cell so budgets can be compared.
     budget: dict[str, dict] = field(default_factory=dict)
+    #: Learner-specific facts for the cell record (e.g. ``summary["adversarial"]``: D accuracy, probe).
+    summary: dict = field(default_factory=dict)
     _report_every: int = 10
 
     def _pool(self, value: SliceSet | None, pool: str, flag: str) -> SliceSet:

@@ -1,4 +1,9 @@
-"""Source pretraining: the CAP backbone every transfer learner starts from (cached per seed)."""
+"""Source pretraining: the CAP backbone every transfer learner starts from (cached per seed).
+
+The backbone's auxiliary head (decoder level 2, AdaptSeg's second output) is trained
+along with the main output (``AUX_SEG_WEIGHT`` x its seg loss, AdaptSegNet's 0.1): an
+output-space discriminator on an untrained head would only ever see noise maps.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +11,24 @@ from typing import Any
 
 from fewshot_transfer.models.unet import UNet
 from fewshot_transfer.training.context import LearnerContext
-from fewshot_transfer.training.loops import train_supervised
+from fewshot_transfer.losses import seg_loss
+from fewshot_transfer.training.loops import StepBatch, StepHooks, train_steps
 from fewshot_transfer.training.streams import slice_batches
 
 #: Bump when source pretraining changes in a way that invalidates cached models.
-PRETRAIN_VERSION = 1
+PRETRAIN_VERSION = 2
+#: Weight of the auxiliary head's seg loss in pretraining (AdaptSegNet's lambda_seg).
+AUX_SEG_WEIGHT = 0.1
+
+
+class AuxHeadHooks(StepHooks):
+    """Adds the auxiliary head's seg loss on the labeled rows to pretraining."""
+
+    needs_features = True
+
+    def terms(self, batch: StepBatch):
+        aux = batch.feats["aux_logits"][: batch.n_labeled]
+        return [("seg_aux", AUX_SEG_WEIGHT, seg_loss(aux, batch.y))], {}
 
 
 def pretrain_key(ctx: LearnerContext) -> dict:
@@ -36,9 +54,8 @@ def pretrained_source_model(ctx: LearnerContext) -> UNet:
     def train() -> dict[str, Any]:
         model = ctx.new_model(salt=1)
         batches = slice_batches(ctx, ctx.source_train, int(train_cfg["batch_size"]), salt=101)
-        train_supervised(
-            ctx, model, batches, steps=int(train_cfg["pretrain_steps"]), lr=float(train_cfg["lr"]), phase="pretrain"
-        )
+        steps, lr = int(train_cfg["pretrain_steps"]), float(train_cfg["lr"])
+        train_steps(ctx, model, batches, steps=steps, lr=lr, phase="pretrain", hooks=AuxHeadHooks())
         return {k: v.detach().cpu() for k, v in model.state_dict().items()}
 
     state = ctx.cache.get_or_train("source", pretrain_key(ctx), train)
