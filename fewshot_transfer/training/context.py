@@ -67,6 +67,7 @@ class LearnerContext:
     callback: ProgressCallback | None = None
     curves: LossCurves = field(default_factory=LossCurves)
     train_seconds: float = 0.0
+    summary: dict = field(default_factory=dict)
     _report_every: int = 10
 
     def _pool(self, value: SliceSet | None, pool: str, flag: str) -> SliceSet:
