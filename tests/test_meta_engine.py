@@ -9,13 +9,14 @@ from torch.func import functional_call
 
 from fewshot_transfer.losses import seg_loss
 from fewshot_transfer.meta.engine import (
-    MetaModel,
     Task,
     init_lrs,
     inner_adapt,
     meta_gradient,
     module_params,
     names_matching,
+    accumulate_grads,
+    adapted_query_loss,
     reptile_direction,
     sgd_update,
     task_query_loss,
@@ -89,21 +90,21 @@ def test_zero_inner_steps_is_plain_gradient():
     assert out.loss == pytest.approx(float(loss), rel=1e-5)
 
 
-@pytest.mark.parametrize("first_order", [False, True])
-@pytest.mark.parametrize("learn_lr", [False, True])
-def test_vmap_and_loop_modes_agree(first_order, learn_lr):
+@pytest.mark.parametrize("opt", ["sgd", "adam"])
+@pytest.mark.parametrize("head_only", [False, True])
+def test_in_place_first_order_path_equals_general_path(opt, head_only):
+    """The graph-free first-order path (in-place foreach updates; ANIL: features once per task)
+    gives the general first-order path's numbers (per-parameter rates equal to the scalar)."""
     net = tiny_unet(dtype=torch.float64)
     tasks = make_tasks(3, dtype=torch.float64)
     p0 = module_params(net)
-    lr = init_lrs(p0, 0.1) if learn_lr else 0.1
-    loop = meta_gradient(net, p0, tasks, steps=2, lr=lr, first_order=first_order, mode="loop")
-    vec = meta_gradient(net, p0, tasks, steps=2, lr=lr, first_order=first_order, mode="vmap")
-    assert loop.loss == pytest.approx(vec.loss, rel=1e-10)
+    names = ["head.weight", "head.bias"] if head_only else None
+    fast = meta_gradient(net, p0, tasks, steps=2, lr=0.05, opt=opt, first_order=True, adapt_names=names)
+    rates = init_lrs(p0, 0.05, names)
+    general = meta_gradient(net, p0, tasks, steps=2, lr=rates, opt=opt, first_order=True, adapt_names=names, learn_lr=False)
+    assert fast.loss == pytest.approx(general.loss, rel=1e-10)
     for n in p0:
-        assert torch.allclose(loop.grads[n], vec.grads[n], atol=1e-10, rtol=1e-8), n
-    if learn_lr:
-        for n in p0:
-            assert torch.allclose(loop.lr_grads[n], vec.lr_grads[n], atol=1e-10, rtol=1e-8), n
+        assert torch.allclose(fast.grads[n], general.grads[n], atol=1e-12, rtol=1e-9), n
 
 
 def test_first_order_is_query_gradient_at_adapted_params():
@@ -170,55 +171,34 @@ def test_sgd_update_and_errors():
     t = make_tasks(1)[0]
     with pytest.raises(KeyError, match="adapt_names"):
         inner_adapt(net, module_params(net), t.x_support, t.y_support, steps=1, lr=0.1, adapt_names=["nope"])
-    with pytest.raises(ValueError, match="mode"):
-        meta_gradient(net, module_params(net), [t], steps=1, lr=0.1, mode="pmap")
-    uneven = Task(t.x_support[:2], t.y_support[:2], t.x_query, t.y_query)
-    with pytest.raises(ValueError, match="equal-sized"):
-        meta_gradient(net, module_params(net), [t, uneven], steps=1, lr=0.1, mode="vmap")
+    with pytest.raises(ValueError, match="optimizer"):
+        meta_gradient(net, module_params(net), [t], steps=1, lr=0.1, opt="lbfgs")
+    with pytest.raises(ValueError, match="learn_lr"):
+        meta_gradient(net, module_params(net), [t], steps=1, lr=0.1, learn_lr=True)
 
 
 def test_meta_training_beats_initial_model_after_adaptation():
-    """On a task family (lesion intensity varies per task), a few MAML steps on the class form
+    """On a task family (lesion intensity varies per task), a few second-order MAML steps
     lower the post-adaptation query loss on *held-out* tasks below that of the initial model."""
     torch.manual_seed(0)
     net = tiny_unet(seed=1)
     init = {n: v.clone() for n, v in module_params(net).items()}
     held_out = make_tasks(6, seed=123)
     inner_lr, steps = 0.3, 1
-
-    def post_adapt_loss(params) -> float:
-        return sum(
-            float(task_query_loss(net, params, inner_lr, t.x_support, t.y_support, t.x_query, t.y_query, steps=steps, first_order=True))
-            for t in held_out
-        ) / len(held_out)
-
-    before = post_adapt_loss(init)
-    meta = MetaModel(net, inner_lr, steps=steps, first_order=False)
-    opt = torch.optim.Adam(meta.parameters(), lr=0.02)
+    before = adapted_query_loss(net, init, held_out, steps=steps, lr=inner_lr)
+    params = dict(net.named_parameters())
+    opt = torch.optim.Adam(params.values(), lr=0.02)
     for it in range(10):
         opt.zero_grad()
-        meta.meta_backward(make_tasks(3, seed=1000 + it))
+        accumulate_grads(params, meta_gradient(net, module_params(net), make_tasks(3, seed=1000 + it), steps=steps, lr=inner_lr).grads)
         opt.step()
-    after = post_adapt_loss(module_params(net))
+    after = adapted_query_loss(net, module_params(net), held_out, steps=steps, lr=inner_lr)
     assert after < before - 0.1, (before, after)
-    # class-form adapt/forward agree with the function form
     t = held_out[0]
-    fast = meta.adapt(t.x_support, t.y_support)
-    ref = inner_adapt(net, module_params(net), t.x_support, t.y_support, steps=steps, lr=inner_lr, first_order=True)
-    assert torch.allclose(meta(t.x_query, fast), functional_call(net, ref, (t.x_query,)), atol=1e-6)
-
-
-def test_class_form_metasgd_learns_rates():
-    net = tiny_unet()
-    meta = MetaModel(net, 0.1, steps=1, learn_lr=True, adapt_names=["head.weight", "head.bias"])
-    assert set(meta.lr) == {"head.weight", "head.bias"}
-    before = meta.lr["head.weight"].detach().clone()
-    opt = torch.optim.SGD(meta.parameters(), lr=0.01)
-    meta.meta_backward(make_tasks(2))
-    assert meta.lr["head.weight"].grad is not None
-    opt.step()
-    assert not torch.equal(before, meta.lr["head.weight"].detach())
-    assert len(meta.parameters()) == len(list(net.parameters())) + 2
+    fast = inner_adapt(net, module_params(net), t.x_support, t.y_support, steps=steps, lr=inner_lr, first_order=True)
+    with torch.no_grad():
+        manual = seg_loss(functional_call(net, fast, (t.x_query,)), t.y_query)
+    assert adapted_query_loss(net, module_params(net), [t], steps=steps, lr=inner_lr) == pytest.approx(float(manual))
 
 
 def test_engine_never_imports_optional_stacks():

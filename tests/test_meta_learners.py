@@ -1,20 +1,33 @@
-"""Every meta-learner end to end through ``ftbench run`` on a tiny config, plus caching and the report."""
+"""Every meta-learner end to end through ``ftbench run`` on a tiny config, plus the protocol's
+controls (0 meta-steps is finetune, bit for bit), ANIL's adaptation, the meta-validation
+summary, Reptile's interpolation, Meta-SGD's clamped rates, caching and the report."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
 import math
+import re
 
 import pytest
 import torch
 
 from fewshot_transfer import learners
 from fewshot_transfer.cli import main
+from fewshot_transfer.config import resolve_config
+from fewshot_transfer.harness.benchmark import prepare
 from fewshot_transfer.harness.transfer_vs_meta import crossover, transfer_vs_meta
+from fewshot_transfer.meta import training as mt
+from fewshot_transfer.meta.engine import inner_adapt, module_params
 from fewshot_transfer.meta.training import MetaConfig, head_prefixes, task_sizes
 from fewshot_transfer.models import UNet
+from fewshot_transfer.training import Params, slice_batches, train_steps
 
-META = ("maml", "fomaml", "reptile", "anil", "metasgd")
+from conftest import TINY as TINY_ARGS
+
+META = ("maml", "maml-fewstep", "fomaml", "reptile", "anil", "anil-control", "metasgd")
+META_TRAINED = tuple(n for n in META if n != "anil-control")
 TINY = [
     "--set", "data.size=32", "--set", "model.base=4", "--set", "model.depth=3",
     "--set", "train.steps=5", "--set", "train.pretrain_steps=5",
@@ -23,12 +36,11 @@ TINY = [
 ]
 
 
-def budget(names=META, meta_steps=2, test_steps=3) -> list[str]:
+def budget(names=META_TRAINED, meta_steps=2) -> list[str]:
     out = []
     for n in names:
-        out += ["--set", f"learners.{n}.meta_steps={meta_steps}", "--set", f"learners.{n}.test_steps={test_steps}",
-                "--set", f"learners.{n}.meta_batch=2"]
-    return out
+        out += ["--set", f"learners.{n}.meta_steps={meta_steps}", "--set", f"learners.{n}.meta_batch=2"]
+    return out + ["--set", "learners.maml-fewstep.test_steps=3"]
 
 
 @pytest.fixture(scope="module")
@@ -57,13 +69,18 @@ def test_every_meta_learner_runs_through_ftbench(tiny_run, name):
         assert rec["status"] == "ok", rec.get("reason")
         assert rec["family"] == "meta"
         assert 0.0 <= rec["metrics"]["dice"] <= 1.0 or math.isnan(rec["metrics"]["dice"])
-        assert rec["params"]["meta_steps"] == 2
+        if name in META_TRAINED:
+            assert rec["params"]["meta_steps"] == 2
+        curves = (tiny_run / "cells" / f"{name}__k-{k}__seed-0.curves.csv").read_text()
+        assert "meta-val" in curves  # meta-validation loss before / after, in every cell
 
 
 def test_meta_training_is_cached_once_per_seed_across_k(tiny_run):
     cache = tiny_run / "cache" / "models"
-    for name in META:
-        assert len(list(cache.glob(f"meta-{name}-*.pt"))) == 1, name
+    for name in META_TRAINED:
+        own = [p for p in cache.glob(f"meta-{name}-*.pt") if re.fullmatch(rf"meta-{re.escape(name)}-[0-9a-f]+\.pt", p.name)]
+        assert len(own) == 1, name
+    assert not list(cache.glob("meta-anil-control-*.pt"))  # the control does not meta-train
     state = torch.load(next(cache.glob("meta-metasgd-*.pt")), weights_only=True)
     assert any(k.startswith("lr::") for k in state)  # Meta-SGD stores its learned rates
 
@@ -72,6 +89,7 @@ def test_report_section_in_leaderboard(tiny_run):
     md = (tiny_run / "leaderboard.md").read_text()
     assert "## Transfer vs meta-learning (finetune vs maml)" in md
     assert "Crossover:" in md and "| fomaml |" in md
+    assert "| anil | " in md and "anil-control" in md
 
 
 def test_mix_target_makes_meta_training_k_specific(tmp_path):
@@ -92,7 +110,8 @@ def test_search_spaces_declare_meta_hyperparameters():
         study = optuna.create_study()
         trial = study.ask()
         space = cls.search_space(trial)
-        assert {"inner_lr", "inner_steps", "meta_lr", "meta_steps", "test_steps"} <= set(space), name
+        if name in META_TRAINED:
+            assert {"inner_steps", "meta_lr", "meta_steps"} <= set(space), name
         assert set(space) <= set(cls.defaults), name  # every searched key is a valid hyperparameter
 
 
@@ -101,6 +120,10 @@ def test_config_validation_and_helpers():
         MetaConfig(mix_target=1.5)
     with pytest.raises(ValueError, match="init"):
         MetaConfig(init="imagenet")
+    with pytest.raises(ValueError, match="meta_opt"):
+        MetaConfig(meta_opt="rmsprop")
+    assert MetaConfig().inner_opt == "adam" and MetaConfig(adaptation="fewstep").inner_opt == "sgd"
+    assert MetaConfig(lr=0.002).inner_rate == 0.002 and MetaConfig(adaptation="fewstep", inner_lr=0.05).inner_rate == 0.05
     net = UNet(base=4, depth=3)
     assert head_prefixes("head", net) == ("head.",)
     assert head_prefixes("last_block", net) == ("decoders.1.", "head.")
@@ -135,3 +158,105 @@ def test_task_sizes_shrink_to_fit(tmp_path):
     )
     assert task_sizes(data, 5, 5) == (3, 3)
     assert task_sizes(data, 2, 3) == (2, 3)
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory):
+    overrides = [TINY_ARGS[i + 1] for i in range(0, len(TINY_ARGS), 2)] + ["train.steps=12", "run.shots='1,3'"]
+    return prepare(resolve_config(None, overrides), tmp_path_factory.mktemp("meta-bench"))
+
+
+def _ctx(bench, name: str, k: int = 3, seed: int = 0, **params):
+    ctx = bench.context(learners.get(name), k, seed=seed)
+    return dataclasses.replace(ctx, params=Params({**ctx.params, **params}))
+
+
+@pytest.mark.parametrize("name", ["maml", "fomaml", "reptile", "metasgd"])
+def test_zero_meta_steps_is_finetune_bit_identical(bench, name):
+    """The protocol's control: with 0 meta-steps a meta-learner runs finetune's loop from the
+    source model on finetune's stream, so weights and loss curves are bit-identical (1 thread)."""
+    torch.set_num_threads(1)
+    ft_ctx = bench.context(learners.get("finetune"), 3, seed=0)
+    ft = learners.get("finetune")().fit(ft_ctx).model
+    ctx = _ctx(bench, name, meta_steps=0)
+    meta = learners.get(name)().fit(ctx).model
+    for (n, a), (_, b) in zip(ft.state_dict().items(), meta.state_dict().items()):
+        assert torch.equal(a, b), n
+    target = lambda c: [r for r in c.curves.rows if r["phase"] == "target"]
+    assert target(ctx) == target(ft_ctx) and target(ctx)
+    assert ctx.summary["meta"]["improved"] is None and ctx.summary["meta"]["meta_steps"] == 0
+
+
+@pytest.mark.parametrize("name", ["anil", "anil-control"])
+def test_anil_head_adapts_and_predictions_change_with_k(bench, name):
+    """ANIL's test-time loop moves the head (and only the head): predictions move away from
+    the init's and differ between k = 1 and k = 3; the body stays at the (meta-trained) init."""
+    extra = {"meta_steps": 2, "meta_batch": 2} if name == "anil" else {}
+    probs, heads = [], []
+    for k in (1, 3):
+        ctx = _ctx(bench, name, k=k, steps=60, **extra)
+        init, _ = mt.meta_trained(ctx, name, MetaConfig.from_params(ctx.params, adapt=("head.",),
+                                                                     meta_steps=ctx.params.get("meta_steps", 0)))
+        before = ctx.segmenter(init).predict_proba(bench.test_set.images)
+        init_params = {n: p.detach().clone() for n, p in init.named_parameters()}
+        seg = learners.get(name)().fit(ctx)
+        after = dict(seg.model.named_parameters())
+        for n, p in init_params.items():
+            assert torch.equal(p, after[n]) == (not n.startswith("head.")), n
+        heads.append(after["head.weight"].detach().clone())
+        probs.append(seg.predict_proba(bench.test_set.images))
+        assert float(abs(probs[-1] - before).mean()) > 0.01  # the head update is not a no-op
+        seg_curve = [r["seg"] for r in ctx.curves.rows if r["phase"] == "target"]
+        assert seg_curve[-1] < seg_curve[0]
+    assert float((heads[0] - heads[1]).abs().max()) > 1e-4
+    assert float(abs(probs[0] - probs[1]).mean()) > 1e-5
+
+
+def test_meta_validation_summary_and_flag(bench, caplog):
+    ctx = _ctx(bench, "fomaml", meta_steps=3, meta_batch=2)
+    learners.get("fomaml")().fit(ctx)
+    s = ctx.summary["meta"]
+    assert s["val_loss_before"] != s["val_loss_after"] and s["init_shift_rel"] > 0 and s["val_tasks"] >= 1
+    assert s["improved"] == (s["val_loss_after"] < s["val_loss_before"])
+    cfg = MetaConfig(meta_steps=3)
+    with caplog.at_level(logging.WARNING):
+        mt._record(ctx, "fomaml", cfg, {"val_loss_before": 0.5, "val_loss_after": 0.6})
+    assert ctx.summary["meta"]["improved"] is False
+    assert "did not lower the meta-validation loss" in caplog.text
+
+
+def test_reptile_is_the_interpolation_update(bench):
+    """One meta-step: θ ← θ + ε (mean adapted φ − θ), not an Adam step on θ − φ."""
+    eps = 0.5
+    ctx = _ctx(bench, "reptile", meta_steps=1, meta_batch=2, meta_lr=eps)
+    cfg = MetaConfig.from_params(ctx.params, algorithm="reptile", first_order=True)
+    theta = module_params(ctx.source_model())
+    tasks = mt.TaskStream(ctx, cfg, salt=mt.zlib.crc32(b"reptile") % 10_000).next()
+    phis = [inner_adapt(ctx.source_model(), theta, torch.cat([t.x_support, t.x_query]), torch.cat([t.y_support, t.y_query]),
+                        steps=cfg.inner_steps, lr=cfg.lr, opt="adam", first_order=True) for t in tasks]
+    state = mt.run_meta_training(ctx, "reptile", cfg)
+    for n, v in theta.items():
+        expected = v + eps * (sum(phi[n] for phi in phis) / len(phis) - v)
+        assert torch.allclose(state[n], expected, atol=1e-6), n
+
+
+def test_metasgd_rates_clamped_and_scaling_rule(bench):
+    """Rates never go below 0 however hard the outer loop pushes; at test time each element's
+    update is clamp(α, 0) / lr times finetune's (α = lr everywhere: no rescaling at all)."""
+    ctx = _ctx(bench, "metasgd", meta_steps=3, meta_batch=2, meta_lr=0.05)
+    cfg = MetaConfig.from_params(ctx.params, learn_lr=True)
+    state = mt.run_meta_training(ctx, "metasgd", cfg)
+    rates = {k[4:]: v for k, v in state.items() if k.startswith("lr::")}
+    assert rates and all(float(v.min()) >= 0 for v in rates.values())
+    assert any(float((v == 0).float().mean()) > 0 for v in rates.values())  # the clamp was needed
+    lr = cfg.lr
+    assert mt.test_rate_scale({"a": torch.full((2,), lr)}, cfg) is None
+    scale = mt.test_rate_scale({"a": torch.tensor([2 * lr, -lr, 0.5 * lr])}, cfg)
+    assert torch.allclose(scale["a"], torch.tensor([2.0, 0.0, 0.5]))
+    model = ctx.source_model()
+    init = {n: p.detach().clone() for n, p in model.named_parameters()}
+    hooks = mt.RateHooks(model, {n: torch.zeros_like(p) if n.startswith("head.") else torch.ones_like(p)
+                                 for n, p in model.named_parameters()})
+    train_steps(ctx, model, slice_batches(ctx, ctx.support, 4), steps=2, lr=lr, phase="target", hooks=hooks)
+    for n, p in model.named_parameters():
+        assert torch.equal(p, init[n]) == n.startswith("head.") or n == "aux_head.weight" or n == "aux_head.bias", n

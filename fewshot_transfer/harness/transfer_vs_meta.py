@@ -1,8 +1,12 @@
-"""Report section: transfer (``finetune``) vs meta-learning (``maml``) across k.
+"""Report section: transfer (``finetune``) vs meta-learning (``maml``) across k, and what
+meta-training adds to each meta-learner over its control.
 
-Registered in :mod:`fewshot_transfer.harness.report`; appended to ``leaderboard.md`` whenever a run has both finetune and maml cells. Both
-learners of one seed adapt on the same k shots from a model built on the same CAP data,
-so they are compared *paired by episode* (seed):
+Registered in :mod:`fewshot_transfer.harness.report`; appended to ``leaderboard.md``
+whenever a run has both finetune and maml cells. At the common budget ``maml`` runs
+finetune's own test-time loop from its meta-trained init, so ``finetune`` *is* maml's
+0-meta-step control and maml − finetune is exactly what meta-training adds. Both learners
+of one seed adapt on the same k shots from a model built on the same CAP data, so they are
+compared *paired by episode* (seed):
 
 * side by side per k: Dice (mean ± 95% CI over seeds) and the paired difference
   maml − finetune with its t-interval and p;
@@ -13,8 +17,12 @@ so they are compared *paired by episode* (seed):
   other one "overtakes" at the first larger k whose paired-difference CI excludes 0 in
   its favour. Otherwise: "no crossover within the k range measured".
 
-Other meta-learners in the run get one extra line each: their paired difference to
-finetune per k.
+Every other meta-learner in the run gets one line: its paired difference to its control
+(the same test-time adaptation from the source model with 0 meta-steps): ``finetune`` for
+full-network learners, ``anil-control`` for ``anil``. ``anil-control`` itself is shown
+against finetune (what adapting only the head costs), and ``maml-fewstep`` against
+finetune with a note: it adapts with far fewer target steps, so that difference is not a
+control comparison.
 """
 
 from __future__ import annotations
@@ -28,6 +36,13 @@ from scipy import stats
 from fewshot_transfer.harness.stats import mean_ci, paired_diff
 
 TRANSFER, META = "finetune", "maml"
+#: A meta-learner's 0-meta-step control where it is not finetune.
+CONTROLS = {"anil": "anil-control"}
+#: Rows compared with finetune although it is not their control, and why.
+NOT_CONTROLS = {
+    "anil-control": "head-only vs full fine-tuning, both without meta-training",
+    "maml-fewstep": "few SGD steps vs the common budget: not a control comparison",
+}
 
 
 def _fmt(m: float, lo: float, hi: float) -> str:
@@ -100,8 +115,9 @@ def transfer_vs_meta(rows: list[dict], records: list[dict]) -> str | None:
     out = [
         "## Transfer vs meta-learning (finetune vs maml)\n",
         (
-            "Paired by episode (seed: same k shots, same CAP data). Difference = maml − finetune "
-            "(mean [95% t-CI], `*` = CI excludes 0).\n"
+            "maml adapts with finetune's own test-time loop and budget from its meta-trained init, so "
+            "finetune is maml with 0 meta-steps and maml − finetune is what meta-training adds. "
+            "Paired by episode (seed: same k shots, same CAP data); mean [95% t-CI], `*` = CI excludes 0.\n"
         ),
         "| k | finetune Dice | maml Dice | maml − finetune | p | episodes | r (Pearson) |",
         "|---:|---|---|---|---:|---:|---:|",
@@ -127,18 +143,24 @@ def transfer_vs_meta(rows: list[dict], records: list[dict]) -> str | None:
     out.append("")
     out.append(f"- Per-episode correlation of Dice (all k pooled): {corr}.")
     out.append(f"- Crossover: {crossover(diffs)}.")
-    others = sorted(n for n, recs in dice.items() if n not in (TRANSFER, META) and _is_meta(n, records))
+    others = sorted(n for n in dice if n not in (TRANSFER, META) and _is_meta(n, records))
     if others:
-        out.append("\nOther meta-learners − finetune (paired):\n")
-        out.append("| learner | " + " | ".join(f"k = {label}" for label, _ in ks) + " |")
-        out.append("|---|" + "---|" * len(ks))
+        out.append("\nWhat meta-training adds: each meta-learner − its control (same test-time adaptation from "
+                   "the source model, 0 meta-steps), paired by episode:\n")
+        out.append("| learner | control | " + " | ".join(f"k = {label}" for label, _ in ks) + " |")
+        out.append("|---|---|" + "---|" * len(ks))
         for name in others:
+            control = CONTROLS.get(name, TRANSFER)
+            if control not in dice:
+                out.append(f"| {name} | {control} (not in this run) | " + " | ".join("n/a" for _ in ks) + " |")
+                continue
             cells = []
             for label, k in ks:
-                ml, ft = dice[name].get((label, k), {}), dice[TRANSFER][(label, k)]
-                seeds = sorted(set(ft) & set(ml))
-                cells.append(_fmt_diff(paired_diff([ml[s] for s in seeds], [ft[s] for s in seeds])) if seeds else "n/a")
-            out.append(f"| {name} | " + " | ".join(cells) + " |")
+                ml, ref = dice[name].get((label, k), {}), dice[control].get((label, k), {})
+                seeds = sorted(set(ref) & set(ml))
+                cells.append(_fmt_diff(paired_diff([ml[s] for s in seeds], [ref[s] for s in seeds])) if seeds else "n/a")
+            note = f" ({NOT_CONTROLS[name]})" if name in NOT_CONTROLS else ""
+            out.append(f"| {name} | {control}{note} | " + " | ".join(cells) + " |")
     return "\n".join(out) + "\n"
 
 

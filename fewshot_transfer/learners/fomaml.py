@@ -1,20 +1,17 @@
 """``fomaml``: first-order MAML — the outer gradient is the query gradient at the adapted weights.
 
-Same tasks, inner loop and meta-test as ``maml``; the inner gradients are detached, so a
-meta-step costs about as much as the same number of plain forward/backward passes and
-can afford more meta-steps for the same budget.
+Same tasks, inner loop (``inner_steps`` Adam steps at ``lr``) and common test-time loop as
+``maml``; no graph is built through the inner steps (the adapted weights are updated in
+place), so a meta-step costs about its forward/backward passes and the default budget has
+more meta-steps. With ``meta_steps = 0`` it is finetune.
 """
 
 from __future__ import annotations
 
 from fewshot_transfer.learners.base import Learner, register
+from fewshot_transfer.learners.finetune import Finetune
+from fewshot_transfer.meta.training import META_DEFAULTS, MetaConfig, fit_meta, meta_search_space
 from fewshot_transfer.training import LearnerContext, Segmenter
-from fewshot_transfer.meta.training import (
-    META_DEFAULTS,
-    MetaConfig,
-    fit_meta,
-    meta_search_space,
-)
 
 
 @register
@@ -22,7 +19,7 @@ class FOMAML(Learner):
     name = "fomaml"
     family = "meta"
     uses_source = True
-    defaults = {**META_DEFAULTS, "meta_steps": 40}
+    defaults = {**META_DEFAULTS, "lr": Finetune.defaults["lr"], "meta_steps": 60}
 
     @staticmethod
     def search_space(trial) -> dict:

@@ -1,24 +1,21 @@
-"""``maml``: second-order MAML (Finn et al. 2017) on CAP patients, adapted on the k COVID shots.
+"""``maml``: second-order MAML (Finn et al. 2017) on CAP patients, tested at the common budget.
 
-Inner loop: ``inner_steps`` SGD steps at ``inner_lr`` on a task's support slices; outer
-loop: Adam (``meta_lr``) on the query loss after adaptation, differentiated through the
-inner steps (``torch.autograd.grad`` through the inner ``torch.func`` steps, so
-Hessian-vector products are included). Meta-training starts
-from the cached source model, is cached per (config, seed, data) and shared across k; at
-meta-test the init takes ``test_steps`` inner-loop steps on the shots. See
-``fewshot_transfer/meta/training.py`` and ``docs/meta_learning.md``.
+Inner loop: ``inner_steps`` Adam steps at ``lr`` on a task's support slices — the
+optimizer and step size of the test-time loop; outer loop: Adam (``meta_lr``) on the query
+loss after adaptation, differentiated through the inner steps (Hessian-vector products
+included). Meta-training starts from the cached source model and is shared across k. At
+test time the meta-trained init runs exactly finetune's loop (``steps`` Adam steps at
+``lr`` on the shots), so ``maml`` − ``finetune`` (paired) is what meta-training adds; with
+``meta_steps = 0`` this learner *is* finetune. MAML's own few-step SGD test is the
+``maml-fewstep`` row. See ``fewshot_transfer/meta/training.py`` and ``docs/meta_learning.md``.
 """
 
 from __future__ import annotations
 
 from fewshot_transfer.learners.base import Learner, register
+from fewshot_transfer.learners.finetune import Finetune
+from fewshot_transfer.meta.training import META_DEFAULTS, MetaConfig, fit_meta, meta_search_space
 from fewshot_transfer.training import LearnerContext, Segmenter
-from fewshot_transfer.meta.training import (
-    META_DEFAULTS,
-    MetaConfig,
-    fit_meta,
-    meta_search_space,
-)
 
 
 @register
@@ -26,7 +23,7 @@ class MAML(Learner):
     name = "maml"
     family = "meta"
     uses_source = True
-    defaults = {**META_DEFAULTS, "meta_steps": 20}
+    defaults = {**META_DEFAULTS, "lr": Finetune.defaults["lr"], "meta_steps": 30}
 
     @staticmethod
     def search_space(trial) -> dict:

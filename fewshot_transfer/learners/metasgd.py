@@ -1,20 +1,19 @@
-"""``metasgd``: Meta-SGD (Li et al. 2017) — per-parameter inner learning rates, meta-learned.
+"""``metasgd``: Meta-SGD (Li et al. 2017) — element-wise inner step sizes, meta-learned.
 
-Every parameter gets an element-wise learning-rate tensor (initialized to ``inner_lr``)
-that the outer loop trains with the init (Adam, ``meta_lr``), second order by default.
-Meta-test adapts with the learned rates; they are cached with the weights.
+Every parameter gets a rate tensor α (initialized to ``lr``) that the outer loop trains
+with the init (Adam, ``meta_lr``, second order) and clamps at 0 after every step. The
+inner loop is the test-time Adam update with α in place of ``lr``. Test time: finetune's
+loop and budget, each element's update scaled by ``α / lr`` (rates used as learned — the
+inner and test step sizes are the same, so there is nothing to rescale); with 0
+meta-steps α = ``lr`` and this is finetune. Rates are cached with the weights.
 """
 
 from __future__ import annotations
 
 from fewshot_transfer.learners.base import Learner, register
+from fewshot_transfer.learners.finetune import Finetune
+from fewshot_transfer.meta.training import META_DEFAULTS, MetaConfig, fit_meta, meta_search_space
 from fewshot_transfer.training import LearnerContext, Segmenter
-from fewshot_transfer.meta.training import (
-    META_DEFAULTS,
-    MetaConfig,
-    fit_meta,
-    meta_search_space,
-)
 
 
 @register
@@ -22,12 +21,11 @@ class MetaSGD(Learner):
     name = "metasgd"
     family = "meta"
     uses_source = True
-    defaults = {**META_DEFAULTS, "meta_steps": 20, "first_order": False}
+    defaults = {**META_DEFAULTS, "lr": Finetune.defaults["lr"], "meta_steps": 30}
 
     @staticmethod
     def search_space(trial) -> dict:
         return meta_search_space(trial, second_order=True)
 
     def fit(self, ctx: LearnerContext) -> Segmenter:
-        cfg = MetaConfig.from_params(ctx.params, algorithm="maml", learn_lr=True)
-        return fit_meta(ctx, self.name, cfg)
+        return fit_meta(ctx, self.name, MetaConfig.from_params(ctx.params, algorithm="maml", learn_lr=True))

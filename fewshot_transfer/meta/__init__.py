@@ -1,17 +1,19 @@
-"""Meta-learning on the shared backbone: one ``torch.func`` engine and the meta-training loop.
+"""Meta-learning on the shared backbone: one engine and the meta-training loop.
 
 ``engine`` holds the function form (``inner_adapt``, ``meta_gradient``,
-``reptile_direction``) and the class form (``MetaModel``); ``training`` meta-trains on
-source tasks (cached per config, seed and data) and adapts on the k target shots; the
-learners ``maml``, ``fomaml``, ``reptile``, ``anil`` and ``metasgd`` are thin files in
-``fewshot_transfer/learners/``. The transfer-vs-meta report
-section is ``harness/transfer_vs_meta.py``.
+``reptile_direction``, ``adapted_query_loss``); ``training`` meta-trains on CAP tasks
+(cached per config, seed and data), measures the meta-validation loss before and after,
+and adapts on the k shots with finetune's loop. The learners ``maml``, ``maml-fewstep``,
+``fomaml``, ``reptile``, ``anil``, ``anil-control`` and ``metasgd`` are thin files in
+``fewshot_transfer/learners/``. The transfer-vs-meta report section is
+``harness/transfer_vs_meta.py``.
 """
 
 from fewshot_transfer.meta.engine import (
     MetaGradient,
-    MetaModel,
     Task,
+    adam_update,
+    adapted_query_loss,
     init_lrs,
     inner_adapt,
     meta_gradient,
@@ -24,8 +26,9 @@ from fewshot_transfer.meta.engine import (
 
 __all__ = [
     "MetaGradient",
-    "MetaModel",
     "Task",
+    "adam_update",
+    "adapted_query_loss",
     "init_lrs",
     "inner_adapt",
     "meta_gradient",
