@@ -14,7 +14,7 @@ from fewshot_transfer.training import LearnerContext, Segmenter
 
 __all__ = ["REGISTRY", "Learner", "LearnerContext", "Segmenter", "available", "get", "register"]
 
-_FAMILY_ORDER = {"baseline": 0, "adversarial": 1, "meta": 2}
+_FAMILY_ORDER = {"baseline": 0, "adversarial": 1, "meta": 2, "semi": 3}
 _BASELINE_ORDER = ("scratch", "source-only", "finetune", "joint")
 _loaded = False
 
