@@ -7,10 +7,12 @@ import dataclasses
 import numpy as np
 import optuna
 import pytest
+import torch
 
 from fewshot_transfer import learners
 from fewshot_transfer.config import resolve_config
 from fewshot_transfer.harness.benchmark import prepare
+from fewshot_transfer.learners.pseudo_label import masked_seg_loss
 from fewshot_transfer.metrics import evaluate
 from fewshot_transfer.training import Params
 
@@ -26,6 +28,12 @@ COUNTERPART = {
     "mean-teacher-cap": "finetune",
 }
 TERM = {"pseudo-label": "pseudo", "mean-teacher": "consistency"}
+SHORT = 12
+
+
+def _short(name: str) -> dict:
+    """A 12-step schedule in which the unlabeled term is active (pseudo-label: warm-up of 3 steps)."""
+    return {"steps": SHORT, "warmup_share": 0.25} if name.startswith("pseudo") else {"steps": SHORT}
 
 
 @pytest.fixture(scope="module")
@@ -76,11 +84,9 @@ def test_search_space_resolves(name):
 def test_unlabeled_weight_zero_is_the_supervised_counterpart(bench, name):
     """Weight 0 reproduces scratch / finetune bit for bit; weight 1 does not (the term is live)."""
     base = COUNTERPART[name]
-    reference = _ctx(bench, base, steps=12)
-    off = _ctx(bench, name, steps=12, unlabeled_weight=0.0)
-    on = _ctx(bench, name, steps=12, unlabeled_weight=1.0, warmup_share=0.25) if name.startswith("pseudo") else (
-        _ctx(bench, name, steps=12, unlabeled_weight=1.0)
-    )
+    reference = _ctx(bench, base, steps=SHORT)
+    off = _ctx(bench, name, **_short(name), unlabeled_weight=0.0)
+    on = _ctx(bench, name, **_short(name), unlabeled_weight=1.0)
     assert off.params.lr == reference.params.lr
     images = bench.test_set.images
     expected = learners.get(base)().fit(reference).predict_proba(images)
@@ -104,7 +110,7 @@ def test_semi_learner_learns(bench, name):
 @pytest.mark.parametrize("name", ["pseudo-label", "mean-teacher-cap"])
 def test_unlabeled_masks_are_never_read(bench, name):
     """The same unlabeled images with every mask set to lesion (and flagged labeled) give the same model."""
-    ctx = _ctx(bench, name, steps=12, warmup_share=0.25) if name.startswith("pseudo") else _ctx(bench, name, steps=12)
+    ctx = _ctx(bench, name, **_short(name))
     pool = ctx.unlabeled
     assert not pool.masks.any() and not pool.labeled.any()
     poisoned = dataclasses.replace(pool, masks=np.ones_like(pool.masks), labeled=np.ones_like(pool.labeled))
@@ -118,7 +124,7 @@ def test_unlabeled_masks_are_never_read(bench, name):
 @pytest.mark.parametrize("name", ["pseudo-label-cap", "mean-teacher-cap"])
 def test_cap_variants_run_at_k0(bench, name):
     """With no shots the -cap variants train on CAP rows plus the unlabeled term, from the source model."""
-    ctx = _ctx(bench, name, steps=12, warmup_share=0.25) if name.startswith("pseudo") else _ctx(bench, name, steps=12)
+    ctx = _ctx(bench, name, **_short(name))
     ctx = dataclasses.replace(ctx, support=ctx.support.subset([]), k=0)
     source = ctx.segmenter(ctx.source_model()).predict_proba(bench.test_set.images)
     proba = learners.get(name)().fit(ctx).predict_proba(bench.test_set.images)
@@ -132,3 +138,17 @@ def test_plain_variants_refuse_k0(bench, name):
     ctx = dataclasses.replace(ctx, support=ctx.support.subset([]), k=0)
     with pytest.raises(ValueError, match="k >= 1"):
         learners.get(name)().fit(ctx)
+
+
+def test_ignored_pixels_do_not_reach_the_pseudo_label_loss():
+    """Pixels below the confidence threshold change neither the loss nor its gradient."""
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 1, 8, 8, generator=gen, requires_grad=True)
+    target = (torch.rand(2, 1, 8, 8, generator=gen) > 0.7).float()
+    keep = (torch.rand(2, 1, 8, 8, generator=gen) > 0.5).float()
+    loss = masked_seg_loss(logits, target, keep)
+    loss.backward()
+    assert (logits.grad[keep == 0] == 0).all() and (logits.grad[keep == 1] != 0).any()
+    flipped = torch.where(keep.bool(), target, 1 - target)
+    assert torch.allclose(masked_seg_loss(logits.detach(), flipped, keep), loss.detach())
+    assert masked_seg_loss(logits.detach(), target, torch.zeros_like(keep)) == 0
