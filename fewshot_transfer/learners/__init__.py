@@ -38,7 +38,7 @@ __all__ = [
 #: Entry-point group through which installed distributions contribute learners.
 ENTRY_POINT_GROUP = "ftbench.learners"
 
-_FAMILY_ORDER = {"baseline": 0, "adversarial": 1, "meta": 2}
+_FAMILY_ORDER = {"baseline": 0, "adversarial": 1, "meta": 2, "semi": 3}
 _BASELINE_ORDER = ("scratch", "source-only", "finetune", "joint")
 _loaded = False
 #: Plugins imported so far, by resolved file path or module name (each is imported once).

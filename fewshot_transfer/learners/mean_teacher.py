@@ -1,0 +1,150 @@
+"""``mean-teacher`` / ``mean-teacher-cap``: consistency with an EMA teacher on unlabeled target slices.
+
+Mean teacher (Tarvainen & Valpola 2017) on the common budget: one call of the shared loop,
+``steps`` optimizer steps, every step holding the same ``batch_size`` labeled shot rows
+scratch / finetune draw, plus ``unlabeled_weight * ramp(step) * L_cons``:
+
+- the teacher is an exponential moving average of the student, updated after every
+  optimizer step (``after_step``) with decay ``min(1 - 1 / (step + 1), ema_decay)``, so
+  the early teacher follows the student instead of staying at the initialisation;
+- ``L_cons = mean((sigmoid(student(strong)) - sigmoid(teacher(weak)))^2)`` over
+  ``unlabeled_batch`` unlabeled target rows per step;
+- ``ramp`` is the usual sigmoid ramp-up ``exp(-5 (1 - t)^2)`` over the first
+  ``ramp_share`` of the steps.
+
+Views. The weak view is the run's own augmentation (flip, affine, intensity jitter) drawn
+from this learner's generator; the strong view is the *same* tensor with a stronger
+intensity perturbation (gain, offset, noise) on top, so both views share one geometry and
+the teacher's map is pixel-aligned with the student's without warping predictions. The
+unlabeled rows therefore do not go through the loop's ``extra_rows`` (the loop would
+augment them with a geometry this hook cannot see); the hook runs the student on them
+itself inside ``terms``, which costs the same forward the appended rows would.
+
+With ``unlabeled_weight = 0`` nothing is drawn or run: the loop is scratch's
+(``mean-teacher``) or finetune's at the same lr (``mean-teacher-cap``), bit for bit.
+At k = 0 (``mean-teacher-cap`` only) the labeled part of each step is ``batch_size``
+labeled CAP rows, and the teacher starts as the source model.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fewshot_transfer.learners.base import Learner, register
+from fewshot_transfer.learners.pseudo_label import labeled_stream
+from fewshot_transfer.training import (
+    LearnerContext,
+    Segmenter,
+    StepBatch,
+    StepHooks,
+    train_steps,
+    unlabeled_batches,
+)
+
+#: Strong view on top of the weak one: gain, offset and noise beyond the run's own jitter.
+STRONG_GAIN = 0.2
+STRONG_OFFSET = 0.1
+STRONG_NOISE = 0.05
+
+
+def strong_intensity(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """``x`` with a per-row random gain and offset and Gaussian noise (geometry untouched)."""
+    b = x.shape[0]
+    gain = 1.0 + (torch.rand(b, generator=gen) * 2 - 1).mul(STRONG_GAIN).view(b, 1, 1, 1)
+    offset = (torch.rand(b, generator=gen) * 2 - 1).mul(STRONG_OFFSET).view(b, 1, 1, 1)
+    noise = torch.randn(x.shape, generator=gen) * STRONG_NOISE
+    return x * gain.to(x) + offset.to(x) + noise.to(x)
+
+
+class MeanTeacherHooks(StepHooks):
+    """Consistency between the student on strong and the EMA teacher on weak views; EMA after each step."""
+
+    def __init__(self, ctx: LearnerContext, model: nn.Module) -> None:
+        p = ctx.params
+        self.ctx = ctx
+        self.model = model
+        self.teacher = copy.deepcopy(model).eval()
+        for param in self.teacher.parameters():
+            param.requires_grad_(False)
+        self.weight = p.unlabeled_weight
+        self.decay = p.ema_decay
+        self.ramp_steps = max(1, round(p.ramp_share * p.steps))
+        self.rows = unlabeled_batches(ctx, ctx.unlabeled, p.unlabeled_batch, salt=501)
+        self.gen = ctx.torch_generator(salt=502)
+
+    def ramp(self, step: int) -> float:
+        t = min(1.0, step / self.ramp_steps)
+        return math.exp(-5.0 * (1.0 - t) ** 2)
+
+    def terms(self, batch: StepBatch) -> tuple[list[tuple[str, float, torch.Tensor]], dict[str, float]]:
+        raw = next(self.rows)
+        weak, _ = self.ctx.augment(raw, torch.zeros_like(raw), self.gen)
+        strong = strong_intensity(weak, self.gen)
+        with torch.no_grad():
+            target = torch.sigmoid(self.teacher(weak))
+        term = F.mse_loss(torch.sigmoid(self.model(strong)), target)
+        return [("consistency", self.weight * self.ramp(batch.step), term)], {}
+
+    @torch.no_grad()
+    def after_step(self, batch: StepBatch) -> dict[str, float]:
+        decay = min(1.0 - 1.0 / (batch.step + 1), self.decay)
+        for t, s in zip(self.teacher.parameters(), self.model.parameters()):
+            t.mul_(decay).add_(s.detach(), alpha=1.0 - decay)
+        return {}
+
+
+@register
+class MeanTeacher(Learner):
+    name = "mean-teacher"
+    family = "semi"
+    uses_source = False
+    uses_unlabeled = True
+    supports_k0: ClassVar[bool] = False
+    #: Start from the CAP-pretrained backbone (the ``-cap`` variant) instead of a fresh one.
+    from_source: ClassVar[bool] = False
+    defaults: ClassVar[dict[str, Any]] = {
+        "unlabeled_weight": 1.0,
+        "ema_decay": 0.99,
+        "ramp_share": 0.3,
+        "unlabeled_batch": 4,
+    }
+    bounds: ClassVar[dict[str, tuple[float | None, float | None]]] = {
+        "unlabeled_weight": (0.0, None),
+        "ema_decay": (0.0, 1.0),
+    }
+
+    @staticmethod
+    def search_space(trial: Any) -> dict[str, Any]:
+        return {
+            "lr": trial.suggest_float("lr", 1e-4, 3e-3, log=True),
+            "steps": trial.suggest_int("steps", 50, 300, step=25),
+            "unlabeled_weight": trial.suggest_float("unlabeled_weight", 0.1, 30.0, log=True),
+            "ema_decay": trial.suggest_float("ema_decay", 0.9, 0.999),
+        }
+
+    def fit(self, ctx: LearnerContext) -> Segmenter:
+        p = ctx.params
+        if not len(ctx.support) and not self.supports_k0:
+            raise ValueError(f"{self.name} needs target shots (k >= 1); {self.name}-cap runs at k = 0")
+        model = ctx.source_model() if self.from_source else ctx.new_model()
+        batches = labeled_stream(ctx, p.batch_size)
+        hooks = MeanTeacherHooks(ctx, model) if p.unlabeled_weight else None
+        train_steps(ctx, model, batches, steps=p.steps, lr=p.lr, phase="target", hooks=hooks)
+        return ctx.segmenter(model)
+
+
+@register
+class MeanTeacherCap(MeanTeacher):
+    """Mean teacher from the CAP-pretrained backbone at finetune's lr; the teacher starts as the source model."""
+
+    name = "mean-teacher-cap"
+    uses_source = True
+    supports_k0 = True
+    from_source = True
+    defaults = {**MeanTeacher.defaults, "lr": 0.003}

@@ -1,0 +1,162 @@
+"""``pseudo-label`` / ``pseudo-label-cap``: self-training on confident predictions for unlabeled target slices.
+
+The budget is the common one: ``steps`` optimizer steps in total, one call of the shared
+loop, every step holding the same ``batch_size`` labeled shot rows scratch / finetune draw.
+It is split in two parts of that one loop:
+
+1. steps ``1 .. warmup`` (``warmup = round(warmup_share * steps)``): plain supervised
+   training on the shots, exactly scratch's (or finetune's) first steps;
+2. after step ``warmup`` the model is frozen into a *teacher* (the shots-trained, or at
+   ``-cap`` the fine-tuned, model), and every remaining step appends ``unlabeled_batch``
+   unlabeled target rows and adds ``unlabeled_weight * L_pl``.
+
+``L_pl`` is the shared Dice + BCE against the teacher's hard labels (probability >= the
+run's prediction threshold), restricted to confident pixels (``max(p, 1 - p) >=
+confidence``); pixels below it are ignored, and a batch with none contributes 0. The teacher
+predicts on the very rows the student sees *after* the loop's augmentation, so its labels
+are pixel-aligned with the student's output whatever geometry the loop drew; no warping
+of labels is needed. A frozen teacher (rather than the student's own predictions) keeps
+the target from drifting with the student's errors.
+
+With ``unlabeled_weight = 0`` no unlabeled row is drawn and no term is added: the loop,
+the labeled stream and the augmentation stream are scratch's (``pseudo-label``) or
+finetune's at the same lr (``pseudo-label-cap``), bit for bit.
+
+At k = 0 (``pseudo-label-cap`` only) there are no shots: the labeled part of each step is
+``batch_size`` labeled CAP rows, so the loop keeps a supervised anchor while the teacher
+(the source model, further trained on CAP during warm-up) labels the unlabeled COVID-19 rows.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fewshot_transfer.learners.base import Learner, register
+from fewshot_transfer.training import (
+    LearnerContext,
+    Segmenter,
+    StepBatch,
+    StepHooks,
+    labeled_batches,
+    train_steps,
+    unlabeled_batches,
+)
+
+
+def labeled_stream(ctx: LearnerContext, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The shots (finetune's stream); at k = 0 ``batch_size`` labeled source rows instead.
+
+    Learners that run at k = 0 must declare ``uses_source``; the others get a clear error.
+    """
+    if len(ctx.support):
+        return labeled_batches(ctx, ctx.support, batch_size)
+    return labeled_batches(ctx, ctx.support, batch_size, source=ctx.source_train, n_source=batch_size)
+
+
+def masked_seg_loss(logits: torch.Tensor, target: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """Soft Dice + BCE (the shared objective) over the pixels where ``keep`` is 1 only."""
+    n = keep.sum()
+    if n == 0:
+        return logits.sum() * 0.0
+    bce = (F.binary_cross_entropy_with_logits(logits, target, reduction="none") * keep).sum() / n
+    prob = torch.sigmoid(logits) * keep
+    inter = (prob * target).sum()
+    dice = 1.0 - (2.0 * inter + 1.0) / (prob.sum() + (target * keep).sum() + 1.0)
+    return dice + bce
+
+
+class PseudoLabelHooks(StepHooks):
+    """Freezes the teacher after warm-up, then appends unlabeled rows and their pseudo-label term."""
+
+    def __init__(self, ctx: LearnerContext, model: nn.Module, warmup: int) -> None:
+        p = ctx.params
+        self.model = model
+        self.warmup = warmup
+        self.weight = p.unlabeled_weight
+        self.confidence = p.confidence
+        self.threshold = float(ctx.train_cfg["threshold"])
+        self.rows = unlabeled_batches(ctx, ctx.unlabeled, p.unlabeled_batch, salt=401)
+        self.teacher: nn.Module | None = self._freeze() if warmup == 0 else None
+
+    def _freeze(self) -> nn.Module:
+        teacher = copy.deepcopy(self.model).eval()
+        for param in teacher.parameters():
+            param.requires_grad_(False)
+        return teacher
+
+    def extra_rows(self, step: int) -> torch.Tensor | None:
+        return next(self.rows) if step > self.warmup else None
+
+    def terms(self, batch: StepBatch) -> tuple[list[tuple[str, float, torch.Tensor]], dict[str, float]]:
+        if batch.step <= self.warmup or self.teacher is None:
+            return [], {}
+        with torch.no_grad():
+            prob = torch.sigmoid(self.teacher(batch.x[batch.n_labeled :]))
+        label = (prob >= self.threshold).to(prob.dtype)
+        keep = (torch.maximum(prob, 1.0 - prob) >= self.confidence).to(prob.dtype)
+        term = masked_seg_loss(batch.extra_logits, label, keep)
+        stats = {"pl_confident": float(keep.mean()), "pl_lesion": float(label.mean())}
+        return [("pseudo", self.weight, term)], stats
+
+    def after_step(self, batch: StepBatch) -> dict[str, float]:
+        if batch.step == self.warmup:
+            self.teacher = self._freeze()
+        return {}
+
+
+@register
+class PseudoLabel(Learner):
+    name = "pseudo-label"
+    family = "semi"
+    uses_source = False
+    uses_unlabeled = True
+    supports_k0: ClassVar[bool] = False
+    #: Start from the CAP-pretrained backbone (the ``-cap`` variant) instead of a fresh one.
+    from_source: ClassVar[bool] = False
+    defaults: ClassVar[dict[str, Any]] = {
+        "unlabeled_weight": 1.0,
+        "confidence": 0.9,
+        "warmup_share": 0.5,
+        "unlabeled_batch": 4,
+    }
+    bounds: ClassVar[dict[str, tuple[float | None, float | None]]] = {
+        "unlabeled_weight": (0.0, None),
+        "confidence": (0.5, 1.0),
+    }
+
+    @staticmethod
+    def search_space(trial: Any) -> dict[str, Any]:
+        return {
+            "lr": trial.suggest_float("lr", 1e-4, 3e-3, log=True),
+            "steps": trial.suggest_int("steps", 50, 300, step=25),
+            "unlabeled_weight": trial.suggest_float("unlabeled_weight", 0.1, 3.0, log=True),
+            "confidence": trial.suggest_float("confidence", 0.7, 0.99),
+            "warmup_share": trial.suggest_float("warmup_share", 0.25, 0.75, step=0.125),
+        }
+
+    def fit(self, ctx: LearnerContext) -> Segmenter:
+        p = ctx.params
+        if not len(ctx.support) and not self.supports_k0:
+            raise ValueError(f"{self.name} needs target shots (k >= 1); {self.name}-cap runs at k = 0")
+        model = ctx.source_model() if self.from_source else ctx.new_model()
+        batches = labeled_stream(ctx, p.batch_size)
+        hooks = PseudoLabelHooks(ctx, model, round(p.warmup_share * p.steps)) if p.unlabeled_weight else None
+        train_steps(ctx, model, batches, steps=p.steps, lr=p.lr, phase="target", hooks=hooks)
+        return ctx.segmenter(model)
+
+
+@register
+class PseudoLabelCap(PseudoLabel):
+    """Self-training from the CAP-pretrained backbone at finetune's lr; the teacher is the fine-tuned model."""
+
+    name = "pseudo-label-cap"
+    uses_source = True
+    supports_k0 = True
+    from_source = True
+    defaults = {**PseudoLabel.defaults, "lr": 0.003}
