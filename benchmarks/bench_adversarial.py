@@ -46,9 +46,11 @@ def main() -> None:
     names = ["finetune", *ADVERSARIAL]
     t0 = time.perf_counter()
     bench.context(learners.get("finetune"), args.k, 0).source_model()  # pretrain (or load) outside the timing
-    print(f"source model ready in {time.perf_counter() - t0:.1f}s; {args.steps} steps/cell, k={args.k}, "
-          f"{args.repeats} repeats, torch threads {torch.get_num_threads()}, image {cfg['data']['size']}px, "
-          f"base {cfg['model']['base']}, batch {cfg['train']['batch_size']}")
+    print(
+        f"source model ready in {time.perf_counter() - t0:.1f}s; {args.steps} steps/cell, k={args.k}, "
+        f"{args.repeats} repeats, torch threads {torch.get_num_threads()}, image {cfg['data']['size']}px, "
+        f"base {cfg['model']['base']}, batch {cfg['train']['batch_size']}"
+    )
     train_s: dict[str, list[float]] = {n: [] for n in names}
     fit_s: dict[str, list[float]] = {n: [] for n in names}
     for _ in range(args.repeats):
@@ -64,7 +66,9 @@ def main() -> None:
     print(f"\n{'learner':<20}{'train s/cell':>14}{'ratio':>8}{'fit s/cell':>12}{'ratio':>8}{'ms/step':>10}")
     for name in names:
         tr, fi = statistics.median(train_s[name]), statistics.median(fit_s[name])
-        print(f"{name:<20}{tr:>14.2f}{tr / base_train:>8.2f}{fi:>12.2f}{fi / base_fit:>8.2f}{1000 * tr / args.steps:>10.1f}")
+        print(
+            f"{name:<20}{tr:>14.2f}{tr / base_train:>8.2f}{fi:>12.2f}{fi / base_fit:>8.2f}{1000 * tr / args.steps:>10.1f}"
+        )
     worst = max(statistics.median(fit_s[n]) / base_fit for n in ADVERSARIAL)
     print(f"\nworst adversarial / finetune whole-cell (fit) ratio: {worst:.2f} (budget 1.5)")
 

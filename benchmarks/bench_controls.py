@@ -51,8 +51,15 @@ class Control:
 
 
 CONTROLS = {
-    "scanner-shift": Control("adaptseg", "source-only", "gain", "adaptseg beats source-only at k = 0 (paired 95% CI above 0)"),
-    "imbalance": Control("adaptseg-balanced", "adaptseg", "collapse", "adaptseg collapses (pred/true < 0.2), adaptseg-balanced does not, at k = 0"),
+    "scanner-shift": Control(
+        "adaptseg", "source-only", "gain", "adaptseg beats source-only at k = 0 (paired 95% CI above 0)"
+    ),
+    "imbalance": Control(
+        "adaptseg-balanced",
+        "adaptseg",
+        "collapse",
+        "adaptseg collapses (pred/true < 0.2), adaptseg-balanced does not, at k = 0",
+    ),
     "class-conditional": Control("dual-adv", "single-adv", "gain", "dual-adv beats single-adv (paired 95% CI above 0)"),
 }
 
@@ -89,8 +96,11 @@ def main() -> None:
     # harness without k = 0 support still prepares them with k = 1
     prep_cfg = {**cfg, "run": {**cfg["run"], "shots": str(max(k, 1))}}
     bench = prepare(prep_cfg, Path(args.work or f"runs/controls/{args.scenario}"))
-    print(f"{args.scenario}: {control.claim}; k = {k}, {seeds} seeds, {cfg['train']['steps']} steps, "
-          f"source {cfg['data']['source']}, target {cfg['data']['target']}", flush=True)
+    print(
+        f"{args.scenario}: {control.claim}; k = {k}, {seeds} seeds, {cfg['train']['steps']} steps, "
+        f"source {cfg['data']['source']}, target {cfg['data']['target']}",
+        flush=True,
+    )
     rows = []
     for seed in range(seeds):
         for name in (control.reference, control.learner):
@@ -99,14 +109,24 @@ def main() -> None:
             seg = cls().fit(ctx)
             fit_s = time.perf_counter() - t
             summary, _ = evaluate(seg.predict(bench.test_set.images), bench.test_set.masks)
-            row = {"seed": seed, "learner": name, "k": k, "dice": summary["dice"],
-                   "pred_fraction": summary["pred_fraction"], "true_fraction": summary["true_fraction"],
-                   "fit_s": round(fit_s, 1), "summary": json.dumps(ctx.summary.get("adversarial", {}), sort_keys=True)}
+            row = {
+                "seed": seed,
+                "learner": name,
+                "k": k,
+                "dice": summary["dice"],
+                "pred_fraction": summary["pred_fraction"],
+                "true_fraction": summary["true_fraction"],
+                "fit_s": round(fit_s, 1),
+                "summary": json.dumps(ctx.summary.get("adversarial", {}), sort_keys=True),
+            }
             rows.append(row)
             adv = ctx.summary.get("adversarial", {})
             extra = f"  probe {adv.get('probe_before')} -> {adv.get('probe_after')}" if adv else ""
-            print(f"  seed {seed} {name:<18} dice {row['dice']:.3f}  pred/true {row['pred_fraction']:.4f}/"
-                  f"{row['true_fraction']:.4f}  {fit_s:.0f}s{extra}", flush=True)
+            print(
+                f"  seed {seed} {name:<18} dice {row['dice']:.3f}  pred/true {row['pred_fraction']:.4f}/"
+                f"{row['true_fraction']:.4f}  {fit_s:.0f}s{extra}",
+                flush=True,
+            )
     outcome = judge(control, rows)
     for line in outcome["lines"]:
         print(line)
@@ -123,15 +143,25 @@ def judge(control: Control, rows: list[dict]) -> dict:
     collapsed = {}
     for n, rs in by.items():
         pred, true = float(np.mean([r["pred_fraction"] for r in rs])), float(np.mean([r["true_fraction"] for r in rs]))
-        collapsed[n] = {"pred_fraction": pred, "true_fraction": true, "ratio": pred / true, "collapsed": pred < COLLAPSE_RATIO * true}
+        collapsed[n] = {
+            "pred_fraction": pred,
+            "true_fraction": true,
+            "ratio": pred / true,
+            "collapsed": pred < COLLAPSE_RATIO * true,
+        }
     if control.check == "gain":
         holds = diff["lo"] > 0
     else:
         holds = collapsed[control.reference]["collapsed"] and not collapsed[control.learner]["collapsed"]
-    lines = [f"{n}: dice {np.mean(d):.3f}, pred/true lesion fraction {collapsed[n]['ratio']:.2f}"
-             f"{' (COLLAPSED)' if collapsed[n]['collapsed'] else ''}" for n, d in dice.items()]
-    lines.append(f"{control.learner} - {control.reference}: {diff['mean']:+.3f} [{diff['lo']:+.3f}, {diff['hi']:+.3f}] "
-                 f"(paired 95% t-CI, n = {diff['n']}, p = {diff['p_value']:.3g})")
+    lines = [
+        f"{n}: dice {np.mean(d):.3f}, pred/true lesion fraction {collapsed[n]['ratio']:.2f}"
+        f"{' (COLLAPSED)' if collapsed[n]['collapsed'] else ''}"
+        for n, d in dice.items()
+    ]
+    lines.append(
+        f"{control.learner} - {control.reference}: {diff['mean']:+.3f} [{diff['lo']:+.3f}, {diff['hi']:+.3f}] "
+        f"(paired 95% t-CI, n = {diff['n']}, p = {diff['p_value']:.3g})"
+    )
     return {"claim": control.claim, "holds": bool(holds), "paired_diff": diff, "fractions": collapsed, "lines": lines}
 
 
@@ -143,11 +173,22 @@ def write(out: Path, args: argparse.Namespace, control: Control, rows: list[dict
         w.writerows(rows)
     command = "python benchmarks/bench_controls.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     (out / "outcome.json").write_text(json.dumps({**outcome, "command": command}, indent=2, default=float) + "\n")
-    text = [f"# Positive control: {args.scenario}", "", f"Claim: {control.claim}.", "",
-            f"Command (from the repository root): `{command}`", "",
-            f"Preset: `configs/scenarios/{args.scenario}.toml`" + (f", overrides {args.set}" if args.set else ""), "",
-            "```", *outcome["lines"], f"EXPECTED OUTCOME HOLDS: {'yes' if outcome['holds'] else 'no'}", "```", "",
-            "Per-cell numbers (with each adversarial cell's D accuracies and linear-probe readings) are in `cells.csv`."]
+    text = [
+        f"# Positive control: {args.scenario}",
+        "",
+        f"Claim: {control.claim}.",
+        "",
+        f"Command (from the repository root): `{command}`",
+        "",
+        f"Preset: `configs/scenarios/{args.scenario}.toml`" + (f", overrides {args.set}" if args.set else ""),
+        "",
+        "```",
+        *outcome["lines"],
+        f"EXPECTED OUTCOME HOLDS: {'yes' if outcome['holds'] else 'no'}",
+        "```",
+        "",
+        "Per-cell numbers (with each adversarial cell's D accuracies and linear-probe readings) are in `cells.csv`.",
+    ]
     (out / "README.md").write_text("\n".join(text) + "\n")
 
 

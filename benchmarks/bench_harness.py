@@ -145,8 +145,12 @@ def main() -> int:
     ap.add_argument("--skip-run", action="store_true", help="only (a)")
     ap.add_argument("--skip-default", action="store_true", help="(a), (b) and (d) without the default run")
     ap.add_argument("--subset-seeds", type=int, default=1, help="seeds of the default run actually run in (c)")
-    ap.add_argument("--scale", type=float, default=1.0,
-                    help="run (b) and (c) with this fraction of train.steps and train.pretrain_steps (a busy box)")
+    ap.add_argument(
+        "--scale",
+        type=float,
+        default=1.0,
+        help="run (b) and (c) with this fraction of train.steps and train.pretrain_steps (a busy box)",
+    )
     ap.add_argument("--keep", help="keep the run directories here instead of a temp dir")
     args = ap.parse_args()
     if args.keep and Path(args.keep).exists():
@@ -154,21 +158,27 @@ def main() -> int:
     from fewshot_transfer.harness.parallel import physical_cores
 
     cores = physical_cores()
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} logical / {cores} physical cores, "
-          f"torch {torch.__version__}, load average {os.getloadavg()[0]:.2f} (start)")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} logical / {cores} physical cores, "
+        f"torch {torch.__version__}, load average {os.getloadavg()[0]:.2f} (start)"
+    )
     torch.set_num_threads(1)
     cfg = DEFAULTS
     size, batch = int(cfg["data"]["size"]), int(cfg["train"]["batch_size"])
     peak_wall, peak = matmul_gflops()
     step_flops, step_s, step_cpu = train_step(cfg["model"], batch, size)
-    print(f"(a) matmul 2048^2 fp32, 1 thread: {peak:.1f} GFLOP/s per CPU second ({peak_wall:.1f} per wall second); "
-          f"quick-profile train step (base {cfg['model']['base']}, depth {cfg['model']['depth']}, batch {batch}, {size}px, "
-          f"1 thread): {step_flops / 1e6:.1f} MFLOP in {step_cpu * 1000:.1f} ms CPU ({step_s * 1000:.1f} ms wall) = "
-          f"{step_flops / step_cpu / 1e9:.2f} GFLOP/s per CPU second = {step_flops / step_cpu / 1e9 / peak:.3f} of matmul")
+    print(
+        f"(a) matmul 2048^2 fp32, 1 thread: {peak:.1f} GFLOP/s per CPU second ({peak_wall:.1f} per wall second); "
+        f"quick-profile train step (base {cfg['model']['base']}, depth {cfg['model']['depth']}, batch {batch}, {size}px, "
+        f"1 thread): {step_flops / 1e6:.1f} MFLOP in {step_cpu * 1000:.1f} ms CPU ({step_s * 1000:.1f} ms wall) = "
+        f"{step_flops / step_cpu / 1e9:.2f} GFLOP/s per CPU second = {step_flops / step_cpu / 1e9 / peak:.3f} of matmul"
+    )
     flops, n_cells = default_grid_flops(step_flops, cfg, size)
     bound = flops / (peak * 1e9 * cores)
-    print(f"(d) default grid: {n_cells} cells, {flops / 1e12:.2f} TFLOP counted; at {cores} cores x {peak:.1f} GFLOP/s "
-          f"(single-thread matmul peak per CPU second) that is {bound:.1f} s (physical bound)")
+    print(
+        f"(d) default grid: {n_cells} cells, {flops / 1e12:.2f} TFLOP counted; at {cores} cores x {peak:.1f} GFLOP/s "
+        f"(single-thread matmul peak per CPU second) that is {bound:.1f} s (physical bound)"
+    )
     if args.skip_run:
         return 0
 
@@ -176,41 +186,81 @@ def main() -> int:
     tmp.mkdir(parents=True, exist_ok=True)
     try:
         warm = tmp / "cache-warm"
-        subprocess.run([sys.executable, "-m", "fewshot_transfer.cli", "run", "--learners", "source-only", "--shots", "1",
-                        "--seeds", "1", "--set", "train.pretrain_steps=0", "--out", str(tmp / "warm"), "--no-progress"],
-                       check=True, stdout=subprocess.DEVNULL, env={**os.environ, "FTBENCH_CACHE": str(warm)})
-        budget = [] if args.scale == 1.0 else [
-            "--set", f"train.steps={max(1, round(int(cfg['train']['steps']) * args.scale))}",
-            "--set", f"train.pretrain_steps={max(1, round(int(cfg['train']['pretrain_steps']) * args.scale))}",
-        ]
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "fewshot_transfer.cli",
+                "run",
+                "--learners",
+                "source-only",
+                "--shots",
+                "1",
+                "--seeds",
+                "1",
+                "--set",
+                "train.pretrain_steps=0",
+                "--out",
+                str(tmp / "warm"),
+                "--no-progress",
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            env={**os.environ, "FTBENCH_CACHE": str(warm)},
+        )
+        budget = (
+            []
+            if args.scale == 1.0
+            else [
+                "--set",
+                f"train.steps={max(1, round(int(cfg['train']['steps']) * args.scale))}",
+                "--set",
+                f"train.pretrain_steps={max(1, round(int(cfg['train']['pretrain_steps']) * args.scale))}",
+            ]
+        )
         if budget:
             print(f"(b), (c) at {args.scale} of the step budget: {' '.join(budget[1::2])}")
         modes = {"1 job x 1 thread": (1, 1), "2 jobs x 1 thread": (2, 1), "1 job x 2 threads": (1, 2)}
         res = {}
         for label, (jobs, threads) in modes.items():
             name = f"j{jobs}t{threads}"
-            res[label] = ftbench([*CELLS_12, *budget, "--jobs", str(jobs), "--set", f"run.threads={threads}"], tmp / name,
-                                 cold_cache(tmp, name, warm / "datasets"))
+            res[label] = ftbench(
+                [*CELLS_12, *budget, "--jobs", str(jobs), "--set", f"run.threads={threads}"],
+                tmp / name,
+                cold_cache(tmp, name, warm / "datasets"),
+            )
             r = res[label]
-            print(f"(b) 12 scratch/finetune cells, {label}: wall {r['wall_s']:.1f} s, CPU {r['cpu_s']:.1f} s, "
-                  f"in learner steps {r['train_s']:.1f} s (load average {os.getloadavg()[0]:.2f})")
+            print(
+                f"(b) 12 scratch/finetune cells, {label}: wall {r['wall_s']:.1f} s, CPU {r['cpu_s']:.1f} s, "
+                f"in learner steps {r['train_s']:.1f} s (load average {os.getloadavg()[0]:.2f})"
+            )
         base, par, thr = (res[m]["wall_s"] for m in modes)
         p = res["2 jobs x 1 thread"]
-        print(f"(b) speed-up vs 1 x 1: 2 jobs {base / par:.2f}x, 1 x 2 threads {base / thr:.2f}x; "
-              f"2 jobs vs 1 x 2 threads {thr / par:.2f}x")
-        print(f"(b) harness efficiency, 2 jobs: {p['train_s']:.1f} s in learner steps / (2 x {p['wall_s']:.1f} s wall) = "
-              f"{p['train_s'] / (2 * p['wall_s']):.2f} (target >= 0.9; wall includes worker start and 2 source pretrainings)")
+        print(
+            f"(b) speed-up vs 1 x 1: 2 jobs {base / par:.2f}x, 1 x 2 threads {base / thr:.2f}x; "
+            f"2 jobs vs 1 x 2 threads {thr / par:.2f}x"
+        )
+        print(
+            f"(b) harness efficiency, 2 jobs: {p['train_s']:.1f} s in learner steps / (2 x {p['wall_s']:.1f} s wall) = "
+            f"{p['train_s'] / (2 * p['wall_s']):.2f} (target >= 0.9; wall includes worker start and 2 source pretrainings)"
+        )
         if args.skip_default:
             return 0
         seeds = int(cfg["run"]["seeds"])
-        sub = ftbench(["--seeds", str(args.subset_seeds), *budget], tmp / "default", cold_cache(tmp, "default", warm / "datasets"))
+        sub = ftbench(
+            ["--seeds", str(args.subset_seeds), *budget], tmp / "default", cold_cache(tmp, "default", warm / "datasets")
+        )
         scale = seeds / args.subset_seeds / args.scale
         wall = sub["wall_s"] * scale
-        print(f"(c) default run subset: {sub['cells']} cells ({args.subset_seeds} of {seeds} seeds), default jobs = "
-              f"{cores}: wall {sub['wall_s']:.1f} s, CPU {sub['cpu_s']:.1f} s, in learner steps {sub['train_s']:.1f} s, "
-              f"efficiency {sub['train_s'] / (cores * sub['wall_s']):.2f} (load average {os.getloadavg()[0]:.2f})")
-        print(f"(c) default run ({n_cells} cells) scaled x{scale:.1f} (seeds, step budget): wall {wall:.0f} s = {wall / 60:.1f} min "
-              f"(target <= 10 min)")
+        print(
+            f"(c) default run subset: {sub['cells']} cells ({args.subset_seeds} of {seeds} seeds), default jobs = "
+            f"{cores}: wall {sub['wall_s']:.1f} s, CPU {sub['cpu_s']:.1f} s, in learner steps {sub['train_s']:.1f} s, "
+            f"efficiency {sub['train_s'] / (cores * sub['wall_s']):.2f} (load average {os.getloadavg()[0]:.2f})"
+        )
+        print(
+            f"(c) default run ({n_cells} cells) scaled x{scale:.1f} (seeds, step budget): wall {wall:.0f} s = {wall / 60:.1f} min "
+            f"(target <= 10 min)"
+        )
         print(f"(d) actual / physical bound: {wall:.0f} s / {bound:.1f} s = {wall / bound:.1f}x (target <= 2x)")
     finally:
         if not args.keep:

@@ -50,7 +50,9 @@ def _rerun(root: Path, cache: Path, size: int) -> tuple[float, float, float]:
 def phantom_case(work: Path, patients: int, slices: int, size: int) -> tuple[Path, dict]:
     volumes, t_gen = _timed(lambda: generate_volumes("covid", patients, size=size, n_slices=slices))
     root = work / f"phantom-{patients}x{slices}"
-    _, t_export = _timed(lambda: write_phantom_dataset(volumes, root, name="phantom-covid", profile=DEFAULT_PROFILES["covid"]))
+    _, t_export = _timed(
+        lambda: write_phantom_dataset(volumes, root, name="phantom-covid", profile=DEFAULT_PROFILES["covid"])
+    )
     return root, {"generate": t_gen, "export": t_export}
 
 

@@ -74,7 +74,9 @@ def _step_fn(variant: str, net, tasks):
         params = dict(net.named_parameters())
 
         def step():
-            out = meta_gradient(net, module_params(net), tasks, steps=INNER_STEPS, lr=INNER_LR, first_order=fo, adapt_names=names)
+            out = meta_gradient(
+                net, module_params(net), tasks, steps=INNER_STEPS, lr=INNER_LR, first_order=fo, adapt_names=names
+            )
             accumulate_grads(params, out.grads)
 
         return step
@@ -82,11 +84,16 @@ def _step_fn(variant: str, net, tasks):
         import higher
 
         fo = variant == "higher-fo"
-        inner_opt = torch.optim.SGD(net.head.parameters() if variant == "higher-anil" else net.parameters(), lr=INNER_LR)
+        inner_opt = torch.optim.SGD(
+            net.head.parameters() if variant == "higher-anil" else net.parameters(), lr=INNER_LR
+        )
 
         def step():
             for t in tasks:
-                with higher.innerloop_ctx(net, inner_opt, copy_initial_weights=False, track_higher_grads=not fo) as (fnet, diffopt):
+                with higher.innerloop_ctx(net, inner_opt, copy_initial_weights=False, track_higher_grads=not fo) as (
+                    fnet,
+                    diffopt,
+                ):
                     for _ in range(INNER_STEPS):
                         diffopt.step(seg_loss(fnet(t.x_support), t.y_support))
                     q = seg_loss(fnet(t.x_query), t.y_query) / len(tasks)
@@ -144,8 +151,15 @@ def run_variant(variant: str, repeats: int, threads: int) -> dict:
         step()
         times.append(time.perf_counter() - t0)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"variant": variant, "time_s": min(times), "times_s": times, "peak_mb": peak,
-            "setup_mb": rss_setup, "above_setup_mb": peak - rss_setup, "threads": torch.get_num_threads()}
+    return {
+        "variant": variant,
+        "time_s": min(times),
+        "times_s": times,
+        "peak_mb": peak,
+        "setup_mb": rss_setup,
+        "above_setup_mb": peak - rss_setup,
+        "threads": torch.get_num_threads(),
+    }
 
 
 def interleaved(pairs: list[tuple[str, str]], repeats: int, threads: int) -> dict:
@@ -164,7 +178,7 @@ def interleaved(pairs: list[tuple[str, str]], repeats: int, threads: int) -> dic
         steps = {v: _step_fn(v, net, tasks) for v in (a, b)}
         times: dict[str, list[float]] = {a: [], b: []}
         for i in range(repeats + 1):
-            for v in ((a, b) if i % 2 == 0 else (b, a)):
+            for v in (a, b) if i % 2 == 0 else (b, a):
                 net.zero_grad(set_to_none=True)
                 t0 = time.perf_counter()
                 steps[v]()
@@ -172,7 +186,8 @@ def interleaved(pairs: list[tuple[str, str]], repeats: int, threads: int) -> dic
                     times[v].append(time.perf_counter() - t0)
         out[f"{a}/{b}"] = {
             "ratio_median": statistics.median(x / y for x, y in zip(times[a], times[b])),
-            a: times[a], b: times[b],
+            a: times[a],
+            b: times[b],
         }
     return out
 
@@ -197,13 +212,26 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--threads", type=int, default=1, help="torch threads per variant")
     ap.add_argument("--json", help="write all results to this file")
-    ap.add_argument("--interleave", type=int, metavar="N",
-                    help="time-only mode: N alternating repeats of engine vs higher (so and fo) and "
-                         "engine-fo vs finetune-eq in one process; robust on a busy machine")
+    ap.add_argument(
+        "--interleave",
+        type=int,
+        metavar="N",
+        help="time-only mode: N alternating repeats of engine vs higher (so and fo) and "
+        "engine-fo vs finetune-eq in one process; robust on a busy machine",
+    )
     args = ap.parse_args(argv)
     if args.interleave:
-        res = interleaved([("engine-so", "higher-so"), ("engine-fo", "higher-fo"), ("engine-anil", "higher-anil"),
-                           ("engine-fo", "finetune-eq"), ("engine-so", "engine-fo")], args.interleave, args.threads)
+        res = interleaved(
+            [
+                ("engine-so", "higher-so"),
+                ("engine-fo", "higher-fo"),
+                ("engine-anil", "higher-anil"),
+                ("engine-fo", "finetune-eq"),
+                ("engine-so", "engine-fo"),
+            ],
+            args.interleave,
+            args.threads,
+        )
         for pair, r in res.items():
             print(f"{pair:<28} median time ratio {r['ratio_median']:.2f}")
         if args.json:
@@ -223,9 +251,21 @@ def main(argv: list[str] | None = None) -> int:
             if reason:
                 skipped[v] = reason
                 continue
-            proc = subprocess.run([sys.executable, __file__, "--variant", v, "--repeats", str(args.repeats),
-                                   "--threads", str(args.threads)],
-                                  capture_output=True, text=True, check=False)
+            proc = subprocess.run(
+                [
+                    sys.executable,
+                    __file__,
+                    "--variant",
+                    v,
+                    "--repeats",
+                    str(args.repeats),
+                    "--threads",
+                    str(args.threads),
+                ],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
             if proc.returncode:
                 skipped[v] = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit {proc.returncode}"
                 continue
@@ -238,9 +278,11 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 for key in ("peak_mb", "above_setup_mb"):
                     old[key] = min(old[key], res[key])
-    print(f"meta-step: meta-batch {META_BATCH}, {N_SUPPORT}-shot support, {N_QUERY} query, {INNER_STEPS} inner steps, "
-          f"{SIZE}x{SIZE}, U-Net base {BASE} depth {DEPTH}; best of {args.repeats} steps x {args.rounds} rounds, "
-          f"{args.threads} thread(s)")
+    print(
+        f"meta-step: meta-batch {META_BATCH}, {N_SUPPORT}-shot support, {N_QUERY} query, {INNER_STEPS} inner steps, "
+        f"{SIZE}x{SIZE}, U-Net base {BASE} depth {DEPTH}; best of {args.repeats} steps x {args.rounds} rounds, "
+        f"{args.threads} thread(s)"
+    )
     print(f"{'variant':<16}{'time s':>9}{'peak MB':>10}{'setup MB':>10}{'above setup MB':>16}")
     for v, r in best.items():
         print(f"{v:<16}{r['time_s']:>9.2f}{r['peak_mb']:>10.0f}{r['setup_mb']:>10.0f}{r['above_setup_mb']:>16.0f}")

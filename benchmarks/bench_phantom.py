@@ -47,15 +47,19 @@ def main() -> None:
 
     n = args.patients * args.slices
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"phantom generation, {args.patients} patients x {args.slices} slices = {n} slices per case, "
-          f"best of {args.repeats}; 1 BLAS thread; load average {load:.1f} on {os.cpu_count()} CPUs")
+    print(
+        f"phantom generation, {args.patients} patients x {args.slices} slices = {n} slices per case, "
+        f"best of {args.repeats}; 1 BLAS thread; load average {load:.1f} on {os.cpu_count()} CPUs"
+    )
     header = ("domain", "size", "wall s", "slices/s", "x target", "cpu slices/s", "x target")
     print("{:<7} {:>5} {:>8} {:>9} {:>9} {:>13} {:>9}".format(*header))
     for size in sizes:
         for domain in DOMAINS:
             wall, cpu = time_case(domain, size, args.patients, args.slices, args.repeats)
-            print(f"{domain:<7} {size:>5} {wall:>8.3f} {n / wall:>9.0f} {n / wall / TARGET_SLICES_PER_S:>8.2f}x "
-                  f"{n / cpu:>13.0f} {n / cpu / TARGET_SLICES_PER_S:>8.2f}x")
+            print(
+                f"{domain:<7} {size:>5} {wall:>8.3f} {n / wall:>9.0f} {n / wall / TARGET_SLICES_PER_S:>8.2f}x "
+                f"{n / cpu:>13.0f} {n / cpu / TARGET_SLICES_PER_S:>8.2f}x"
+            )
     print(f"target: {TARGET_SLICES_PER_S:.0f} slices/s at 128 px on one core")
 
 

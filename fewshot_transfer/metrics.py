@@ -127,9 +127,7 @@ def _nanmean(x: np.ndarray) -> float:
     return float(x.mean()) if x.size else float("nan")
 
 
-def slice_metrics(
-    pred: np.ndarray, gt: np.ndarray, spacing: tuple[float, float] | None = None
-) -> dict[str, float]:
+def slice_metrics(pred: np.ndarray, gt: np.ndarray, spacing: tuple[float, float] | None = None) -> dict[str, float]:
     """Metrics of one ``[H, W]`` slice (policy for empty masks in the module docstring)."""
     p, g = _as_batch(pred, "pred"), _as_batch(gt, "gt")
     if p.shape != g.shape or p.shape[0] != 1:

@@ -9,15 +9,24 @@ import torch
 
 #: Overrides that shrink the default benchmark to seconds: 32 px, a base-4 U-Net, 5 steps.
 TINY = [
-    "--set", "data.size=32",
-    "--set", "model.base=4",
-    "--set", "model.depth=3",
-    "--set", "train.steps=5",
-    "--set", "train.pretrain_steps=5",
-    "--set", "train.batch_size=4",
-    "--set", "data.phantom.source_patients=6",
-    "--set", "data.phantom.target_patients=10",
-    "--set", "data.phantom.slices_per_patient=6",
+    "--set",
+    "data.size=32",
+    "--set",
+    "model.base=4",
+    "--set",
+    "model.depth=3",
+    "--set",
+    "train.steps=5",
+    "--set",
+    "train.pretrain_steps=5",
+    "--set",
+    "train.batch_size=4",
+    "--set",
+    "data.phantom.source_patients=6",
+    "--set",
+    "data.phantom.target_patients=10",
+    "--set",
+    "data.phantom.slices_per_patient=6",
 ]
 
 

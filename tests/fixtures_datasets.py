@@ -134,9 +134,14 @@ def write_nifti(path: Path, slices: np.ndarray, spacing: tuple[float, ...] = SPA
 
 
 def write_spec(root: Path, **fields: object) -> Path:
-    spec = {"name": root.name, "modality": "CT", "intensity": "hu", "lesion_labels": [1, 2],
-            "labels": {"1": "ground-glass opacity", "2": "consolidation", "3": "pleural effusion"},
-            "spacing_mm": None}
+    spec = {
+        "name": root.name,
+        "modality": "CT",
+        "intensity": "hu",
+        "lesion_labels": [1, 2],
+        "labels": {"1": "ground-glass opacity", "2": "consolidation", "3": "pleural effusion"},
+        "spacing_mm": None,
+    }
     spec.update(fields)
     root.mkdir(parents=True, exist_ok=True)
     (root / "dataset.json").write_text(json.dumps(spec, indent=2))
@@ -291,11 +296,17 @@ def build_semiseg(src: Path) -> Expected:
             soft = (lesion * 200 + 40 * (lesion == 0) * (np.roll(lesion, 1, axis=0) > 0)).astype(np.uint8)
             write_png(folder / "GT" / f"{name}.png", soft)
             exp.add(name, split, True, 0, lesion, None)
-    for k, name in enumerate(("Data-1_coronacases_org_001_7", "Data-1_coronacases_org_001_8", "Data-2_radiopaedia_4_1")):
+    for k, name in enumerate(
+        ("Data-1_coronacases_org_001_7", "Data-1_coronacases_org_001_8", "Data-2_radiopaedia_4_1")
+    ):
         case = make_case(200 + k)
         write_jpg(pseudo / "Imgs" / f"{name}.jpg", windowed(case.hu[1]))
         write_png(pseudo / "GT" / f"{name}.png", np.full((SIZE, SIZE), 255, np.uint8))
-    for patient, z in (("Data-1_coronacases_org_001", 0), ("Data-1_coronacases_org_001", 1), ("Data-2_radiopaedia_4", 0)):
+    for patient, z in (
+        ("Data-1_coronacases_org_001", 0),
+        ("Data-1_coronacases_org_001", 1),
+        ("Data-2_radiopaedia_4", 0),
+    ):
         exp.add(patient, "unlabeled", False, z, np.zeros((SIZE, SIZE), np.uint8), None)
     return exp
 
@@ -305,7 +316,11 @@ def build_msd(src: Path, *, v2: bool = True, n_cases: int = 2, test_cases: int =
     meta: dict = {"name": "Task99_Toy", "description": "toy lesion task"}
     if v2:
         meta.update(
-            {"channel_names": {"0": "CT"}, "labels": {"background": 0, "ggo": 1, "consolidation": 2}, "file_ending": ".nii.gz"}
+            {
+                "channel_names": {"0": "CT"},
+                "labels": {"background": 0, "ggo": 1, "consolidation": 2},
+                "file_ending": ".nii.gz",
+            }
         )
     else:
         meta.update({"modality": {"0": "CT"}, "labels": {"0": "background", "1": "ggo", "2": "consolidation"}})
@@ -348,8 +363,16 @@ def build_folder(src: Path, *, outside: Path | None = None) -> Expected:
             image = write_png(base / "imgs" / f"s{i}.png", windowed(case.hu[1]))
             unit = windowed_unit(case.hu[1])
         mask = write_png(src / "masks" / f"s{i}.png", case.labels[1])
-        rows.append({"image": str(image.resolve()) if (outside is not None and i == 1) else image.relative_to(src).as_posix(),
-                     "mask": mask.relative_to(src).as_posix(), "patient": pid, "split": split})
+        rows.append(
+            {
+                "image": str(image.resolve())
+                if (outside is not None and i == 1)
+                else image.relative_to(src).as_posix(),
+                "mask": mask.relative_to(src).as_posix(),
+                "patient": pid,
+                "split": split,
+            }
+        )
         exp.add(pid, split, True, sum(1 for p in exp.patients if p == pid), (case.labels[1] > 0).astype(np.uint8), unit)
     with (src / "list.csv").open("w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=["image", "mask", "patient", "split"])

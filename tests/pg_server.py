@@ -18,9 +18,9 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 
 class Unavailable(RuntimeError):
@@ -37,7 +37,8 @@ def find_bindir() -> Path:
                 return real
             return Path(found).parent
     candidates = sorted(
-        glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(Path(p).parts[-3]) if Path(p).parts[-3].isdigit() else 0
+        glob.glob("/usr/lib/postgresql/*/bin/initdb"),
+        key=lambda p: int(Path(p).parts[-3]) if Path(p).parts[-3].isdigit() else 0,
     )
     if candidates:
         return Path(candidates[-1]).parent
@@ -63,8 +64,11 @@ def _run_as() -> tuple[list[str], pwd.struct_passwd | None]:
             useradd = shutil.which("useradd")
             if not useradd:
                 raise Unavailable("running as root, no 'postgres' user and no useradd to create one") from None
-            subprocess.run([useradd, "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", "ftbenchpg"],
-                           check=False, capture_output=True)
+            subprocess.run(
+                [useradd, "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", "ftbenchpg"],
+                check=False,
+                capture_output=True,
+            )
             try:
                 user = pwd.getpwnam("ftbenchpg")
             except KeyError:
@@ -90,9 +94,23 @@ def start(timeout: float = 60.0) -> Iterator[str]:
     started = False
     try:
         init = subprocess.run(
-            [*prefix, str(bindir / "initdb"), "-D", str(data), "-U", "ftbench", "--auth=trust", "--no-locale",
-             "-E", "UTF8", "--no-sync"],
-            capture_output=True, text=True, env=env, timeout=timeout,
+            [
+                *prefix,
+                str(bindir / "initdb"),
+                "-D",
+                str(data),
+                "-U",
+                "ftbench",
+                "--auth=trust",
+                "--no-locale",
+                "-E",
+                "UTF8",
+                "--no-sync",
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=timeout,
         )
         if init.returncode != 0:
             raise Unavailable(f"initdb failed: {(init.stderr or init.stdout).strip()[-800:]}")
@@ -101,8 +119,24 @@ def start(timeout: float = 60.0) -> Iterator[str]:
             "-c full_page_writes=off -c max_connections=50"
         )
         ctl = subprocess.run(
-            [*prefix, str(bindir / "pg_ctl"), "-D", str(data), "-o", opts, "-l", str(log), "-w", "-t", str(int(timeout)), "start"],
-            capture_output=True, text=True, env=env, timeout=timeout + 10,
+            [
+                *prefix,
+                str(bindir / "pg_ctl"),
+                "-D",
+                str(data),
+                "-o",
+                opts,
+                "-l",
+                str(log),
+                "-w",
+                "-t",
+                str(int(timeout)),
+                "start",
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=timeout + 10,
         )
         if ctl.returncode != 0:
             tail = log.read_text()[-800:] if log.exists() else ""
@@ -113,8 +147,12 @@ def start(timeout: float = 60.0) -> Iterator[str]:
         yield url
     finally:
         if started:
-            subprocess.run([*prefix, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"],
-                           capture_output=True, env=env, timeout=60)
+            subprocess.run(
+                [*prefix, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"],
+                capture_output=True,
+                env=env,
+                timeout=60,
+            )
         shutil.rmtree(root, ignore_errors=True)
 
 

@@ -32,10 +32,10 @@ from fewshot_transfer.adaptation import (
     slice_level_prior,
 )
 from fewshot_transfer.adaptation.probe import domain_probe, probe_accuracy
-from fewshot_transfer.learners.adversarial import AdversarialBatch
 from fewshot_transfer.config import resolve_config
-from fewshot_transfer.training import Params, TrainingDiverged
+from fewshot_transfer.learners.adversarial import AdversarialBatch
 from fewshot_transfer.metrics import evaluate
+from fewshot_transfer.training import Params, TrainingDiverged
 
 from conftest import TINY
 
@@ -462,8 +462,20 @@ def test_lambda_zero_with_half_source_rows_is_joint(bench, name):
     pred, got, _ = _fit_eval(bench, name, 3, {**_off(name), "lr": lr, "steps": 12, "source_share": 0.5})
     assert np.array_equal(pred, base_pred) and got == base
     # a non-zero lambda does change the result: the control is not vacuous
-    pred, _, _ = _fit_eval(bench, name, 3, {**_off(name), "lr": lr, "steps": 12, "source_share": 0.5,
-                                            "lambda_adv": 1.0, "lambda_ramp": 0.0, "unlabeled_share": 0.5})
+    pred, _, _ = _fit_eval(
+        bench,
+        name,
+        3,
+        {
+            **_off(name),
+            "lr": lr,
+            "steps": 12,
+            "source_share": 0.5,
+            "lambda_adv": 1.0,
+            "lambda_ramp": 0.0,
+            "unlabeled_share": 0.5,
+        },
+    )
     assert not np.array_equal(pred, base_pred)
 
 

@@ -14,7 +14,15 @@ from fewshot_transfer.data.export import write_phantom_dataset
 from fewshot_transfer.data.importers import import_dataset
 from fewshot_transfer.data.loader import load_dataset
 
-from fixtures_datasets import SIZE, build_nifti_dataset, build_semiseg, make_case, write_manifest, write_nifti, write_spec
+from fixtures_datasets import (
+    SIZE,
+    build_nifti_dataset,
+    build_semiseg,
+    make_case,
+    write_manifest,
+    write_nifti,
+    write_spec,
+)
 
 
 def _dataset(root, *, hu=None, labels=None, spec=None, rows=None):
@@ -184,10 +192,15 @@ def test_import_source_errors_name_the_path(tmp_path):
     with pytest.raises(DatasetError, match=str(tmp_path / "missing")):
         import_dataset("medseg", tmp_path / "missing", tmp_path / "out")
     (tmp_path / "empty").mkdir()
-    for kind, needle in (("medseg", "tr_im"), ("covid19-ct-seg", "ct_scans"), ("mosmed", "studies"),
-                         ("semiseg", "Doctor-label"), ("msd", "dataset.json"), ("folder", "CSV")):
+    for kind, needle in (
+        ("medseg", "tr_im"),
+        ("covid19-ct-seg", "ct_scans"),
+        ("mosmed", "studies"),
+        ("semiseg", "Doctor-label"),
+        ("msd", "dataset.json"),
+        ("folder", "CSV"),
+    ):
         with pytest.raises(DatasetError) as err:
             import_dataset(kind, tmp_path / "empty", tmp_path / "out")
         assert str(tmp_path / "empty") in str(err.value) and needle in str(err.value), str(err.value)
     assert sorted(os.listdir(tmp_path)) == ["empty"]
-

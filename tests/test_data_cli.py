@@ -20,7 +20,20 @@ def _cache(tmp_path, monkeypatch):
 
 def test_phantom_then_info(tmp_path, capsys):
     out = tmp_path / "covid"
-    args = ["data", "phantom", "--domain", "covid", "--patients", "3", "--slices", "4", "--size", "32", "--out", str(out)]
+    args = [
+        "data",
+        "phantom",
+        "--domain",
+        "covid",
+        "--patients",
+        "3",
+        "--slices",
+        "4",
+        "--size",
+        "32",
+        "--out",
+        str(out),
+    ]
     assert main(args) == 0
     assert len(read_manifest(out)) == 3
     assert "wrote phantom covid: 3 patients x 4 slices" in capsys.readouterr().out

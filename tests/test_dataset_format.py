@@ -84,10 +84,7 @@ def test_spec_invalid_json(tmp_path):
 def test_manifest_parsing(tmp_path):
     _manifest(
         tmp_path,
-        "\ufeffimage, mask ,patient,split,slice,extra\n"
-        "a.nii.gz,m.nii.gz,p1,TRAIN,,x\n"
-        "\n"
-        "a2.nii.gz,,p2,unlabeled,3,y\n",
+        "\ufeffimage, mask ,patient,split,slice,extra\na.nii.gz,m.nii.gz,p1,TRAIN,,x\n\na2.nii.gz,,p2,unlabeled,3,y\n",
     )
     rows = read_manifest(tmp_path)
     assert rows == [

@@ -19,14 +19,14 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-import pg_server
-from conftest import TINY
 from fewshot_transfer.cli import main
 from fewshot_transfer.tuning.distributed import cells_by_id, claim_next, grid_study_name, work
 from fewshot_transfer.tuning.storage import make_storage
 
-ROOT = Path(__file__).resolve().parent.parent
+import pg_server
+from conftest import TINY
 
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
@@ -48,10 +48,18 @@ def storage_url(request, tmp_path):
 
 def _spawn(code: str, *args: str) -> subprocess.Popen:
     # One torch thread per worker: two workers on two cores, no OpenMP spin-waiting.
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    }
     return subprocess.Popen(
         [sys.executable, "-c", textwrap.dedent(code), *args],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
 
 
@@ -106,15 +114,69 @@ WORKER = """
 def test_two_workers_share_a_study_and_a_grid(storage_url, tmp_path):
     t0 = time.perf_counter()
     grid, study_name = f"g-{tmp_path.name}", f"s-{tmp_path.name}"
-    assert main(["grid", "submit", "--storage", storage_url, "--grid", grid, *TINY, "--shots", "2",
-                 "--learners", "scratch,finetune", "--seeds", "2", "--out", str(tmp_path / "submit")]) == 0
+    assert (
+        main(
+            [
+                "grid",
+                "submit",
+                "--storage",
+                storage_url,
+                "--grid",
+                grid,
+                *TINY,
+                "--shots",
+                "2",
+                "--learners",
+                "scratch,finetune",
+                "--seeds",
+                "2",
+                "--out",
+                str(tmp_path / "submit"),
+            ]
+        )
+        == 0
+    )
     procs = []
     for w in ("w1", "w2"):
-        tune = ["tune", "finetune", *TINY, "--set", "learners.finetune.steps=3", "--shots", "2", "--episodes", "1",
-                "--trials", "3", "--pruner", "none", "--storage", storage_url, "--study", study_name,
-                "--out", str(tmp_path / w / "tune"), "--no-progress", "--heartbeat", "2", "--grace", "30"]
-        worker = ["worker", "--storage", storage_url, "--grid", grid, "--out", str(tmp_path / w / "grid"),
-                  "--heartbeat", "2", "--grace", "30"]
+        tune = [
+            "tune",
+            "finetune",
+            *TINY,
+            "--set",
+            "learners.finetune.steps=3",
+            "--shots",
+            "2",
+            "--episodes",
+            "1",
+            "--trials",
+            "3",
+            "--pruner",
+            "none",
+            "--storage",
+            storage_url,
+            "--study",
+            study_name,
+            "--out",
+            str(tmp_path / w / "tune"),
+            "--no-progress",
+            "--heartbeat",
+            "2",
+            "--grace",
+            "30",
+        ]
+        worker = [
+            "worker",
+            "--storage",
+            storage_url,
+            "--grid",
+            grid,
+            "--out",
+            str(tmp_path / w / "grid"),
+            "--heartbeat",
+            "2",
+            "--grace",
+            "30",
+        ]
         procs.append(_spawn(WORKER, json.dumps(tune), json.dumps(worker)))
     outs = _finish(procs)
 
@@ -154,8 +216,23 @@ def test_two_workers_share_a_study_and_a_grid(storage_url, tmp_path):
 
 def test_dead_worker_cell_is_retried_and_resubmit_is_idempotent(tmp_path):
     url = f"sqlite:///{tmp_path / 'grid.db'}"
-    sub = ["grid", "submit", "--storage", url, "--grid", "g", *TINY, "--shots", "2", "--learners", "scratch",
-           "--seeds", "2", "--out", str(tmp_path / "submit")]
+    sub = [
+        "grid",
+        "submit",
+        "--storage",
+        url,
+        "--grid",
+        "g",
+        *TINY,
+        "--shots",
+        "2",
+        "--learners",
+        "scratch",
+        "--seeds",
+        "2",
+        "--out",
+        str(tmp_path / "submit"),
+    ]
     assert main(sub) == 0
     # A worker claims the first cell, beats once, and dies.
     dead = make_storage(url, heartbeat=1, grace=1)

@@ -84,8 +84,19 @@ def test_unlabeled_data_is_the_rest_of_the_training_slices(bench, k):
 
 def test_k0_run_shows_na_rows_and_source_only_reference(tmp_path, capsys):
     out = tmp_path / "run"
-    argv = ["run", *TINY, "--shots", "0,1", "--learners", "scratch,source-only,finetune,joint", "--seeds", "2",
-            "--out", str(out), "--no-progress"]
+    argv = [
+        "run",
+        *TINY,
+        "--shots",
+        "0,1",
+        "--learners",
+        "scratch,source-only,finetune,joint",
+        "--seeds",
+        "2",
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "seeds per cell: 2" in printed and "finetune − scratch 95% CI half-width: k=1 ±" in printed
@@ -115,8 +126,24 @@ def test_source_only_alone_renders_every_k_without_warnings(tmp_path):
     out = tmp_path / "run"
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message=".*artists with labels.*")
-        assert main(["run", *TINY, "--shots", "0,1,3", "--learners", "source-only", "--seeds", "1",
-                     "--out", str(out), "--no-progress"]) == 0
+        assert (
+            main(
+                [
+                    "run",
+                    *TINY,
+                    "--shots",
+                    "0,1,3",
+                    "--learners",
+                    "source-only",
+                    "--seeds",
+                    "1",
+                    "--out",
+                    str(out),
+                    "--no-progress",
+                ]
+            )
+            == 0
+        )
         rows = json.loads((out / "leaderboard.json").read_text())["rows"]
         assert sorted(r["k_label"] for r in rows) == ["0", "1", "3"]
         assert main(["leaderboard", str(out), "--out", str(tmp_path / "again")]) == 0
@@ -171,15 +198,33 @@ def test_family_panels_keep_colours_apart(tmp_path):
     for c in _palette(18):
         r, g, b = c[:3]
         assert not (abs(r - g) < 0.05 and abs(g - b) < 0.05), "grey/black are the references' colours"
-    families = {"baseline": ["scratch", "finetune", "source-only", "joint"], "adversarial": ["dual-adv", "adaptseg", "adaptseg-balanced"],
-                "meta": ["maml", "fomaml", "reptile", "anil", "metasgd"], "semi": ["mean-teacher"]}
+    families = {
+        "baseline": ["scratch", "finetune", "source-only", "joint"],
+        "adversarial": ["dual-adv", "adaptseg", "adaptseg-balanced"],
+        "meta": ["maml", "fomaml", "reptile", "anil", "metasgd"],
+        "semi": ["mean-teacher"],
+    }
     rows = []
     for fam, names in families.items():
         for i, name in enumerate(names):
             for k, frac in ((1, 0.1), (5, 0.5)):
-                rows.append({"learner": name, "family": fam, "k": k, "k_label": str(k), "labeled_fraction": frac,
-                             "dice": 0.3 + 0.01 * i, "dice_lo": 0.2, "dice_hi": 0.4, "gain": 0.01 * i, "gain_lo": -0.1,
-                             "gain_hi": 0.1, "collapsed": False, "applicable": True})
+                rows.append(
+                    {
+                        "learner": name,
+                        "family": fam,
+                        "k": k,
+                        "k_label": str(k),
+                        "labeled_fraction": frac,
+                        "dice": 0.3 + 0.01 * i,
+                        "dice_lo": 0.2,
+                        "dice_hi": 0.4,
+                        "gain": 0.01 * i,
+                        "gain_lo": -0.1,
+                        "gain_hi": 0.1,
+                        "collapsed": False,
+                        "applicable": True,
+                    }
+                )
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message=".*artists with labels.*")
         assert transfer_gain_plot(rows, tmp_path / "gain.png").stat().st_size > 0
@@ -211,7 +256,9 @@ def test_controls_are_bit_identical(tmp_path):
     through the harness (budget recording included) are the hand-written plain loop."""
     torch.set_num_threads(1)
     lr = learners.get("finetune").defaults["lr"]
-    cfg = resolve_config(None, _overrides(["run.shots='1,3'", "learners.joint.source_share=0.0", f"learners.joint.lr={lr}"]))
+    cfg = resolve_config(
+        None, _overrides(["run.shots='1,3'", "learners.joint.source_share=0.0", f"learners.joint.lr={lr}"])
+    )
     bench = prepare(cfg, tmp_path)
     for k in (1, 3):
         spec = CellSpec(seed=1, k=k, k_label=str(k), learner="finetune")
@@ -227,9 +274,29 @@ def test_controls_are_bit_identical(tmp_path):
 def test_tuned_protocol_gives_every_learner_the_same_budget(tmp_path, capsys):
     out = tmp_path / "run"
     # steps pinned (held fixed by the studies) to keep the test short; lr is searched.
-    argv = ["run", *TINY, "--set", "learners.scratch.steps=10", "--set", "learners.finetune.steps=10",
-            "--protocol", "tuned", "--trials", "2", "--tune-episodes", "1", "--shots", "0,1,3",
-            "--learners", "scratch,finetune,source-only", "--seeds", "1", "--out", str(out), "--no-progress"]
+    argv = [
+        "run",
+        *TINY,
+        "--set",
+        "learners.scratch.steps=10",
+        "--set",
+        "learners.finetune.steps=10",
+        "--protocol",
+        "tuned",
+        "--trials",
+        "2",
+        "--tune-episodes",
+        "1",
+        "--shots",
+        "0,1,3",
+        "--learners",
+        "scratch,finetune,source-only",
+        "--seeds",
+        "1",
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
     assert main(argv) == 0
     header = "tuned, 2 trials per learner, validation split of the support pool"
     assert f"**hyperparameters**: {header}" in (out / "leaderboard.md").read_text()
@@ -238,9 +305,11 @@ def test_tuned_protocol_gives_every_learner_the_same_budget(tmp_path, capsys):
     assert set(saved["learners"]) == {"scratch", "finetune"}
     assert saved["learners"]["finetune"]["steps"] == 10 and saved["learners"]["finetune"]["lr"] != 0.003
     with sqlite3.connect(out / "tuning" / "study.db") as db:
-        counts = dict(db.execute(
-            "select s.study_name, count(*) from trials t join studies s using (study_id) group by s.study_name"
-        ).fetchall())
+        counts = dict(
+            db.execute(
+                "select s.study_name, count(*) from trials t join studies s using (study_id) group by s.study_name"
+            ).fetchall()
+        )
     assert counts == {"scratch-k3": 2, "finetune-k3": 2}  # the grid's middle k >= 1
     split = json.loads((out / "tuning" / "split.json").read_text())
     assert split == json.loads((out / "split.json").read_text())
@@ -268,6 +337,11 @@ def test_training_outside_the_loop_is_marked_unrecorded(bench, monkeypatch):
 
     monkeypatch.setitem(learners.REGISTRY, OwnLoop.name, OwnLoop)
     record = run_cell(bench, CellSpec(seed=0, k=1, k_label="1", learner=OwnLoop.name))
-    assert record["budget"] is None and record["cost"] == {"target_s": 1.5, "charged": {}, "total_s": 1.5, "recorded": False}
+    assert record["budget"] is None and record["cost"] == {
+        "target_s": 1.5,
+        "charged": {},
+        "total_s": 1.5,
+        "recorded": False,
+    }
     row = next(r for r in build_rows([record]) if r["learner"] == OwnLoop.name)
     assert row["budget"] == "not recorded"

@@ -25,11 +25,33 @@ def _overrides(args: list[str]) -> list[str]:
 
 def test_cli_run_writes_leaderboard(tmp_path, capsys):
     out = tmp_path / "run"
-    rc = main(["run", *TINY, "--shots", "1,3", "--learners", "scratch,source-only,finetune,joint", "--seeds", "2", "--out", str(out), "--plots", "--no-progress"])
+    rc = main(
+        [
+            "run",
+            *TINY,
+            "--shots",
+            "1,3",
+            "--learners",
+            "scratch,source-only,finetune,joint",
+            "--seeds",
+            "2",
+            "--out",
+            str(out),
+            "--plots",
+            "--no-progress",
+        ]
+    )
     assert rc == 0
     printed = capsys.readouterr().out
     assert "scratch" in printed and "finetune" in printed
-    for name in ("leaderboard.md", "leaderboard.csv", "leaderboard.json", "transfer_gain.png", "config.toml", "split.json"):
+    for name in (
+        "leaderboard.md",
+        "leaderboard.csv",
+        "leaderboard.json",
+        "transfer_gain.png",
+        "config.toml",
+        "split.json",
+    ):
         assert (out / name).is_file(), name
     assert list(out.glob("gallery_k-*.png"))
     rows = json.loads((out / "leaderboard.json").read_text())["rows"]
@@ -45,7 +67,24 @@ def test_cli_run_writes_leaderboard(tmp_path, capsys):
     assert len(cells) == 2 * (3 * 2 + 1)
     # Rerun: nothing recomputed, same leaderboard.
     before = {p.name: p.stat().st_mtime_ns for p in cells}
-    assert main(["run", *TINY, "--shots", "1,3", "--learners", "scratch,source-only,finetune,joint", "--seeds", "2", "--out", str(out), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "run",
+                *TINY,
+                "--shots",
+                "1,3",
+                "--learners",
+                "scratch,source-only,finetune,joint",
+                "--seeds",
+                "2",
+                "--out",
+                str(out),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert {p.name: p.stat().st_mtime_ns for p in (out / "cells").glob("*.json")} == before
     # Re-render / merge.
     assert main(["leaderboard", str(out), "--out", str(tmp_path / "merged")]) == 0
@@ -79,8 +118,24 @@ def test_cells_seed_major_and_k_independent_once(tmp_path):
 def test_resume_after_kill_has_one_row_per_cell(tmp_path):
     """Kill `ftbench run` mid-grid, rerun: every cell exactly once, none lost."""
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "fewshot_transfer.cli", "run", *TINY, "--set", "train.steps=30", "--shots", "1,2,3",
-           "--learners", "scratch,finetune", "--seeds", "2", "--out", str(out), "--no-progress"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "fewshot_transfer.cli",
+        "run",
+        *TINY,
+        "--set",
+        "train.steps=30",
+        "--shots",
+        "1,2,3",
+        "--learners",
+        "scratch,finetune",
+        "--seeds",
+        "2",
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     cells_dir = out / "cells"
@@ -101,8 +156,29 @@ def test_resume_after_kill_has_one_row_per_cell(tmp_path):
 
 def test_refuses_to_mix_configs(tmp_path, capsys):
     out = tmp_path / "run"
-    assert main(["run", *TINY, "--shots", "1", "--learners", "scratch", "--seeds", "1", "--out", str(out), "--no-progress"]) == 0
-    rc = main(["run", *TINY, "--set", "train.steps=6", "--shots", "1", "--learners", "scratch", "--seeds", "1", "--out", str(out), "--no-progress"])
+    assert (
+        main(
+            ["run", *TINY, "--shots", "1", "--learners", "scratch", "--seeds", "1", "--out", str(out), "--no-progress"]
+        )
+        == 0
+    )
+    rc = main(
+        [
+            "run",
+            *TINY,
+            "--set",
+            "train.steps=6",
+            "--shots",
+            "1",
+            "--learners",
+            "scratch",
+            "--seeds",
+            "1",
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
+    )
     assert rc == 1
     assert "train.steps" in capsys.readouterr().err
 

@@ -135,7 +135,9 @@ def test_semiseg_splits_binarized_gt_and_no_pseudo_labels(tmp_path):
     report, data = _load(tmp_path, "semiseg", exp)
     _check(data, exp, images=False)
     out = report.out_dir
-    assert not any("Pseudo" in p.as_posix() or (p.parent.name == "unlabeled" and p.suffix == ".png") for p in out.rglob("*"))
+    assert not any(
+        "Pseudo" in p.as_posix() or (p.parent.name == "unlabeled" and p.suffix == ".png") for p in out.rglob("*")
+    )
     assert {r.mask for r in read_manifest(out) if r.split == "unlabeled"} == {""}
     assert data.masks[data.splits == "unlabeled"].sum() == 0
     from PIL import Image

@@ -143,7 +143,9 @@ def test_checker_catches_function_level_relative_and_sibling_imports(tmp_path):
     _write(tmp_path, "models/unet.py", "from fewshot_transfer import __version__, Learner\n")
     problems = violations(tmp_path / PACKAGE)
     assert len(problems) == 3, problems
-    assert "fewshot_transfer/data/other.py:2: data / models (data) imports fewshot_transfer.harness.stats" in problems[0]
+    assert (
+        "fewshot_transfer/data/other.py:2: data / models (data) imports fewshot_transfer.harness.stats" in problems[0]
+    )
     assert "higher layer: harness (harness)" in problems[0]
     assert "fewshot_transfer/meta/engine.py:1" in problems[1] and "sibling" in problems[1]
     assert "fewshot_transfer/models/unet.py:1" in problems[2] and "facade" in problems[2]

@@ -152,7 +152,9 @@ def test_windowed_uint8_with_other_window_lands_on_lung_scale(tmp_path):
     write_manifest(root, [{"image": "v.nii.gz", "patient": "w"}])
     data = load_dataset(root, size=SIZE, cache_dir=tmp_path / "cache")
     inside = (case.hu > window[0]) & (case.hu < 250)
-    np.testing.assert_allclose(data.images[inside], hu_to_unit(case.hu)[inside], atol=(window[1] - window[0]) / 255 / 1500 + 1e-4)
+    np.testing.assert_allclose(
+        data.images[inside], hu_to_unit(case.hu)[inside], atol=(window[1] - window[0]) / 255 / 1500 + 1e-4
+    )
 
 
 def test_cache_hit_is_fast_and_identical(tmp_path):
@@ -250,8 +252,11 @@ def test_partial_lung_column_warns_and_drops_lungs(tmp_path):
     write_nifti(root / "b.nii.gz", case.hu.astype(np.int16))
     write_nifti(root / "l.nii.gz", case.lung)
     write_spec(root)
-    write_manifest(root, [{"image": "a.nii.gz", "patient": "a", "lung": "l.nii.gz"}, {"image": "b.nii.gz", "patient": "b"}],
-                   ("image", "mask", "patient", "lung"))
+    write_manifest(
+        root,
+        [{"image": "a.nii.gz", "patient": "a", "lung": "l.nii.gz"}, {"image": "b.nii.gz", "patient": "b"}],
+        ("image", "mask", "patient", "lung"),
+    )
     with pytest.warns(DatasetWarning, match="only some rows have a lung mask"):
         data = load_dataset(root, size=SIZE, cache_dir=tmp_path / "cache")
     assert data.lungs is None

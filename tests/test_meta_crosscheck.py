@@ -18,7 +18,6 @@ import torch
 from fewshot_transfer.losses import seg_loss
 from fewshot_transfer.meta.engine import (
     Task,
-    init_lrs,
     inner_adapt,
     meta_gradient,
     module_params,
@@ -92,7 +91,10 @@ def test_first_order_maml_matches_higher():
     ref = {n: torch.zeros_like(p) for n, p in net.named_parameters()}
     total = 0.0
     for t in tasks:
-        with higher.innerloop_ctx(net, inner_opt, copy_initial_weights=False, track_higher_grads=False) as (fnet, diffopt):
+        with higher.innerloop_ctx(net, inner_opt, copy_initial_weights=False, track_higher_grads=False) as (
+            fnet,
+            diffopt,
+        ):
             for _ in range(STEPS):
                 diffopt.step(seg_loss(fnet(t.x_support), t.y_support))
             q = seg_loss(fnet(t.x_query), t.y_query) / len(tasks)
@@ -137,12 +139,16 @@ def test_metasgd_matches_higher():
     for t in tasks:
         with higher.innerloop_ctx(net, inner_opt, copy_initial_weights=False) as (fnet, diffopt):
             for _ in range(STEPS):
-                diffopt.step(seg_loss(fnet(t.x_support), t.y_support),
-                             grad_callback=lambda gs: [None if g is None else a * g for a, g in zip(alphas, gs)])
+                diffopt.step(
+                    seg_loss(fnet(t.x_support), t.y_support),
+                    grad_callback=lambda gs: [None if g is None else a * g for a, g in zip(alphas, gs)],
+                )
             (seg_loss(fnet(t.x_query), t.y_query) / len(tasks)).backward()
     _assert_close(ours.grads, _grads_of(net))
-    _assert_close(ours.lr_grads, {n: torch.zeros_like(a) if a.grad is None else a.grad
-                                  for (n, _), a in zip(net.named_parameters(), alphas)})
+    _assert_close(
+        ours.lr_grads,
+        {n: torch.zeros_like(a) if a.grad is None else a.grad for (n, _), a in zip(net.named_parameters(), alphas)},
+    )
     assert float(ours.lr_grads["head.weight"].abs().max()) > 0
 
 
@@ -150,7 +156,9 @@ def test_first_order_adam_inner_loop_is_torch_adam():
     """The first-order inner loop with ``opt="adam"`` is torch.optim.Adam on the module."""
     net, tasks = _setup(n_tasks=1)
     t = tasks[0]
-    fast = inner_adapt(net, module_params(net), t.x_support, t.y_support, steps=3, lr=1e-2, opt="adam", first_order=True)
+    fast = inner_adapt(
+        net, module_params(net), t.x_support, t.y_support, steps=3, lr=1e-2, opt="adam", first_order=True
+    )
     ref = UNet(base=2, depth=3, groups=2).double()
     ref.load_state_dict(net.state_dict())
     opt = torch.optim.Adam(ref.parameters(), lr=1e-2)
@@ -186,8 +194,12 @@ def smooth_net() -> torch.nn.Module:
     differences of a *multi-step* adapted loss unreliable, so the FD check uses this net."""
     torch.manual_seed(3)
     return torch.nn.Sequential(
-        torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.GroupNorm(2, 4), torch.nn.Tanh(),
-        torch.nn.Conv2d(4, 4, 3, padding=1), torch.nn.Softplus(), torch.nn.Conv2d(4, 1, 1),
+        torch.nn.Conv2d(1, 4, 3, padding=1),
+        torch.nn.GroupNorm(2, 4),
+        torch.nn.Tanh(),
+        torch.nn.Conv2d(4, 4, 3, padding=1),
+        torch.nn.Softplus(),
+        torch.nn.Conv2d(4, 1, 1),
     ).double()
 
 
@@ -208,7 +220,9 @@ def test_second_order_term_matches_finite_difference(opt):
 
     def f(eps: float) -> float:
         p = {n: p0[n] + eps * v[n] for n in p0}
-        return float(task_query_loss(net, p, lr, t.x_support, t.y_support, t.x_query, t.y_query, steps=STEPS, opt=opt).detach())
+        return float(
+            task_query_loss(net, p, lr, t.x_support, t.y_support, t.x_query, t.y_query, steps=STEPS, opt=opt).detach()
+        )
 
     eps = 1e-5
     fd = (f(eps) - f(-eps)) / (2 * eps)

@@ -10,19 +10,18 @@ from torch.func import functional_call
 from fewshot_transfer.losses import seg_loss
 from fewshot_transfer.meta.engine import (
     Task,
+    accumulate_grads,
+    adapted_query_loss,
     init_lrs,
     inner_adapt,
     meta_gradient,
     module_params,
     names_matching,
-    accumulate_grads,
-    adapted_query_loss,
     reptile_direction,
     sgd_update,
     task_query_loss,
 )
 from fewshot_transfer.models import UNet
-
 
 
 def tiny_unet(seed: int = 0, dtype=torch.float32) -> UNet:
@@ -59,7 +58,9 @@ def test_inner_loop_lowers_support_loss():
     with torch.no_grad():
         before = float(seg_loss(net(task.x_support), task.y_support))
     fast = inner_adapt(net, p0, task.x_support, task.y_support, steps=10, lr=0.5, first_order=True)
-    after = float(task_query_loss(net, fast, 0.5, task.x_support, task.y_support, task.x_support, task.y_support, steps=0))
+    after = float(
+        task_query_loss(net, fast, 0.5, task.x_support, task.y_support, task.x_support, task.y_support, steps=0)
+    )
     assert after < before - 0.01
     # the init is untouched, the adapted dict has every parameter
     assert set(fast) == set(p0)
@@ -101,7 +102,9 @@ def test_in_place_first_order_path_equals_general_path(opt, head_only):
     names = ["head.weight", "head.bias"] if head_only else None
     fast = meta_gradient(net, p0, tasks, steps=2, lr=0.05, opt=opt, first_order=True, adapt_names=names)
     rates = init_lrs(p0, 0.05, names)
-    general = meta_gradient(net, p0, tasks, steps=2, lr=rates, opt=opt, first_order=True, adapt_names=names, learn_lr=False)
+    general = meta_gradient(
+        net, p0, tasks, steps=2, lr=rates, opt=opt, first_order=True, adapt_names=names, learn_lr=False
+    )
     assert fast.loss == pytest.approx(general.loss, rel=1e-10)
     for n in p0:
         assert torch.allclose(fast.grads[n], general.grads[n], atol=1e-12, rtol=1e-9), n
@@ -112,7 +115,10 @@ def test_first_order_is_query_gradient_at_adapted_params():
     task = make_tasks(1, dtype=torch.float64)[0]
     p0 = module_params(net)
     out = meta_gradient(net, p0, [task], steps=2, lr=0.1, first_order=True)
-    fast = {n: v.detach().requires_grad_(True) for n, v in inner_adapt(net, p0, task.x_support, task.y_support, steps=2, lr=0.1, first_order=True).items()}
+    fast = {
+        n: v.detach().requires_grad_(True)
+        for n, v in inner_adapt(net, p0, task.x_support, task.y_support, steps=2, lr=0.1, first_order=True).items()
+    }
     loss = task_query_loss(net, fast, 0.1, task.x_query, task.y_query, task.x_query, task.y_query, steps=0)
     g = torch.autograd.grad(loss, list(fast.values()), allow_unused=True)
     for (n, v), gi in zip(fast.items(), g):
@@ -156,7 +162,15 @@ def test_reptile_direction_points_from_adapted_to_init():
     out = reptile_direction(net, p0, tasks, steps=3, lr=0.2)
     exp = {n: torch.zeros_like(v) for n, v in p0.items()}
     for t in tasks:
-        fast = inner_adapt(net, p0, torch.cat([t.x_support, t.x_query]), torch.cat([t.y_support, t.y_query]), steps=3, lr=0.2, first_order=True)
+        fast = inner_adapt(
+            net,
+            p0,
+            torch.cat([t.x_support, t.x_query]),
+            torch.cat([t.y_support, t.y_query]),
+            steps=3,
+            lr=0.2,
+            first_order=True,
+        )
         for n in exp:
             exp[n] += (p0[n] - fast[n]) / 2
     for n in p0:
@@ -190,7 +204,10 @@ def test_meta_training_beats_initial_model_after_adaptation():
     opt = torch.optim.Adam(params.values(), lr=0.02)
     for it in range(10):
         opt.zero_grad()
-        accumulate_grads(params, meta_gradient(net, module_params(net), make_tasks(3, seed=1000 + it), steps=steps, lr=inner_lr).grads)
+        accumulate_grads(
+            params,
+            meta_gradient(net, module_params(net), make_tasks(3, seed=1000 + it), steps=steps, lr=inner_lr).grads,
+        )
         opt.step()
     after = adapted_query_loss(net, module_params(net), held_out, steps=steps, lr=inner_lr)
     assert after < before - 0.1, (before, after)

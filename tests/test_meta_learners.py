@@ -29,10 +29,22 @@ from conftest import TINY as TINY_ARGS
 META = ("maml", "maml-fewstep", "fomaml", "reptile", "anil", "anil-control", "metasgd")
 META_TRAINED = tuple(n for n in META if n != "anil-control")
 TINY = [
-    "--set", "data.size=32", "--set", "model.base=4", "--set", "model.depth=3",
-    "--set", "train.steps=5", "--set", "train.pretrain_steps=5",
-    "--set", "data.phantom.source_patients=6", "--set", "data.phantom.target_patients=8",
-    "--set", "data.phantom.slices_per_patient=6",
+    "--set",
+    "data.size=32",
+    "--set",
+    "model.base=4",
+    "--set",
+    "model.depth=3",
+    "--set",
+    "train.steps=5",
+    "--set",
+    "train.pretrain_steps=5",
+    "--set",
+    "data.phantom.source_patients=6",
+    "--set",
+    "data.phantom.target_patients=8",
+    "--set",
+    "data.phantom.slices_per_patient=6",
 ]
 
 
@@ -48,8 +60,24 @@ def tiny_run(tmp_path_factory):
     """One run: finetune + every meta-learner, 1 seed, k = 1 and 2 (meta-training shared across k)."""
     out = tmp_path_factory.mktemp("meta-run")
     # a private data/model cache, so counting cached meta-models is not polluted by other tests
-    rc = main(["run", "--learners", "finetune," + ",".join(META), *TINY, *budget(), "--seeds", "1", "--shots", "1,2",
-               "--set", f'data.cache_dir="{out / "cache"}"', "--out", str(out), "--no-progress"])
+    rc = main(
+        [
+            "run",
+            "--learners",
+            "finetune," + ",".join(META),
+            *TINY,
+            *budget(),
+            "--seeds",
+            "1",
+            "--shots",
+            "1,2",
+            "--set",
+            f'data.cache_dir="{out / "cache"}"',
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
+    )
     assert rc == 0
     return out
 
@@ -78,7 +106,9 @@ def test_every_meta_learner_runs_through_ftbench(tiny_run, name):
 def test_meta_training_is_cached_once_per_seed_across_k(tiny_run):
     cache = tiny_run / "cache" / "models"
     for name in META_TRAINED:
-        own = [p for p in cache.glob(f"meta-{name}-*.pt") if re.fullmatch(rf"meta-{re.escape(name)}-[0-9a-f]+\.pt", p.name)]
+        own = [
+            p for p in cache.glob(f"meta-{name}-*.pt") if re.fullmatch(rf"meta-{re.escape(name)}-[0-9a-f]+\.pt", p.name)
+        ]
         assert len(own) == 1, name
     assert not list(cache.glob("meta-anil-control-*.pt"))  # the control does not meta-train
     state = torch.load(next(cache.glob("meta-metasgd-*.pt")), weights_only=True)
@@ -94,9 +124,26 @@ def test_report_section_in_leaderboard(tiny_run):
 
 def test_mix_target_makes_meta_training_k_specific(tmp_path):
     out = tmp_path / "mix"
-    rc = main(["run", "--learners", "fomaml", *TINY, *budget(["fomaml"]), "--set", "learners.fomaml.mix_target=0.5",
-               "--set", f'data.cache_dir="{tmp_path / "cache"}"', "--seeds", "1", "--shots", "1,2", "--out", str(out),
-               "--no-progress"])
+    rc = main(
+        [
+            "run",
+            "--learners",
+            "fomaml",
+            *TINY,
+            *budget(["fomaml"]),
+            "--set",
+            "learners.fomaml.mix_target=0.5",
+            "--set",
+            f'data.cache_dir="{tmp_path / "cache"}"',
+            "--seeds",
+            "1",
+            "--shots",
+            "1,2",
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
+    )
     assert rc == 0
     # k=1 cannot form a target task (falls back to source-only meta-training); k=2 has its own model
     assert len(list((tmp_path / "cache" / "models").glob("meta-fomaml-*.pt"))) == 2
@@ -123,7 +170,9 @@ def test_config_validation_and_helpers():
     with pytest.raises(ValueError, match="meta_opt"):
         MetaConfig(meta_opt="rmsprop")
     assert MetaConfig().inner_opt == "adam" and MetaConfig(adaptation="fewstep").inner_opt == "sgd"
-    assert MetaConfig(lr=0.002).inner_rate == 0.002 and MetaConfig(adaptation="fewstep", inner_lr=0.05).inner_rate == 0.05
+    assert (
+        MetaConfig(lr=0.002).inner_rate == 0.002 and MetaConfig(adaptation="fewstep", inner_lr=0.05).inner_rate == 0.05
+    )
     net = UNet(base=4, depth=3)
     assert head_prefixes("head", net) == ("head.",)
     assert head_prefixes("last_block", net) == ("decoders.1.", "head.")
@@ -152,9 +201,13 @@ def test_task_sizes_shrink_to_fit(tmp_path):
 
     n = 8
     data = SliceSet(
-        images=np.zeros((n, 4, 4), np.float32), masks=np.zeros((n, 4, 4), np.uint8), labeled=np.ones(n, bool),
-        patients=np.array(["a"] * 6 + ["b"] * 2), slice_index=np.arange(n, dtype=np.int32),
-        splits=np.array([""] * n), spacing=np.ones((n, 2), np.float32),
+        images=np.zeros((n, 4, 4), np.float32),
+        masks=np.zeros((n, 4, 4), np.uint8),
+        labeled=np.ones(n, bool),
+        patients=np.array(["a"] * 6 + ["b"] * 2),
+        slice_index=np.arange(n, dtype=np.int32),
+        splits=np.array([""] * n),
+        spacing=np.ones((n, 2), np.float32),
     )
     assert task_sizes(data, 5, 5) == (3, 3)
     assert task_sizes(data, 2, 3) == (2, 3)
@@ -195,8 +248,9 @@ def test_anil_head_adapts_and_predictions_change_with_k(bench, name):
     probs, heads = [], []
     for k in (1, 3):
         ctx = _ctx(bench, name, k=k, steps=60, **extra)
-        init, _ = mt.meta_trained(ctx, name, MetaConfig.from_params(ctx.params, adapt=("head.",),
-                                                                     meta_steps=ctx.params.get("meta_steps", 0)))
+        init, _ = mt.meta_trained(
+            ctx, name, MetaConfig.from_params(ctx.params, adapt=("head.",), meta_steps=ctx.params.get("meta_steps", 0))
+        )
         before = ctx.segmenter(init).predict_proba(bench.test_set.images)
         init_params = {n: p.detach().clone() for n, p in init.named_parameters()}
         seg = learners.get(name)().fit(ctx)
@@ -232,8 +286,19 @@ def test_reptile_is_the_interpolation_update(bench):
     cfg = MetaConfig.from_params(ctx.params, algorithm="reptile", first_order=True)
     theta = module_params(ctx.source_model())
     tasks = mt.TaskStream(ctx, cfg, salt=mt.zlib.crc32(b"reptile") % 10_000).next()
-    phis = [inner_adapt(ctx.source_model(), theta, torch.cat([t.x_support, t.x_query]), torch.cat([t.y_support, t.y_query]),
-                        steps=cfg.inner_steps, lr=cfg.lr, opt="adam", first_order=True) for t in tasks]
+    phis = [
+        inner_adapt(
+            ctx.source_model(),
+            theta,
+            torch.cat([t.x_support, t.x_query]),
+            torch.cat([t.y_support, t.y_query]),
+            steps=cfg.inner_steps,
+            lr=cfg.lr,
+            opt="adam",
+            first_order=True,
+        )
+        for t in tasks
+    ]
     state = mt.run_meta_training(ctx, "reptile", cfg)
     for n, v in theta.items():
         expected = v + eps * (sum(phi[n] for phi in phis) / len(phis) - v)
@@ -255,8 +320,10 @@ def test_metasgd_rates_clamped_and_scaling_rule(bench):
     assert torch.allclose(scale["a"], torch.tensor([2.0, 0.0, 0.5]))
     model = ctx.source_model()
     init = {n: p.detach().clone() for n, p in model.named_parameters()}
-    hooks = mt.RateHooks(model, {n: torch.zeros_like(p) if n.startswith("head.") else torch.ones_like(p)
-                                 for n, p in model.named_parameters()})
+    hooks = mt.RateHooks(
+        model,
+        {n: torch.zeros_like(p) if n.startswith("head.") else torch.ones_like(p) for n, p in model.named_parameters()},
+    )
     train_steps(ctx, model, slice_batches(ctx, ctx.support, 4), steps=2, lr=lr, phase="target", hooks=hooks)
     for n, p in model.named_parameters():
         assert torch.equal(p, init[n]) == n.startswith("head.") or n == "aux_head.weight" or n == "aux_head.bias", n

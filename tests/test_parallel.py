@@ -20,8 +20,20 @@ from fewshot_transfer.training import ModelCache
 
 from conftest import TINY
 
-GRID = [*TINY, "--set", "train.steps=30", "--set", "run.threads=1", "--shots", "1,2,3",
-        "--learners", "scratch,finetune", "--seeds", "2", "--no-progress"]
+GRID = [
+    *TINY,
+    "--set",
+    "train.steps=30",
+    "--set",
+    "run.threads=1",
+    "--shots",
+    "1,2,3",
+    "--learners",
+    "scratch,finetune",
+    "--seeds",
+    "2",
+    "--no-progress",
+]
 
 
 def _cells(run_dir) -> dict[str, dict]:
@@ -60,8 +72,10 @@ def test_two_workers_needing_one_model_train_it_once(tmp_path):
         return {"w": torch.arange(4.0)}
 
     results: list[dict] = []
-    threads = [threading.Thread(target=lambda: results.append(ModelCache(tmp_path).get_or_train("source", {"s": 1}, train)))
-               for _ in range(2)]
+    threads = [
+        threading.Thread(target=lambda: results.append(ModelCache(tmp_path).get_or_train("source", {"s": 1}, train)))
+        for _ in range(2)
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -77,7 +91,12 @@ def test_jobs_resolution_and_order():
     cells = [CellSpec(s, k, str(k), n) for s in (0, 1) for n in ("scratch", "finetune") for k in (1, 5)]
     ordered = producers_first(cells)
     assert sorted(ordered) == sorted(cells)
-    assert [(c.learner, c.seed, c.k) for c in ordered[:4]] == [("scratch", 0, 1), ("scratch", 1, 1), ("finetune", 0, 1), ("finetune", 1, 1)]
+    assert [(c.learner, c.seed, c.k) for c in ordered[:4]] == [
+        ("scratch", 0, 1),
+        ("scratch", 1, 1),
+        ("finetune", 0, 1),
+        ("finetune", 1, 1),
+    ]
 
 
 def test_jobs_flag_and_config_key(tmp_path):
@@ -116,10 +135,27 @@ def test_jobs_2_killed_and_resumed_equals_jobs_1(tmp_path):
 
 def test_ctrl_c_stops_every_worker_and_keeps_finished_cells(tmp_path):
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "fewshot_transfer.cli", "run", *GRID, "--set", "train.steps=200", "--jobs", "2", "--out", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "fewshot_transfer.cli",
+        "run",
+        *GRID,
+        "--set",
+        "train.steps=200",
+        "--jobs",
+        "2",
+        "--out",
+        str(out),
+    ]
     # Default SIGINT handling even when the test runner's own SIGINT is ignored (a background job).
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     deadline = time.time() + 120
     while time.time() < deadline and not list((out / "cells").glob("*.json")):
         time.sleep(0.05)

@@ -51,8 +51,23 @@ def _cells(out: Path) -> dict[tuple[str, int], dict]:
 @pytest.mark.integration
 def test_run_with_a_plugin_file(tmp_path, plugin_file, clean_registry):
     out = tmp_path / "run"
-    args = ["run", *TINY, "--plugin", str(plugin_file), "--shots", "2", "--learners", "finetune,entropy-min",
-            "--seeds", "1", "--out", str(out), "--no-progress", "--set", "learners.entropy-min.entropy_weight=0"]
+    args = [
+        "run",
+        *TINY,
+        "--plugin",
+        str(plugin_file),
+        "--shots",
+        "2",
+        "--learners",
+        "finetune,entropy-min",
+        "--seeds",
+        "1",
+        "--out",
+        str(out),
+        "--no-progress",
+        "--set",
+        "learners.entropy-min.entropy_weight=0",
+    ]
     assert main(args) == 0
     cells = _cells(out)
     plugin, base = cells[("entropy-min", 0)], cells[("finetune", 0)]
@@ -69,21 +84,41 @@ def test_run_with_a_plugin_file(tmp_path, plugin_file, clean_registry):
 @pytest.mark.integration
 def test_tune_with_a_plugin_file(tmp_path, plugin_file, clean_registry):
     out = tmp_path / "tune"
-    args = ["tune", "entropy-min", "--plugin", str(plugin_file), *TINY, "--set", "train.steps=3",
-            "--shots", "2", "--episodes", "1", "--trials", "2", "--pruner", "none", "--out", str(out), "--no-progress"]
+    args = [
+        "tune",
+        "entropy-min",
+        "--plugin",
+        str(plugin_file),
+        *TINY,
+        "--set",
+        "train.steps=3",
+        "--shots",
+        "2",
+        "--episodes",
+        "1",
+        "--trials",
+        "2",
+        "--pruner",
+        "none",
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
     assert main(args) == 0
     best = (out / "best.toml").read_text()
     assert "[learners.entropy-min]" in best and "entropy_weight" in best and str(plugin_file) in best
 
 
 def test_plugin_by_module_name(tmp_path, monkeypatch, clean_registry):
-    (tmp_path / "ftb_mod_plugin.py").write_text(textwrap.dedent("""
+    (tmp_path / "ftb_mod_plugin.py").write_text(
+        textwrap.dedent("""
         from fewshot_transfer import Learner, register
 
         @register
         class ByName(Learner):
             name = "by-module-name"
-    """))
+    """)
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     learners.load_plugins(["ftb_mod_plugin"])
     assert "by-module-name" in learners.available()
@@ -107,7 +142,9 @@ def test_broken_plugin_names_file_line_and_exception(tmp_path, capsys, clean_reg
 
 def test_plugin_cannot_take_a_builtin_name(tmp_path, clean_registry):
     clash = tmp_path / "clash.py"
-    clash.write_text("from fewshot_transfer import Learner, register\n\n@register\nclass F(Learner):\n    name = 'finetune'\n")
+    clash.write_text(
+        "from fewshot_transfer import Learner, register\n\n@register\nclass F(Learner):\n    name = 'finetune'\n"
+    )
     with pytest.raises(learners.PluginError, match="registered twice"):
         learners.load_plugins([str(clash)])
 
@@ -132,21 +169,36 @@ def test_entry_point_plugins_load_with_the_builtins(tmp_path, monkeypatch, clean
 
 def test_public_api_is_lazy_and_complete():
     names = set(fewshot_transfer.__all__) - {"__version__"}
-    assert {"Learner", "register", "LearnerContext", "Params", "Segmenter", "train_steps", "train_supervised",
-            "StepHooks", "slice_batches", "labeled_batches", "unlabeled_batches", "section"} <= names
+    assert {
+        "Learner",
+        "register",
+        "LearnerContext",
+        "Params",
+        "Segmenter",
+        "train_steps",
+        "train_supervised",
+        "StepHooks",
+        "slice_batches",
+        "labeled_batches",
+        "unlabeled_batches",
+        "section",
+    } <= names
     for name in names:
         assert getattr(fewshot_transfer, name) is not None
     probe = "import sys, fewshot_transfer; print('torch' in sys.modules)"
-    assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.strip() == "False"
+    assert (
+        subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.strip()
+        == "False"
+    )
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         fewshot_transfer.nope  # noqa: B018
 
 
 def test_importer_entry_point_adds_a_kind(tmp_path, monkeypatch, capsys):
-    from fixtures_datasets import build_folder
-
     from fewshot_transfer.data.errors import DatasetError
     from fewshot_transfer.data.importers import ENTRY_POINT_GROUP, import_dataset, layout_help
+
+    from fixtures_datasets import build_folder
 
     dist = tmp_path / "ftb_toy_importer-0.1.dist-info"
     dist.mkdir()
@@ -160,7 +212,9 @@ def test_importer_entry_point_adds_a_kind(tmp_path, monkeypatch, capsys):
     exp = build_folder(tmp_path / "src")
     report = import_dataset("toy", exp.root, tmp_path / "out")
     assert report.kind == "toy" and report.rows == len(exp.patients)
-    with pytest.raises(DatasetError, match=r"importer plugin broken = ftb_no_module failed to import: ModuleNotFoundError"):
+    with pytest.raises(
+        DatasetError, match=r"importer plugin broken = ftb_no_module failed to import: ModuleNotFoundError"
+    ):
         layout_help("broken")
     with pytest.raises(SystemExit):
         main(["data", "import", "--help"])

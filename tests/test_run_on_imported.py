@@ -11,9 +11,9 @@ import json
 import pytest
 
 from fewshot_transfer.cli import main
-from fixtures_datasets import build_covid19_ct_seg, build_medseg, build_mosmed, build_msd, build_semiseg
 
 from conftest import TINY
+from fixtures_datasets import build_covid19_ct_seg, build_medseg, build_mosmed, build_msd, build_semiseg
 
 LAYOUTS = {
     "medseg": lambda src: build_medseg(src, n_z=30, val_z=4),
@@ -31,8 +31,23 @@ def test_import_info_run(tmp_path, capsys, kind):
     assert main(["data", "import", kind, str(src), "--out", str(out)]) == 0
     assert main(["data", "info", str(out)]) == 0
     assert "patients" in capsys.readouterr().out
-    rc = main(["run", *TINY, "--target", str(out), "--shots", "1,all", "--learners", "scratch,finetune",
-               "--seeds", "1", "--out", str(run), "--no-progress"])
+    rc = main(
+        [
+            "run",
+            *TINY,
+            "--target",
+            str(out),
+            "--shots",
+            "1,all",
+            "--learners",
+            "scratch,finetune",
+            "--seeds",
+            "1",
+            "--out",
+            str(run),
+            "--no-progress",
+        ]
+    )
     assert rc == 0, capsys.readouterr().err
     rows = json.loads((run / "leaderboard.json").read_text())["rows"]
     assert {r["learner"] for r in rows} == {"scratch", "finetune"}

@@ -17,7 +17,9 @@ from fewshot_transfer.data.samplers import (
 from fewshot_transfer.data.slices import SliceSet
 
 
-def make_pool(n_patients: int = 8, per_patient: int = 6, *, seed: int = 0, positive: float = 0.5, hw: int = 10) -> SliceSet:
+def make_pool(
+    n_patients: int = 8, per_patient: int = 6, *, seed: int = 0, positive: float = 0.5, hw: int = 10
+) -> SliceSet:
     """Random slices; about ``positive`` of them carry a lesion blob (at least one per patient)."""
     rng = np.random.default_rng(seed)
     n = n_patients * per_patient
@@ -102,7 +104,10 @@ def test_k_too_large_error() -> None:
     n_pos = int(positives(pool).sum())
     assert support_pool_size(pool) == n_pos
     support_indices(pool, n_pos, seed=0)
-    with pytest.raises(ValueError, match=rf"k={n_pos + 1} exceeds the support pool \({n_pos} eligible lesion-positive slices from 3 patients.*use 'all'"):
+    with pytest.raises(
+        ValueError,
+        match=rf"k={n_pos + 1} exceeds the support pool \({n_pos} eligible lesion-positive slices from 3 patients.*use 'all'",
+    ):
         support_indices(pool, n_pos + 1, seed=0)
     with pytest.raises(ValueError, match="positive integer"):
         support_indices(pool, 0, seed=0)
@@ -112,7 +117,15 @@ def test_resolve_shots() -> None:
     assert resolve_shots("1,5,20,25%,all", 100) == [("1", 1), ("5", 5), ("20", 20), ("25%", 25), ("all", 100)]
     assert resolve_shots("1, 5,5,10%,all", 50) == [("1", 1), ("5", 5), ("all", 50)]
     assert resolve_shots(["1", 3, "33%"], 10) == [("1", 1), ("3", 3), ("33%", 4)]
-    for bad, msg in [("abc", "not a positive integer"), ("0", "at least 1"), ("150%", r"\(0, 100\]"), ("-3", "at least 1"), ("x%", "percentage"), ("200", "exceeds"), ("", "names no shots")]:
+    for bad, msg in [
+        ("abc", "not a positive integer"),
+        ("0", "at least 1"),
+        ("150%", r"\(0, 100\]"),
+        ("-3", "at least 1"),
+        ("x%", "percentage"),
+        ("200", "exceeds"),
+        ("", "names no shots"),
+    ]:
         with pytest.raises(ValueError, match=msg):
             resolve_shots(bad, 100)
     with pytest.raises(ValueError, match="no eligible slices"):

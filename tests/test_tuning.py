@@ -55,7 +55,6 @@ class ThresholdLearner(Learner):
         return ctx.segmenter(_Threshold(float(ctx.params["t"])))
 
 
-
 @pytest.fixture
 def threshold_learner():
     REGISTRY[ThresholdLearner.name] = ThresholdLearner
@@ -64,7 +63,7 @@ def threshold_learner():
 
 
 def test_validation_split_is_carved_from_the_support_pool(tmp_path):
-    cfg = resolve_config(None, _overrides(TINY) + ["run.shots=\"2\""])
+    cfg = resolve_config(None, _overrides(TINY) + ['run.shots="2"'])
     bench = prepare(cfg, tmp_path)
     vb, info = validation_benchmark(bench, "2", val_fraction=0.5, seed=0)
     tune_p, val_p = set(info["tune_support"]), set(info["validation"])
@@ -98,9 +97,30 @@ def test_pinned_parameters_are_not_searched():
 
 def test_tune_prunes_a_trial_and_writes_best_toml(tmp_path, threshold_learner, capsys):
     out = tmp_path / "tune"
-    args = ["tune", "test-threshold", *TINY, "--shots", "2", "--episodes", "2", "--out", str(out),
-            "--startup-trials", "2", "--warmup-episodes", "0", "--no-progress", "--sampler-seed", "0",
-            "--enqueue", "t=0.05", "--enqueue", "t=0.2", "--enqueue", "t=1.5"]
+    args = [
+        "tune",
+        "test-threshold",
+        *TINY,
+        "--shots",
+        "2",
+        "--episodes",
+        "2",
+        "--out",
+        str(out),
+        "--startup-trials",
+        "2",
+        "--warmup-episodes",
+        "0",
+        "--no-progress",
+        "--sampler-seed",
+        "0",
+        "--enqueue",
+        "t=0.05",
+        "--enqueue",
+        "t=0.2",
+        "--enqueue",
+        "t=1.5",
+    ]
     assert main([*args, "--trials", "3"]) == 0
     study = optuna.load_study(study_name="test-threshold-k2", storage=f"sqlite:///{out / 'study.db'}")
     trials = sorted(study.trials, key=lambda t: t.number)
@@ -128,8 +148,22 @@ def test_tune_prunes_a_trial_and_writes_best_toml(tmp_path, threshold_learner, c
 
 def test_tune_finetune_resumes_and_best_toml_runs(tmp_path):
     out = tmp_path / "tune"
-    args = ["tune", "finetune", *TINY, "--set", "learners.finetune.steps=3", "--shots", "2", "--episodes", "1",
-            "--out", str(out), "--no-progress", "--pruner", "none"]
+    args = [
+        "tune",
+        "finetune",
+        *TINY,
+        "--set",
+        "learners.finetune.steps=3",
+        "--shots",
+        "2",
+        "--episodes",
+        "1",
+        "--out",
+        str(out),
+        "--no-progress",
+        "--pruner",
+        "none",
+    ]
     t0 = time.perf_counter()
     assert main([*args, "--trials", "2"]) == 0
     storage = f"sqlite:///{out / 'study.db'}"
@@ -147,8 +181,25 @@ def test_tune_finetune_resumes_and_best_toml_runs(tmp_path):
     assert best["tuned_from"].startswith(f"finetune-k2 @ {storage} trial #{study.best_trial.number}")
     # best.toml drives a benchmark run; its rows carry tuned_from.
     run_out = tmp_path / "bench"
-    assert main(["run", "--config", str(out / "best.toml"), "--shots", "2", "--learners", "finetune",
-                 "--seeds", "1", "--out", str(run_out), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "run",
+                "--config",
+                str(out / "best.toml"),
+                "--shots",
+                "2",
+                "--learners",
+                "finetune",
+                "--seeds",
+                "1",
+                "--out",
+                str(run_out),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     rows = json.loads((run_out / "leaderboard.json").read_text())["rows"]
     assert rows and rows[0]["learner"] == "finetune" and rows[0]["tuned_from"] == best["tuned_from"]
     assert "tuned (finetune-k2 @" in (run_out / "leaderboard.md").read_text()

@@ -63,7 +63,7 @@ class PixelDiscriminator(nn.Module):
         self.kernel = kernel
 
     @classmethod
-    def for_backbone(cls, model: nn.Module, feature: str = "dec1", **kwargs) -> "PixelDiscriminator":
+    def for_backbone(cls, model: nn.Module, feature: str = "dec1", **kwargs) -> PixelDiscriminator:
         return cls(int(model.feature_channels[feature]), **kwargs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -100,7 +100,7 @@ class OutputDiscriminator(nn.Module):
         self.min_size = 2 ** (n_down + 1)
 
     @classmethod
-    def for_backbone(cls, model: nn.Module, in_channels: int = 2, n_down: int = 4) -> "OutputDiscriminator":
+    def for_backbone(cls, model: nn.Module, in_channels: int = 2, n_down: int = 4) -> OutputDiscriminator:
         """Widths scaled to the U-Net: ``ndf`` = the backbone's base width."""
         return cls(in_channels=in_channels, ndf=int(model.config.base), n_down=n_down)
 

@@ -28,7 +28,7 @@ Modules (TLlib-style: the loss owns its discriminators):
 from __future__ import annotations
 
 import math
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 import torch
@@ -159,7 +159,9 @@ def slice_level_prior(shot_masks: np.ndarray, reference_masks: np.ndarray) -> fl
     if ref.size == 0:
         raise ValueError("slice_level_prior needs labeled reference slices")
     positive_share = float((ref.reshape(len(ref), -1).max(axis=1) > 0).mean())
-    shots = np.asarray(shot_masks, dtype=np.float64).reshape(len(shot_masks), -1) if len(shot_masks) else np.zeros((0, 1))
+    shots = (
+        np.asarray(shot_masks, dtype=np.float64).reshape(len(shot_masks), -1) if len(shot_masks) else np.zeros((0, 1))
+    )
     shots = shots[shots.max(axis=1) > 0] if shots.size else shots
     if shots.shape[0] == 0:
         return float(ref.mean())
@@ -320,7 +322,10 @@ class OutputAdversarialLoss(nn.Module):
         d_s = self.discriminator(output_space_input(logits_src.detach(), self.input))
         d_t = self.discriminator(output_space_input(logits_tgt.detach(), self.input))
         loss = 0.5 * self._reduce(d_s, SOURCE_LABEL, lesion_src) + 0.5 * self._reduce(d_t, TARGET_LABEL, lesion_tgt)
-        stats = {"dacc_src": domain_accuracy(d_s.detach(), SOURCE_LABEL), "dacc_tgt": domain_accuracy(d_t.detach(), TARGET_LABEL)}
+        stats = {
+            "dacc_src": domain_accuracy(d_s.detach(), SOURCE_LABEL),
+            "dacc_tgt": domain_accuracy(d_t.detach(), TARGET_LABEL),
+        }
         return loss, stats
 
     def adversarial_loss(self, logits_tgt: torch.Tensor, lesion_tgt: torch.Tensor | None = None) -> torch.Tensor:

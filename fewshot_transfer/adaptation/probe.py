@@ -25,7 +25,12 @@ def sample_positions(features: torch.Tensor, n: int, gen: torch.Generator) -> to
 
 
 def probe_accuracy(
-    src_train: torch.Tensor, tgt_train: torch.Tensor, src_test: torch.Tensor, tgt_test: torch.Tensor, *, l2: float = 1e-3
+    src_train: torch.Tensor,
+    tgt_train: torch.Tensor,
+    src_test: torch.Tensor,
+    tgt_test: torch.Tensor,
+    *,
+    l2: float = 1e-3,
 ) -> float:
     """Held-out balanced accuracy of a logistic regression separating source (0) from target (1) vectors."""
     x = torch.cat([src_train, tgt_train]).double()

@@ -80,7 +80,9 @@ def _register_import(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--name", help="dataset name (default per kind)")
     p.add_argument("--copy", action="store_true", help="copy files instead of hard-linking them")
-    p.add_argument("--labeled-only", action="store_true", help="skip unlabeled images (e.g. MosMed's ~1,060 unlabeled studies)")
+    p.add_argument(
+        "--labeled-only", action="store_true", help="skip unlabeled images (e.g. MosMed's ~1,060 unlabeled studies)"
+    )
     p.add_argument("--force", action="store_true", help="replace DIR if it exists")
     p.add_argument("--check", action="store_true", help="load the result once (fills the cache) and print its summary")
     p.add_argument("--size", type=int, default=64, help="slice size for --check (default 64)")
@@ -126,7 +128,9 @@ def _register_phantom(sub: argparse._SubParsersAction) -> None:
         choices=("hu", "windowed-uint8"),
         help="storage convention (default: the domain's scanner profile)",
     )
-    p.add_argument("--effusion-as-lesion", action="store_true", help="label pleural effusion as lesion (MedSeg does not)")
+    p.add_argument(
+        "--effusion-as-lesion", action="store_true", help="label pleural effusion as lesion (MedSeg does not)"
+    )
     p.add_argument("--force", action="store_true", help="replace DIR if it exists")
     p.set_defaults(func=_cmd_phantom)
 

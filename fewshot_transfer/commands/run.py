@@ -41,28 +41,53 @@ keyed by everything they depend on, and shared by runs.
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("run", help="run the benchmark grid and write the leaderboard", description=HELP,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--shots", help="k values: counts (0 = no target labels), fractions of the support pool, or 'all' "
-                   "(e.g. 0,1,5,20,25%%,all); default 0,1,5,20")
+    p = sub.add_parser(
+        "run",
+        help="run the benchmark grid and write the leaderboard",
+        description=HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--shots",
+        help="k values: counts (0 = no target labels), fractions of the support pool, or 'all' "
+        "(e.g. 0,1,5,20,25%%,all); default 0,1,5,20",
+    )
     p.add_argument("--learners", help="comma list of learners, or 'all' (default: all registered)")
-    p.add_argument("--seeds", help="number of seeds N (seeds 0..N-1) or an explicit list '0,3,7' (one seed: '3,'); default 3")
-    p.add_argument("--config", help="TOML config (configs/quick.toml is the default, configs/full.toml is GPU-sized); "
-                   "a best.toml written by `ftbench tune` works too")
+    p.add_argument(
+        "--seeds", help="number of seeds N (seeds 0..N-1) or an explicit list '0,3,7' (one seed: '3,'); default 3"
+    )
+    p.add_argument(
+        "--config",
+        help="TOML config (configs/quick.toml is the default, configs/full.toml is GPU-sized); "
+        "a best.toml written by `ftbench tune` works too",
+    )
     p.add_argument("--out", help="output directory (default runs/quick)")
     p.add_argument("--device", help="cpu, cuda or cuda:N (default cpu)")
     p.add_argument("--target", help="target dataset folder (default: phantom:covid)")
     p.add_argument("--source", help="source dataset folder (default: phantom:cap)")
     p.add_argument("--plots", action="store_true", help="also write prediction galleries per k and loss-curve PNGs")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override any config key, e.g. --set train.steps=50 --set learners.finetune.lr=1e-4")
-    p.add_argument("--protocol", choices=("defaults", "tuned"), help="how hyperparameters are chosen (default: defaults)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override any config key, e.g. --set train.steps=50 --set learners.finetune.lr=1e-4",
+    )
+    p.add_argument(
+        "--protocol", choices=("defaults", "tuned"), help="how hyperparameters are chosen (default: defaults)"
+    )
     p.add_argument("--trials", type=int, help="--protocol tuned: Optuna trials per learner (default 20)")
-    p.add_argument("--tune-shots", help="--protocol tuned: the k the studies tune at (default: the grid's middle k >= 1)")
+    p.add_argument(
+        "--tune-shots", help="--protocol tuned: the k the studies tune at (default: the grid's middle k >= 1)"
+    )
     p.add_argument("--tune-episodes", type=int, help="--protocol tuned: paired episodes per trial (default 3)")
     p.add_argument("--retry-failed", action="store_true", help="recompute cells recorded as failed")
-    p.add_argument("--jobs", type=int, help="cells run side by side in this many worker processes, one thread each "
-                   "(default run.jobs = 0: one per physical core; 1 = in this process)")
+    p.add_argument(
+        "--jobs",
+        type=int,
+        help="cells run side by side in this many worker processes, one thread each "
+        "(default run.jobs = 0: one per physical core; 1 = in this process)",
+    )
     add_plugin_flag(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
     p.set_defaults(func=main)
@@ -70,9 +95,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def add_plugin_flag(p: argparse.ArgumentParser) -> None:
     """``--plugin``: learner modules from outside the package (shared by run, tune, grid submit)."""
-    p.add_argument("--plugin", action="append", default=[], metavar="FILE.py|MODULE",
-                   help="import a learner plugin (a .py file or a module name) before learners are resolved; "
-                   "repeatable; recorded in the run's config.toml as run.plugins")
+    p.add_argument(
+        "--plugin",
+        action="append",
+        default=[],
+        metavar="FILE.py|MODULE",
+        help="import a learner plugin (a .py file or a module name) before learners are resolved; "
+        "repeatable; recorded in the run's config.toml as run.plugins",
+    )
 
 
 def with_plugins(cfg: dict, args: argparse.Namespace) -> dict:
@@ -85,14 +115,23 @@ def build_config(args: argparse.Namespace) -> dict:
     """Defaults < --config < command-line flags (< --set); ``--plugin`` adds to run.plugins."""
     overrides = list(args.set)
     flag_keys = {
-        "shots": "run.shots", "learners": "run.learners", "seeds": "run.seeds", "out": "run.out",
-        "device": "run.device", "target": "data.target", "source": "data.source", "protocol": "run.protocol",
-        "tune_shots": "run.tune_shots", "jobs": "run.jobs",
+        "shots": "run.shots",
+        "learners": "run.learners",
+        "seeds": "run.seeds",
+        "out": "run.out",
+        "device": "run.device",
+        "target": "data.target",
+        "source": "data.source",
+        "protocol": "run.protocol",
+        "tune_shots": "run.tune_shots",
+        "jobs": "run.jobs",
     }
     for attr, key in flag_keys.items():
         value = getattr(args, attr, None)
         if value is not None:
-            overrides.append(f"{key}={value}" if attr == "jobs" or (attr == "seeds" and "," not in value) else f'{key}="{value}"')
+            overrides.append(
+                f"{key}={value}" if attr == "jobs" or (attr == "seeds" and "," not in value) else f'{key}="{value}"'
+            )
     for attr, key in (("trials", "run.trials"), ("tune_episodes", "run.tune_episodes")):
         if getattr(args, attr, None) is not None:
             overrides.append(f"{key}={int(getattr(args, attr))}")
@@ -110,8 +149,8 @@ def main(args: argparse.Namespace) -> int:
     from fewshot_transfer.harness.outputs import render, render_curves, render_gallery
     from fewshot_transfer.harness.rundir import check_run_dir
     from fewshot_transfer.harness.runner import plan_cells, resolve_learners, resolve_seeds, run_grid
-    from fewshot_transfer.provenance import code_version
     from fewshot_transfer.harness.store import atomic_write_text
+    from fewshot_transfer.provenance import code_version
     from fewshot_transfer.tuning.protocol import PROTOCOLS, tune_learners
 
     console = Console()
@@ -142,7 +181,9 @@ def main(args: argparse.Namespace) -> int:
         f"[bold]ftbench run[/bold]: {len(names)} learners x k={','.join(lab for lab, _ in bench.shots)} "
         f"x {len(seeds)} seeds = {len(cells)} cells -> {out}"
     )
-    records = run_grid(bench, cells, retry_failed=args.retry_failed, show_progress=not args.no_progress, jobs=int(run_cfg["jobs"]))
+    records = run_grid(
+        bench, cells, retry_failed=args.retry_failed, show_progress=not args.no_progress, jobs=int(run_cfg["jobs"])
+    )
     wall = time.perf_counter() - t0
     train_s = sum(r.get("timing", {}).get("train_s", 0.0) for r in records)
     meta = {

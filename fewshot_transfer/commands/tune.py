@@ -52,26 +52,65 @@ def register(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("learner", help="learner to tune (see `ftbench run --help` for the registered names)")
-    p.add_argument("--shots", default="5", help="the k to tune for: a count, or a percentage / 'all' of the tuning-support pool (default 5)")
-    p.add_argument("--trials", type=int, default=20, help="finished (complete + pruned) trials the study should hold (default 20)")
+    p.add_argument(
+        "--shots",
+        default="5",
+        help="the k to tune for: a count, or a percentage / 'all' of the tuning-support pool (default 5)",
+    )
+    p.add_argument(
+        "--trials", type=int, default=20, help="finished (complete + pruned) trials the study should hold (default 20)"
+    )
     p.add_argument("--episodes", type=int, default=3, help="paired episodes (seeds 0..E-1) per trial (default 3)")
     p.add_argument("--timeout", type=float, help="stop starting new trials after this many seconds")
-    p.add_argument("--storage", help="Optuna storage URL (default sqlite:///OUT/study.db); postgresql://... to share across machines")
+    p.add_argument(
+        "--storage",
+        help="Optuna storage URL (default sqlite:///OUT/study.db); postgresql://... to share across machines",
+    )
     p.add_argument("--study", help="study name (default LEARNER-kSHOTS)")
-    p.add_argument("--out", default="runs/tune", help="output directory: study.db, best.toml, trials/ (default runs/tune)")
+    p.add_argument(
+        "--out", default="runs/tune", help="output directory: study.db, best.toml, trials/ (default runs/tune)"
+    )
     p.add_argument("--config", help="TOML config the study runs with (default: the quick profile)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config key (as in ftbench run)")
+    p.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override any config key (as in ftbench run)"
+    )
     p.add_argument("--device", help="cpu, cuda or cuda:N")
     p.add_argument("--pruner", choices=("median", "wilcoxon", "none"), default="median", help="default median")
-    p.add_argument("--startup-trials", type=int, default=5, help="median pruner: complete trials before pruning starts (default 5)")
-    p.add_argument("--warmup-episodes", type=int, default=1, help="never prune before this episode index (default 1: after two episodes at the earliest)")
-    p.add_argument("--val-fraction", type=float, default=0.5, help="share of the support pool's patients used for validation (default 0.5)")
-    p.add_argument("--enqueue", action="append", default=[], metavar="NAME=VALUE[,NAME=VALUE]",
-                   help="evaluate this parameter set first (repeatable; skipped when the study already has it), "
-                   "e.g. --enqueue lr=0.0005,steps=150 to make sure the defaults are among the candidates")
-    p.add_argument("--sampler-seed", type=int, help="seed of the TPE sampler (leave unset when several workers share a study)")
-    p.add_argument("--heartbeat", type=int, default=60, help="seconds between heartbeats of a running trial (default 60)")
-    p.add_argument("--grace", type=int, default=180, help="seconds without a heartbeat before a trial counts as dead and is retried (default 180)")
+    p.add_argument(
+        "--startup-trials", type=int, default=5, help="median pruner: complete trials before pruning starts (default 5)"
+    )
+    p.add_argument(
+        "--warmup-episodes",
+        type=int,
+        default=1,
+        help="never prune before this episode index (default 1: after two episodes at the earliest)",
+    )
+    p.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.5,
+        help="share of the support pool's patients used for validation (default 0.5)",
+    )
+    p.add_argument(
+        "--enqueue",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE[,NAME=VALUE]",
+        help="evaluate this parameter set first (repeatable; skipped when the study already has it), "
+        "e.g. --enqueue lr=0.0005,steps=150 to make sure the defaults are among the candidates",
+    )
+    p.add_argument(
+        "--sampler-seed", type=int, help="seed of the TPE sampler (leave unset when several workers share a study)"
+    )
+    p.add_argument(
+        "--heartbeat", type=int, default=60, help="seconds between heartbeats of a running trial (default 60)"
+    )
+    p.add_argument(
+        "--grace",
+        type=int,
+        default=180,
+        help="seconds without a heartbeat before a trial counts as dead and is retried (default 180)",
+    )
     add_plugin_flag(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
     p.set_defaults(func=main)
@@ -80,7 +119,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 def build_config(args: argparse.Namespace) -> dict:
     from fewshot_transfer.config import resolve_config
 
-    overrides = list(args.set) + [f"run.shots={json.dumps(str(args.shots))}", f"run.learners={json.dumps(args.learner)}"]
+    overrides = list(args.set) + [
+        f"run.shots={json.dumps(str(args.shots))}",
+        f"run.learners={json.dumps(args.learner)}",
+    ]
     overrides.append(f"run.out={json.dumps(str(args.out))}")
     if args.device:
         overrides.append(f"run.device={json.dumps(args.device)}")
@@ -140,10 +182,22 @@ def main(args: argparse.Namespace) -> int:
     study_name = args.study or f"{cls.name}-k{label.replace('%', 'pct')}"
     storage_url = args.storage or default_storage(out)
     spec = TuneSpec(
-        learner=cls.name, shots=label, episodes=args.episodes, val_fraction=args.val_fraction, config=cfg,
-        storage=storage_url, study_name=study_name, out=out, pruner=args.pruner,
-        startup_trials=args.startup_trials, warmup_episodes=args.warmup_episodes, sampler_seed=args.sampler_seed,
-        n_trials=args.trials, timeout=args.timeout, heartbeat=args.heartbeat, grace=args.grace,
+        learner=cls.name,
+        shots=label,
+        episodes=args.episodes,
+        val_fraction=args.val_fraction,
+        config=cfg,
+        storage=storage_url,
+        study_name=study_name,
+        out=out,
+        pruner=args.pruner,
+        startup_trials=args.startup_trials,
+        warmup_episodes=args.warmup_episodes,
+        sampler_seed=args.sampler_seed,
+        n_trials=args.trials,
+        timeout=args.timeout,
+        heartbeat=args.heartbeat,
+        grace=args.grace,
     )
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = make_storage(storage_url, heartbeat=args.heartbeat, grace=args.grace)
@@ -153,7 +207,9 @@ def main(args: argparse.Namespace) -> int:
     atomic_write_text(out / "validation_split.json", json.dumps({"study": study_name, **info}, indent=2) + "\n")
     console.print(
         f"[bold]ftbench tune[/bold] {cls.name} at k={label} ({k} shots): study [bold]{study_name}[/bold] in {redact(storage_url)}\n"
-        f"  searching {', '.join(free)}" + (f"; fixed by the config: {', '.join(f'{n}={pinned[n]}' for n in fixed)}" if fixed else "") + "\n"
+        f"  searching {', '.join(free)}"
+        + (f"; fixed by the config: {', '.join(f'{n}={pinned[n]}' for n in fixed)}" if fixed else "")
+        + "\n"
         f"  objective: mean validation Dice over {args.episodes} episodes; shots from support-pool patients "
         f"{', '.join(info['tune_support'])} ({info['tune_support_eligible']} eligible slices), validation on "
         f"{', '.join(info['validation'])} ({info['validation_slices']} labeled slices); test set untouched\n"

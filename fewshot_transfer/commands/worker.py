@@ -35,24 +35,45 @@ Execute one `ftbench run` grid on several workers through a shared Optuna storag
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--storage", required=True, help="Optuna RDB storage URL shared by all workers (postgresql://... or sqlite:///...)")
+    p.add_argument(
+        "--storage",
+        required=True,
+        help="Optuna RDB storage URL shared by all workers (postgresql://... or sqlite:///...)",
+    )
     p.add_argument("--grid", required=True, help="grid name (its study is called grid:NAME)")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    w = sub.add_parser("worker", help="run cells of a submitted grid from a shared storage", description=WORKER_HELP,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    w = sub.add_parser(
+        "worker",
+        help="run cells of a submitted grid from a shared storage",
+        description=WORKER_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     _common(w)
-    w.add_argument("--out", help="local run directory: cells/, split.json (default runs/grid/NAME); may be shared by workers")
+    w.add_argument(
+        "--out", help="local run directory: cells/, split.json (default runs/grid/NAME); may be shared by workers"
+    )
     w.add_argument("--device", help="cpu, cuda or cuda:N on this machine (default: the grid's run.device)")
-    w.add_argument("--heartbeat", type=int, default=60, help="seconds between heartbeats of the running cell (default 60)")
-    w.add_argument("--grace", type=int, default=180, help="seconds without heartbeat before another worker re-queues a cell (default 180)")
+    w.add_argument(
+        "--heartbeat", type=int, default=60, help="seconds between heartbeats of the running cell (default 60)"
+    )
+    w.add_argument(
+        "--grace",
+        type=int,
+        default=180,
+        help="seconds without heartbeat before another worker re-queues a cell (default 180)",
+    )
     w.add_argument("--no-wait", action="store_true", help="exit when no cell is waiting, even while others still run")
     w.add_argument("--max-cells", type=int, help="stop after running this many cells")
     w.set_defaults(func=worker_main)
 
-    g = sub.add_parser("grid", help="submit a grid to a shared storage, show its status, collect its leaderboard",
-                       description=GRID_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    g = sub.add_parser(
+        "grid",
+        help="submit a grid to a shared storage, show its status, collect its leaderboard",
+        description=GRID_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     gsub = g.add_subparsers(dest="grid_command", metavar="SUBCOMMAND", required=True)
     s = gsub.add_parser("submit", help="enqueue every cell of a grid (run flags as in `ftbench run`)")
     _common(s)
@@ -126,8 +147,13 @@ def worker_main(args: argparse.Namespace) -> int:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     console = Console()
     counts = work(
-        _storage(args, args.heartbeat, args.grace), args.grid, _out(args), device=args.device,
-        wait=not args.no_wait, max_cells=args.max_cells, console=console,
+        _storage(args, args.heartbeat, args.grace),
+        args.grid,
+        _out(args),
+        device=args.device,
+        wait=not args.no_wait,
+        max_cells=args.max_cells,
+        console=console,
     )
     console.print(
         f"worker done: {counts['ok']} cells ok, {counts['failed']} failed (recorded), {counts['error']} errors, "
@@ -147,7 +173,9 @@ def status_main(args: argparse.Namespace) -> int:
     by_state = status(study)
     total = sum(len(v) for v in by_state.values())
     console = Console()
-    console.print(f"grid {args.grid}: {total} cells; " + ", ".join(f"{len(v)} {k}" for k, v in sorted(by_state.items())))
+    console.print(
+        f"grid {args.grid}: {total} cells; " + ", ".join(f"{len(v)} {k}" for k, v in sorted(by_state.items()))
+    )
     for state in ("running", "error", "failed"):
         if by_state.get(state):
             console.print(f"  {state}: {', '.join(by_state[state])}")

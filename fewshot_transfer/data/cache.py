@@ -34,8 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
-from fewshot_transfer.data.dataset_format import DATASET_JSON, MANIFEST_CSV
 from fewshot_transfer.atomic import atomic_open
+from fewshot_transfer.data.dataset_format import DATASET_JSON, MANIFEST_CSV
 from fewshot_transfer.data.slices import SliceSet
 
 log = logging.getLogger(__name__)
@@ -148,7 +148,9 @@ def load_cached(cache_dir: Path, key: str) -> SliceSet | None:
         with np.load(path, allow_pickle=False) as npz:
             return unpack({k: npz[k] for k in npz.files})
     except (zipfile.BadZipFile, OSError, EOFError, ValueError, KeyError, TypeError) as err:
-        _warn(f"dataset cache entry {path} is unreadable ({type(err).__name__}: {err}); discarding it and decoding again")
+        _warn(
+            f"dataset cache entry {path} is unreadable ({type(err).__name__}: {err}); discarding it and decoding again"
+        )
         path.unlink(missing_ok=True)
         return None
 
@@ -173,7 +175,7 @@ def store(cache_dir: Path, key: str, data: SliceSet) -> SliceSet:
     return result
 
 
-def _header_hash(root: Path, settings: dict) -> "hashlib._Hash":
+def _header_hash(root: Path, settings: dict) -> hashlib._Hash:
     h = hashlib.sha256()
     h.update(json.dumps(settings, sort_keys=True).encode() + b"\n")
     for name in (DATASET_JSON, MANIFEST_CSV):

@@ -94,21 +94,25 @@ class DatasetSpec:
         return out
 
     @classmethod
-    def from_json(cls, data: object, *, source: Path | str = DATASET_JSON, default_name: str = "dataset") -> "DatasetSpec":
+    def from_json(
+        cls, data: object, *, source: Path | str = DATASET_JSON, default_name: str = "dataset"
+    ) -> DatasetSpec:
         """Validate a parsed ``dataset.json``; ``source`` names the file in error messages."""
         if not isinstance(data, dict):
             raise DatasetError(f"{source}: must hold a JSON object, got {type(data).__name__}; {_FORMAT_HELP}")
         intensity = data.get("intensity")
         if intensity not in INTENSITIES:
             raise DatasetError(
-                f"{source}: \"intensity\" is {intensity!r}; set it to \"hu\" (values in Hounsfield units) "
-                f"or \"windowed-uint8\" (values 0..255 windowed from HU by \"window\")"
+                f'{source}: "intensity" is {intensity!r}; set it to "hu" (values in Hounsfield units) '
+                f'or "windowed-uint8" (values 0..255 windowed from HU by "window")'
             )
         lesion = _int_list(data.get("lesion_labels"), "lesion_labels", source)
         if not lesion:
-            raise DatasetError(f"{source}: \"lesion_labels\" is missing or empty; list the mask values that are lesion, e.g. [1]")
+            raise DatasetError(
+                f'{source}: "lesion_labels" is missing or empty; list the mask values that are lesion, e.g. [1]'
+            )
         if 0 in lesion:
-            raise DatasetError(f"{source}: \"lesion_labels\" contains 0, which is background; remove it")
+            raise DatasetError(f'{source}: "lesion_labels" contains 0, which is background; remove it')
         window = data.get("window", list(LUNG_WINDOW))
         if (
             not isinstance(window, (list, tuple))
@@ -116,17 +120,19 @@ class DatasetSpec:
             or not all(_is_number(v) for v in window)
             or not float(window[0]) < float(window[1])
         ):
-            raise DatasetError(f"{source}: \"window\" is {window!r}; give [lo, hi] in HU with lo < hi, e.g. [-1250, 250]")
+            raise DatasetError(f'{source}: "window" is {window!r}; give [lo, hi] in HU with lo < hi, e.g. [-1250, 250]')
         labels_raw = data.get("labels") or {}
         if not isinstance(labels_raw, dict):
-            raise DatasetError(f"{source}: \"labels\" must map mask values to names, e.g. {{\"1\": \"GGO\"}}; got {labels_raw!r}")
+            raise DatasetError(
+                f'{source}: "labels" must map mask values to names, e.g. {{"1": "GGO"}}; got {labels_raw!r}'
+            )
         labels: dict[int, str] = {}
         for key, value in labels_raw.items():
             try:
                 labels[int(key)] = str(value)
             except (TypeError, ValueError):
                 raise DatasetError(
-                    f"{source}: \"labels\" key {key!r} is not an integer mask value; write it as {{\"1\": \"GGO\"}}"
+                    f'{source}: "labels" key {key!r} is not an integer mask value; write it as {{"1": "GGO"}}'
                 ) from None
         other = _int_list(data.get("other_labels", []), "other_labels", source)
         other += _int_list(data.get("ignore_labels", []), "ignore_labels", source)
@@ -137,7 +143,7 @@ class DatasetSpec:
                 or len(spacing) != 2
                 or not all(_is_number(v) and float(v) > 0 for v in spacing)
             ):
-                raise DatasetError(f"{source}: \"spacing_mm\" is {spacing!r}; give [row, col] in mm (positive) or null")
+                raise DatasetError(f'{source}: "spacing_mm" is {spacing!r}; give [row, col] in mm (positive) or null')
             spacing = (float(spacing[0]), float(spacing[1]))
         modality = str(data.get("modality", "CT"))
         if modality.upper() != "CT":
@@ -357,12 +363,14 @@ def _parse_row(rec: dict[str, str], line: int, path: Path) -> ManifestRow:
         raise DatasetError(f"{path}: line {line}: empty image path; every row needs an image")
     patient = rec.get("patient", "")
     if not patient:
-        raise DatasetError(f"{path}: line {line}: empty patient id for {image!r}; give every row a patient (the split unit)")
+        raise DatasetError(
+            f"{path}: line {line}: empty patient id for {image!r}; give every row a patient (the split unit)"
+        )
     split = rec.get("split", "").lower()
     if split not in SPLITS:
         raise DatasetError(
             f"{path}: line {line}: split {rec.get('split')!r} is not one of "
-            f"{', '.join(repr(s) for s in SPLITS)}; use \"\" when the dataset has no official split"
+            f'{", ".join(repr(s) for s in SPLITS)}; use "" when the dataset has no official split'
         )
     slice_text = rec.get("slice", "")
     z: int | None = None
@@ -378,7 +386,7 @@ def _parse_row(rec: dict[str, str], line: int, path: Path) -> ManifestRow:
     intensity = rec.get("intensity", "")
     if intensity and intensity not in INTENSITIES:
         raise DatasetError(
-            f"{path}: line {line}: intensity {intensity!r} is not \"hu\" or \"windowed-uint8\"; "
+            f'{path}: line {line}: intensity {intensity!r} is not "hu" or "windowed-uint8"; '
             f"leave it empty to use dataset.json's"
         )
     return ManifestRow(
@@ -408,7 +416,7 @@ def _int_list(value: object, key: str, source: Path | str) -> list[int]:
     if value is None:
         return []
     if not isinstance(value, (list, tuple)) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
-        raise DatasetError(f"{source}: \"{key}\" must be a list of integer mask values, e.g. [1, 2]; got {value!r}")
+        raise DatasetError(f'{source}: "{key}" must be a list of integer mask values, e.g. [1, 2]; got {value!r}')
     return list(value)
 
 

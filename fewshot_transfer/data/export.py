@@ -42,7 +42,7 @@ def hu_to_storage(hu: np.ndarray, intensity: str, window: tuple[float, float] = 
     if intensity == "windowed-uint8":
         lo, hi = window
         return np.rint((np.clip(hu, lo, hi) - lo) / (hi - lo) * 255.0).astype(np.uint8)
-    raise DatasetError(f"intensity {intensity!r} is not \"hu\" or \"windowed-uint8\"")
+    raise DatasetError(f'intensity {intensity!r} is not "hu" or "windowed-uint8"')
 
 
 def save_nifti(path: Path | str, slices: np.ndarray, spacing_mm: tuple[float, ...]) -> Path:
@@ -60,11 +60,11 @@ def save_nifti(path: Path | str, slices: np.ndarray, spacing_mm: tuple[float, ..
 
 
 def write_phantom_dataset(
-    volumes: list["PhantomVolume"],
+    volumes: list[PhantomVolume],
     out_dir: Path | str,
     *,
     name: str,
-    profile: "ScannerProfile | None",
+    profile: ScannerProfile | None,
     overwrite: bool = False,
 ) -> Path:
     """Write ``images/``, ``masks/``, ``lungs/`` NIfTI per patient plus dataset.json and manifest.csv.

@@ -126,7 +126,9 @@ def _warnings(data: SliceSet, info: DatasetInfo, meta: dict) -> list[str]:
     if not info.patients_known:
         out.append(PATIENTS_UNKNOWN)
     elif info.patients > 1 and info.slices_per_patient[2] == 1:
-        out.append("every patient has exactly one slice; if slices share scans, patient-disjoint splits cannot be trusted")
+        out.append(
+            "every patient has exactly one slice; if slices share scans, patient-disjoint splits cannot be trusted"
+        )
     split_of: dict[str, set[str]] = {}
     for patient, split in zip(data.patients.tolist(), data.splits.tolist()):
         if split in ("train", "test"):
@@ -162,17 +164,31 @@ def render(info: DatasetInfo, console: Console | None = None) -> None:
         ("patients", f"{info.patients}" + ("" if info.patients_known else " (unknown: one group per slice)")),
         ("slices", f"{info.slices} at {info.size}x{info.size} ({info.labeled} labeled, {info.unlabeled} unlabeled)"),
         ("slices / patient", "min {} / median {:g} / max {}".format(*info.slices_per_patient)),
-        ("native sizes", ", ".join(f"{k} ({v})" for k, v in sorted(info.native_shapes.items(), key=lambda kv: -kv[1])[:4])),
-        ("intensity", f"{info.intensity} (window {info.window[0]:g}..{info.window[1]:g} HU)" + _mixed(info.row_intensity)),
+        (
+            "native sizes",
+            ", ".join(f"{k} ({v})" for k, v in sorted(info.native_shapes.items(), key=lambda kv: -kv[1])[:4]),
+        ),
+        (
+            "intensity",
+            f"{info.intensity} (window {info.window[0]:g}..{info.window[1]:g} HU)" + _mixed(info.row_intensity),
+        ),
         ("lesion labels", ", ".join(f"{v} {info.labels.get(str(v), '')}".strip() for v in info.lesion_labels)),
-        ("other labels", ", ".join(f"{k} {v}" for k, v in info.labels.items() if int(k) not in info.lesion_labels) or "-"),
+        (
+            "other labels",
+            ", ".join(f"{k} {v}" for k, v in info.labels.items() if int(k) not in info.lesion_labels) or "-",
+        ),
         ("spacing (row, col)", _spacing(info.spacing_mm)),
         ("lung masks", "yes" if info.has_lungs else "no"),
         ("lesion-positive slices", _pct(info.positive_share) + " of labeled" if info.labeled else "-"),
-        ("lesion fraction", (
-            f"median {_pct(lf['p50_positive'])} (p10 {_pct(lf['p10_positive'])}, p90 {_pct(lf['p90_positive'])}) "
-            f"of positive slices; mean {_pct(lf['mean_labeled'])} over labeled"
-        ) if "p50_positive" in lf else "-"),
+        (
+            "lesion fraction",
+            (
+                f"median {_pct(lf['p50_positive'])} (p10 {_pct(lf['p10_positive'])}, p90 {_pct(lf['p90_positive'])}) "
+                f"of positive slices; mean {_pct(lf['mean_labeled'])} over labeled"
+            )
+            if "p50_positive" in lf
+            else "-",
+        ),
     ]
     for key, value in rows:
         if value:

@@ -89,7 +89,13 @@ def load_dataset(
         data = _decode(root, spec, rows, size=size)
         data = replace(data, fingerprint=cache.content_fingerprint(root, files, settings))
         data = cache.store(cdir, key, data)
-        log.info("decoded %s: %d slices from %d manifest rows in %.1fs", root, len(data), len(rows), time.perf_counter() - start)
+        log.info(
+            "decoded %s: %d slices from %d manifest rows in %.1fs",
+            root,
+            len(data),
+            len(rows),
+            time.perf_counter() - start,
+        )
     else:
         for item in data.meta.get("warnings", []):
             _emit(item["message"], item.get("kind", "dataset"))
@@ -125,7 +131,7 @@ def load_domain(
     if not path.exists():
         hint = f'; did you mean "phantom:{text}"?' if text in ("cap", "covid") else ""
         raise DatasetError(
-            f"domain {text!r} is neither \"phantom:cap\" / \"phantom:covid\" nor an existing dataset folder{hint}"
+            f'domain {text!r} is neither "phantom:cap" / "phantom:covid" nor an existing dataset folder{hint}'
         )
     return load_dataset(path, size=size, cache_dir=cache_dir)
 
@@ -224,7 +230,9 @@ def _export_phantom(phantom_mod: Any, settings: dict, profile: Any, folder: Path
         effusion_as_lesion=settings["effusion_as_lesion"],
     )
     try:
-        write_phantom_dataset(volumes, folder, name=f"phantom-{settings['domain']}", profile=profile, overwrite=folder.exists())
+        write_phantom_dataset(
+            volumes, folder, name=f"phantom-{settings['domain']}", profile=profile, overwrite=folder.exists()
+        )
     except (OSError, DatasetError):
         if not _complete(folder):
             raise
@@ -251,7 +259,7 @@ class _Decoder:
         self.keep = keep
         self.warnings: list[dict[str, str]] = []
         self.byte_range_hu: list[tuple[Path, float, float]] = []
-        self.where = f"\"intensity\" in {root / DATASET_JSON} (or the row's intensity column in {MANIFEST_CSV})"
+        self.where = f'"intensity" in {root / DATASET_JSON} (or the row\'s intensity column in {MANIFEST_CSV})'
         self._files: OrderedDict[tuple[str, str], Any] = OrderedDict()
 
     def image(self, rel: str, intensity: str) -> _Image:
@@ -284,8 +292,8 @@ class _Decoder:
         else:
             if lo < 0.0 or hi > 255.0:
                 raise DatasetError(
-                    f"{path}: intensity \"windowed-uint8\" is declared but values span {lo:g}..{hi:g}, outside 0..255; "
-                    f"if these are Hounsfield units set \"intensity\": \"hu\" via {self.where}"
+                    f'{path}: intensity "windowed-uint8" is declared but values span {lo:g}..{hi:g}, outside 0..255; '
+                    f'if these are Hounsfield units set "intensity": "hu" via {self.where}'
                 )
             w_lo, w_hi = self.spec.window
             unit = hu_to_unit(raw.data * np.float32((w_hi - w_lo) / 255.0) + np.float32(w_lo))
@@ -304,7 +312,7 @@ class _Decoder:
             raise DatasetError(
                 f"{path}: mask values {shown} are not declared (lesion_labels {list(self.spec.lesion_labels)}, "
                 f"known labels {sorted(self.spec.allowed_mask_values())}); if they are lesion add them to "
-                f"\"lesion_labels\", if not add them to \"labels\" or \"other_labels\" in {self.root / DATASET_JSON}{lossy}"
+                f'"lesion_labels", if not add them to "labels" or "other_labels" in {self.root / DATASET_JSON}{lossy}'
             )
         return np.isin(labels, self.spec.lesion_labels).astype(np.uint8)
 
@@ -315,9 +323,9 @@ class _Decoder:
         path, lo, hi = self.byte_range_hu[0]
         more = len(self.byte_range_hu) - 1
         self.warn(
-            f"{path}{f' and {more} more file(s)' if more else ''}: intensity \"hu\" is declared but every value lies "
-            f"in 0..255 (min {lo:g}, max {hi:g}); this looks like windowed-uint8 — set \"intensity\": "
-            f"\"windowed-uint8\" via {self.where}",
+            f'{path}{f" and {more} more file(s)" if more else ""}: intensity "hu" is declared but every value lies '
+            f'in 0..255 (min {lo:g}, max {hi:g}); this looks like windowed-uint8 — set "intensity": '
+            f'"windowed-uint8" via {self.where}',
             "intensity",
         )
 

@@ -139,8 +139,9 @@ def _patient_rngs(seed: int, domain: str, index: int) -> list[np.random.Generato
     return [np.random.default_rng(s) for s in ss.spawn(5)]
 
 
-def _recipe(domain: str, index: int, size: int, n_slices: int, seed: int, profile: ScannerProfile,
-            effusion_as_lesion: bool) -> str:
+def _recipe(
+    domain: str, index: int, size: int, n_slices: int, seed: int, profile: ScannerProfile, effusion_as_lesion: bool
+) -> str:
     return json.dumps(
         {
             "generator": "ftbench-phantom",

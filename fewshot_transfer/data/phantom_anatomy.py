@@ -157,7 +157,7 @@ class Marks:
     w: np.ndarray
 
     @staticmethod
-    def join(parts: list["Marks"]) -> "Marks":
+    def join(parts: list[Marks]) -> Marks:
         return Marks(*(np.concatenate([getattr(p, a) for p in parts]) for a in ("z", "x", "y", "w")))
 
 
@@ -173,7 +173,7 @@ class Segments:
     w: np.ndarray
 
     @staticmethod
-    def join(parts: list["Segments"]) -> "Segments":
+    def join(parts: list[Segments]) -> Segments:
         return Segments(*(np.concatenate([getattr(p, a) for p in parts]) for a in ("z", "x0", "y0", "x1", "y1", "w")))
 
 
@@ -413,9 +413,7 @@ def _draw_mediastinum(frame: Frame, p: Thorax, hu: np.ndarray) -> np.ndarray:
     _paint(hu, med, p.fat_hu + 15.0)
 
     grow = np.sqrt(np.clip((t - p.heart_t0) / 0.3, 0.0, 1.0)).astype(np.float32)
-    heart_q = ellipse_q(
-        frame, p.heart_x, p.heart_y, p.heart_rx * grow + 1e-3, p.heart_ry * grow + 1e-3, p.heart_angle
-    )
+    heart_q = ellipse_q(frame, p.heart_x, p.heart_y, p.heart_rx * grow + 1e-3, p.heart_ry * grow + 1e-3, p.heart_angle)
     _paint(hu, heart_q < 1.25, p.fat_hu + 10.0)
     _paint(hu, heart_q < 1.0, BLOOD_HU)
 

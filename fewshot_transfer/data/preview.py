@@ -96,8 +96,16 @@ def preview_grid(
             else:
                 ax.axis("off")
         top = 1.0 - (b * rows_per_block + rows_per_block / 2) / n_rows
-        fig.text(0.012, 0.01 + 0.96 * top, f"{ss.name}\n({len(ss)} slices)", rotation=90,
-                 va="center", ha="left", color="white", fontsize=8)
+        fig.text(
+            0.012,
+            0.01 + 0.96 * top,
+            f"{ss.name}\n({len(ss)} slices)",
+            rotation=90,
+            va="center",
+            ha="left",
+            color="white",
+            fontsize=8,
+        )
 
     out = Path(out_png)
     with atomic_open(out, "wb") as fh:

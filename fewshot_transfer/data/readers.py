@@ -23,7 +23,6 @@ import numpy as np
 
 from fewshot_transfer.data.errors import DatasetError
 
-
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 RASTER_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 NUMPY_SUFFIXES = (".npy",)
@@ -44,7 +43,7 @@ class RawArray:
 
 
 def file_kind(path: Path | str) -> str:
-    """"nifti", "raster" or "npy" by file name; DatasetError for anything else."""
+    """ "nifti", "raster" or "npy" by file name; DatasetError for anything else."""
     name = Path(path).name.lower()
     if name.endswith(NIFTI_SUFFIXES):
         return "nifti"
@@ -180,7 +179,9 @@ def _read_npy(path: Path) -> np.ndarray:
     try:
         arr = np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError) as err:
-        raise DatasetError(f"{path}: not a readable .npy array ({err}); save it with numpy.save (no pickled objects)") from None
+        raise DatasetError(
+            f"{path}: not a readable .npy array ({err}); save it with numpy.save (no pickled objects)"
+        ) from None
     if arr.ndim in (2, 3):
         return arr
     raise DatasetError(f"{path}: .npy array has shape {arr.shape}; expected [H, W] or [Z, H, W]")

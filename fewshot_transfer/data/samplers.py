@@ -93,9 +93,7 @@ def support_indices(pool: SliceSet, k: int, *, seed: int, include_negative: floa
     if k > limit:
         n_pat = len(set(pool.patients[pos].tolist()))
         extra = (
-            f" and {neg.size} lesion-free slices at include_negative={include_negative}"
-            if include_negative > 0
-            else ""
+            f" and {neg.size} lesion-free slices at include_negative={include_negative}" if include_negative > 0 else ""
         )
         raise ValueError(
             f"k={k} exceeds the support pool ({pos.size} eligible lesion-positive slices from {n_pat} patients"

@@ -80,7 +80,7 @@ class SliceSet:
     def shape(self) -> tuple[int, int]:
         return int(self.images.shape[1]), int(self.images.shape[2])
 
-    def subset(self, index: np.ndarray | list[int]) -> "SliceSet":
+    def subset(self, index: np.ndarray | list[int]) -> SliceSet:
         """Rows ``index`` as a new SliceSet (arrays are copied, so pools never alias)."""
         idx = np.asarray(index, dtype=np.int64)
         return replace(
@@ -108,7 +108,7 @@ class SliceSet:
         return self.masks.reshape(len(self), -1).mean(axis=1, dtype=np.float64)
 
     @staticmethod
-    def concat(parts: list["SliceSet"], name: str | None = None) -> "SliceSet":
+    def concat(parts: list[SliceSet], name: str | None = None) -> SliceSet:
         """Stack several SliceSets of the same image size (fingerprints are combined)."""
         if not parts:
             raise ValueError("SliceSet.concat needs at least one part")

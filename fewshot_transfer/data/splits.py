@@ -84,9 +84,7 @@ class TargetSplit:
                 out[pool] = data.subset(rows)
             else:
                 sub = data.subset(rows)
-                out[pool] = replace(
-                    sub, masks=np.zeros_like(sub.masks), labeled=np.zeros(len(sub), dtype=bool)
-                )
+                out[pool] = replace(sub, masks=np.zeros_like(sub.masks), labeled=np.zeros(len(sub), dtype=bool))
         check_disjoint({k: v.patients.tolist() for k, v in out.items()})
         return out
 
@@ -103,7 +101,7 @@ class TargetSplit:
         }
 
     @classmethod
-    def from_json(cls, d: dict) -> "TargetSplit":
+    def from_json(cls, d: dict) -> TargetSplit:
         fmt = d.get("format")
         if fmt != SPLIT_FORMAT:
             raise ValueError(f"split file format {fmt!r} is not {SPLIT_FORMAT!r}; regenerate the split")
@@ -232,7 +230,9 @@ def _check_fractions(fractions: tuple[float, float, float]) -> np.ndarray:
     return f
 
 
-def split_target(data: SliceSet, *, fractions: tuple[float, float, float] = (0.4, 0.2, 0.4), seed: int = 0) -> TargetSplit:
+def split_target(
+    data: SliceSet, *, fractions: tuple[float, float, float] = (0.4, 0.2, 0.4), seed: int = 0
+) -> TargetSplit:
     """Split the target dataset by patient into support / unlabeled / test (rules in module docstring)."""
     f = _check_fractions(fractions)
     rng = np.random.default_rng(seed)
@@ -289,7 +289,9 @@ def split_target(data: SliceSet, *, fractions: tuple[float, float, float] = (0.4
     return split
 
 
-def split_source(data: SliceSet, *, val_fraction: float = 0.2, seed: int = 0) -> tuple[tuple[str, ...], tuple[str, ...]]:
+def split_source(
+    data: SliceSet, *, val_fraction: float = 0.2, seed: int = 0
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """Split the source dataset by patient into (train, validation) patient ids.
 
     Validation is drawn from labeled patients only, with the same burden-ranked deal as

@@ -104,9 +104,7 @@ class Benchmark:
     def labeled_fraction(self, k: int) -> float:
         return labeled_fraction(k, self.eligible) if k else 0.0
 
-    def context(
-        self, learner_cls, k: int, seed: int, callback: ProgressCallback | None = None
-    ) -> LearnerContext:
+    def context(self, learner_cls, k: int, seed: int, callback: ProgressCallback | None = None) -> LearnerContext:
         """The cell's context: the (k, seed) shots (empty at k = 0 and for learners that take no
         target labels) and, for learners with ``uses_unlabeled``, :meth:`unlabeled_set`."""
         if k == 0 and learner_cls.uses_target and not (learner_cls.supports_k0 or learner_cls.k_independent):
@@ -117,7 +115,9 @@ class Benchmark:
             _source_train=self.source_train if learner_cls.uses_source else None,
             _source_val=self.source_val if learner_cls.uses_source else None,
             support=support,
-            _unlabeled=self.unlabeled_set(k if learner_cls.uses_target else 0, seed) if learner_cls.uses_unlabeled else None,
+            _unlabeled=self.unlabeled_set(k if learner_cls.uses_target else 0, seed)
+            if learner_cls.uses_unlabeled
+            else None,
             k=k if learner_cls.uses_target else 0,
             seed=seed,
             config=self.config,
@@ -167,7 +167,9 @@ def prepare(config: dict, out_dir: Path, *, device: str | None = None) -> Benchm
         split = load_split(split_path)
         verify_split(split, target)
     else:
-        split = split_target(target, fractions=(float(sp["support"]), float(sp["unlabeled"]), float(sp["test"])), seed=int(sp["seed"]))
+        split = split_target(
+            target, fractions=(float(sp["support"]), float(sp["unlabeled"]), float(sp["test"])), seed=int(sp["seed"])
+        )
         save_split(split, split_path)
     pools = split.pools(target)
     train_p, val_p = split_source(source, val_fraction=float(sp["source_val"]), seed=int(sp["seed"]))
@@ -177,7 +179,9 @@ def prepare(config: dict, out_dir: Path, *, device: str | None = None) -> Benchm
         source_train.subset(np.flatnonzero(source_train.labeled)),
         fingerprint=config_hash([source.fingerprint, "train", sorted(train_p)]),
     )
-    source_val = replace(source.subset(source.rows_of(val_p)), fingerprint=config_hash([source.fingerprint, "val", sorted(val_p)]))
+    source_val = replace(
+        source.subset(source.rows_of(val_p)), fingerprint=config_hash([source.fingerprint, "val", sorted(val_p)])
+    )
     test = pools["test"]
     bench = Benchmark(
         config=config,
@@ -197,7 +201,13 @@ def prepare(config: dict, out_dir: Path, *, device: str | None = None) -> Benchm
     bench.shots = resolve_grid_shots(str(config["run"]["shots"]), bench.eligible)
     log.info(
         "source %s: %d train / %d val slices; target %s: support %d (%d eligible), unlabeled %d, test %d slices",
-        source.name, len(source_train), len(source_val), target.name,
-        len(bench.support_pool), bench.eligible, len(bench.unlabeled_pool), len(test),
+        source.name,
+        len(source_train),
+        len(source_val),
+        target.name,
+        len(bench.support_pool),
+        bench.eligible,
+        len(bench.unlabeled_pool),
+        len(test),
     )
     return bench

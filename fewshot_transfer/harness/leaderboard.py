@@ -92,12 +92,39 @@ def _na_row(name: str, family: str, label: str, k: int) -> dict:
     """The row of a learner that needs target labels, in the k = 0 column: not a failure."""
     nan = math.nan
     return {
-        "learner": name, "family": family, "k": k, "k_label": label, "labeled_fraction": 0.0, "applicable": False,
-        "n_seeds": 0, "n_failed": 0, "failures": "", "dice": nan, "dice_lo": nan, "dice_hi": nan,
-        "dice_global": nan, "hd95": nan, "hd95_unit": "", "gain": nan, "gain_lo": nan, "gain_hi": nan,
-        "gain_ci": nan, "gain_p": nan, "gain_p_holm": nan, "gain_ref": gain_reference(k), "pred_fraction": nan,
-        "true_fraction": nan, "collapsed": False, "cost_s": nan, "charged_s": nan, "budget": "",
-        "selection": "", "tuned_from": "", "protocol": None, "command": "", "seeds": [],
+        "learner": name,
+        "family": family,
+        "k": k,
+        "k_label": label,
+        "labeled_fraction": 0.0,
+        "applicable": False,
+        "n_seeds": 0,
+        "n_failed": 0,
+        "failures": "",
+        "dice": nan,
+        "dice_lo": nan,
+        "dice_hi": nan,
+        "dice_global": nan,
+        "hd95": nan,
+        "hd95_unit": "",
+        "gain": nan,
+        "gain_lo": nan,
+        "gain_hi": nan,
+        "gain_ci": nan,
+        "gain_p": nan,
+        "gain_p_holm": nan,
+        "gain_ref": gain_reference(k),
+        "pred_fraction": nan,
+        "true_fraction": nan,
+        "collapsed": False,
+        "cost_s": nan,
+        "charged_s": nan,
+        "budget": "",
+        "selection": "",
+        "tuned_from": "",
+        "protocol": None,
+        "command": "",
+        "seeds": [],
     }
 
 
@@ -157,7 +184,9 @@ def build_rows(records: list[dict], shots: list[tuple[str, int]] | None = None) 
                 "family": any_rec.get("family", ""),
                 "k": k,
                 "k_label": label,
-                "labeled_fraction": (k / any_rec["support_pool_size"]) if any_rec.get("support_pool_size") else math.nan,
+                "labeled_fraction": (k / any_rec["support_pool_size"])
+                if any_rec.get("support_pool_size")
+                else math.nan,
                 "applicable": True,
                 "n_seeds": len(seeds),
                 "n_failed": len(failed),
@@ -185,7 +214,10 @@ def build_rows(records: list[dict], shots: list[tuple[str, int]] | None = None) 
                 "tuned_from": any_rec.get("tuned_from") or "",
                 "protocol": any_rec.get("protocol"),
                 "command": reproduce_command(
-                    any_rec.get("run_dir", "."), name, label, seeds or sorted(cells),
+                    any_rec.get("run_dir", "."),
+                    name,
+                    label,
+                    seeds or sorted(cells),
                     any_rec.get("provenance", {}).get("threads"),
                 ),
                 "seeds": seeds,
@@ -386,11 +418,19 @@ def rich_table(rows: list[dict], title: str = "ftbench leaderboard"):
         f"(k = 0: {REFERENCE_K0}); rank: paired t-tests, Holm-corrected; s/cell incl. charged pretraining / "
         "meta-training (+? = not recorded by this model cache)",
     )
-    for col, justify in (("k", "right"), ("rank", "right"), ("learner", "left"), ("Dice", "right"),
-                         ("gain vs ref.", "right"), ("pred/true %", "right"), ("n", "right"), ("s/cell", "right")):
+    for col, justify in (
+        ("k", "right"),
+        ("rank", "right"),
+        ("learner", "left"),
+        ("Dice", "right"),
+        ("gain vs ref.", "right"),
+        ("pred/true %", "right"),
+        ("n", "right"),
+        ("s/cell", "right"),
+    ):
         table.add_column(col, justify=justify, no_wrap=True)
     labels = list(dict.fromkeys((r["k_label"], r["k"]) for r in rows))
-    for i, (label, k) in enumerate(labels):
+    for i, (label, _k) in enumerate(labels):
         sub = sorted(
             (r for r in rows if r["k_label"] == label),
             key=lambda r: (not r.get("applicable", True), -np.nan_to_num(r["dice"], nan=-1)),
@@ -404,7 +444,20 @@ def rich_table(rows: list[dict], title: str = "ftbench leaderboard"):
             gain = fmt_gain(r)
             if gain.endswith("*"):
                 gain = f"[green]{gain}[/green]" if r["gain"] > 0 else f"[red]{gain}[/red]"
-            frac = "" if math.isnan(r["pred_fraction"]) else f"{100 * r['pred_fraction']:.2f}/{100 * r['true_fraction']:.2f}"
-            table.add_row(label if j == 0 else "", str(r.get("rank", "")), r["learner"], dice, gain, frac, str(r["n_seeds"]),
-                          fmt_seconds(r), end_section=j == len(sub) - 1 and i < len(labels) - 1)
+            frac = (
+                ""
+                if math.isnan(r["pred_fraction"])
+                else f"{100 * r['pred_fraction']:.2f}/{100 * r['true_fraction']:.2f}"
+            )
+            table.add_row(
+                label if j == 0 else "",
+                str(r.get("rank", "")),
+                r["learner"],
+                dice,
+                gain,
+                frac,
+                str(r["n_seeds"]),
+                fmt_seconds(r),
+                end_section=j == len(sub) - 1 and i < len(labels) - 1,
+            )
     return table

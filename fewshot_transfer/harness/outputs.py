@@ -88,7 +88,9 @@ def render_gallery(bench, records: list[dict], out_dir: Path) -> list[Path]:
         if by_k.get(label):
             path = out_dir / f"gallery_k-{label.replace('%', 'pct')}.png"
             out.append(
-                prediction_gallery(test.images[rows], test.masks[rows], by_k[label], path, title=f"k = {label}, seed {seed}")
+                prediction_gallery(
+                    test.images[rows], test.masks[rows], by_k[label], path, title=f"k = {label}, seed {seed}"
+                )
             )
     return out
 

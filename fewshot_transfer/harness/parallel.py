@@ -22,8 +22,8 @@ import queue
 import signal
 import sys
 import traceback
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Callable, Iterable
 
 from fewshot_transfer.harness.store import CellSpec
 

@@ -81,18 +81,31 @@ def transfer_gain_plot(rows: list[dict], path: Path) -> Path:
         if shots:
             xs = [xi for xi, _ in shots]
             ax_gain.plot(xs, [r["gain"] for _, r in shots], marker="o", ls=style, color=color, label=label)
-            ax_gain.fill_between(xs, [r["gain_lo"] for _, r in shots], [r["gain_hi"] for _, r in shots], color=color, alpha=0.12)
+            ax_gain.fill_between(
+                xs, [r["gain_lo"] for _, r in shots], [r["gain_hi"] for _, r in shots], color=color, alpha=0.12
+            )
         for xi, r in zip(x, sub):
             if r["k"] == 0 and not math.isnan(r["gain"]):
-                ax_gain.errorbar([xi], [r["gain"]], yerr=[[r["gain"] - r["gain_lo"]], [r["gain_hi"] - r["gain"]]]
-                                 if not math.isnan(r["gain_lo"]) else None, fmt="o", mfc="white", color=color)
+                ax_gain.errorbar(
+                    [xi],
+                    [r["gain"]],
+                    yerr=[[r["gain"] - r["gain_lo"]], [r["gain_hi"] - r["gain"]]]
+                    if not math.isnan(r["gain_lo"])
+                    else None,
+                    fmt="o",
+                    mfc="white",
+                    color=color,
+                )
             if r["collapsed"]:
                 ax_gain.plot([xi], [0 if math.isnan(r["gain"]) else r["gain"]], "x", color="red", ms=10)
 
     for col, fam in enumerate(families):
         ax_gain, ax_dice = axes[0, col], axes[1, col]
-        members = [n for n in dict.fromkeys(r["learner"] for r in live if (r.get("family") or "other") == fam)
-                   if n not in REFERENCES]
+        members = [
+            n
+            for n in dict.fromkeys(r["learner"] for r in live if (r.get("family") or "other") == fam)
+            if n not in REFERENCES
+        ]
         for name, (color, style) in REFERENCES.items():
             draw(ax_gain, ax_dice, name, color, style, f"{name} (reference)")
         for name, color in zip(members, _palette(len(members))):
@@ -108,7 +121,10 @@ def transfer_gain_plot(rows: list[dict], path: Path) -> Path:
                 ax.legend(fontsize=7, loc="best")
     axes[0, 0].set_ylabel("Dice gain (paired by seed, 95% CI)")
     axes[1, 0].set_ylabel("Dice (mean over seeds, 95% CI)")
-    fig.suptitle("Transfer gain and Dice per learner family (red x = collapsed; open marker = k = 0, vs source-only)", fontsize=10)
+    fig.suptitle(
+        "Transfer gain and Dice per learner family (red x = collapsed; open marker = k = 0, vs source-only)",
+        fontsize=10,
+    )
     fig.tight_layout()
     out = _save(fig, Path(path))
     plt.close(fig)

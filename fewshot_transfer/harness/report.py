@@ -9,7 +9,7 @@ registers its own with :func:`section` (see docs/architecture.md).
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from fewshot_transfer.harness.transfer_vs_meta import transfer_vs_meta
 
@@ -32,4 +32,3 @@ def render_sections(rows: list[dict], records: list[dict]) -> list[str]:
         if text:
             out.append(text)
     return out
-

@@ -11,8 +11,8 @@ from __future__ import annotations
 import logging
 import shlex
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Callable, Iterable
 
 import numpy as np
 import torch
@@ -152,7 +152,9 @@ def cell_cost(budget: dict[str, dict] | None, charged: dict[str, float] | None, 
     return {"target_s": own, "charged": charged, "total_s": own + extra, "recorded": budget is not None}
 
 
-def run_cell(bench: Benchmark, spec: CellSpec, callback: ProgressCallback | None = None, tuned_from: str | None = None) -> dict:
+def run_cell(
+    bench: Benchmark, spec: CellSpec, callback: ProgressCallback | None = None, tuned_from: str | None = None
+) -> dict:
     """Fit one learner on one support set and evaluate it on the whole test set."""
     cls = learners.get(spec.learner)
     ctx = bench.context(cls, spec.k, spec.seed, callback)
@@ -187,7 +189,9 @@ def run_cell(bench: Benchmark, spec: CellSpec, callback: ProgressCallback | None
     try:
         segmenter = cls().fit(ctx)
     except TrainingDiverged as exc:
-        record.update(status="failed", reason=str(exc), timing={"fit_s": time.perf_counter() - t0, "train_s": ctx.train_seconds})
+        record.update(
+            status="failed", reason=str(exc), timing={"fit_s": time.perf_counter() - t0, "train_s": ctx.train_seconds}
+        )
         _save_curves(bench, spec, ctx.curves)
         return record
     fit_s = time.perf_counter() - t0
@@ -261,7 +265,14 @@ def run_grid(
     single-threaded unless ``run.threads`` says otherwise; they save into this run
     directory's cell store. Records do not depend on ``jobs`` at equal thread counts.
     """
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     store = store or CellStore(bench.out_dir)
     cells = list(cells)
@@ -317,8 +328,13 @@ def run_grid(
 
             threads = int(bench.config["run"].get("threads") or 0) or 1
             run_parallel(
-                bench.config, bench.out_dir, producers_first(todo),
-                jobs=jobs, device=str(bench.device), threads=threads, on_event=on_event,
+                bench.config,
+                bench.out_dir,
+                producers_first(todo),
+                jobs=jobs,
+                device=str(bench.device),
+                threads=threads,
+                on_event=on_event,
             )
     return [r for r in (store.load(c) for c in cells) if r is not None]
 

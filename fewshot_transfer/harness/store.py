@@ -11,9 +11,10 @@ from __future__ import annotations
 import csv
 import json
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from fewshot_transfer.atomic import atomic_open, atomic_write_text
 

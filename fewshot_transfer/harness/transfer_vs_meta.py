@@ -130,7 +130,11 @@ def transfer_vs_meta(rows: list[dict], records: list[dict]) -> str | None:
         a, b = [ml[s] for s in seeds], [ft[s] for s in seeds]
         all_ml += a
         all_ft += b
-        d = paired_diff(a, b) if seeds else {"mean": math.nan, "lo": math.nan, "hi": math.nan, "n": 0, "p_value": math.nan}
+        d = (
+            paired_diff(a, b)
+            if seeds
+            else {"mean": math.nan, "lo": math.nan, "hi": math.nan, "n": 0, "p_value": math.nan}
+        )
         diffs.append((label, d))
         r, _, _ = _corr(b, a)
         p = "" if math.isnan(d["p_value"]) else f"{d['p_value']:.3g}"
@@ -139,14 +143,20 @@ def transfer_vs_meta(rows: list[dict], records: list[dict]) -> str | None:
             f"| {p} | {d['n']} | {'n/a' if math.isnan(r) else f'{r:+.2f}'} |"
         )
     r, rho, n = _corr(all_ft, all_ml)
-    corr = "n/a (fewer than 3 episodes or no spread)" if math.isnan(r) else f"Pearson r = {r:+.2f}, Spearman ρ = {rho:+.2f} over {n} episodes"
+    corr = (
+        "n/a (fewer than 3 episodes or no spread)"
+        if math.isnan(r)
+        else f"Pearson r = {r:+.2f}, Spearman ρ = {rho:+.2f} over {n} episodes"
+    )
     out.append("")
     out.append(f"- Per-episode correlation of Dice (all k pooled): {corr}.")
     out.append(f"- Crossover: {crossover(diffs)}.")
     others = sorted(n for n in dice if n not in (TRANSFER, META) and _is_meta(n, records))
     if others:
-        out.append("\nWhat meta-training adds: each meta-learner − its control (same test-time adaptation from "
-                   "the source model, 0 meta-steps), paired by episode:\n")
+        out.append(
+            "\nWhat meta-training adds: each meta-learner − its control (same test-time adaptation from "
+            "the source model, 0 meta-steps), paired by episode:\n"
+        )
         out.append("| learner | control | " + " | ".join(f"k = {label}" for label, _ in ks) + " |")
         out.append("|---|---|" + "---|" * len(ks))
         for name in others:
@@ -158,7 +168,9 @@ def transfer_vs_meta(rows: list[dict], records: list[dict]) -> str | None:
             for label, k in ks:
                 ml, ref = dice[name].get((label, k), {}), dice[control].get((label, k), {})
                 seeds = sorted(set(ref) & set(ml))
-                cells.append(_fmt_diff(paired_diff([ml[s] for s in seeds], [ref[s] for s in seeds])) if seeds else "n/a")
+                cells.append(
+                    _fmt_diff(paired_diff([ml[s] for s in seeds], [ref[s] for s in seeds])) if seeds else "n/a"
+                )
             note = f" ({NOT_CONTROLS[name]})" if name in NOT_CONTROLS else ""
             out.append(f"| {name} | {control}{note} | " + " | ".join(cells) + " |")
     return "\n".join(out) + "\n"

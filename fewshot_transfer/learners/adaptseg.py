@@ -36,8 +36,8 @@ from fewshot_transfer.adaptation.discriminators import OutputDiscriminator
 from fewshot_transfer.adaptation.losses import INPUTS, OutputAdversarialLoss, output_space_input
 from fewshot_transfer.learners.adversarial import AdversarialBatch, AdversarialLearner
 from fewshot_transfer.learners.base import register
-from fewshot_transfer.training import LearnerContext
 from fewshot_transfer.losses import seg_loss
+from fewshot_transfer.training import LearnerContext
 
 AUX = "aux_logits"
 

@@ -116,8 +116,14 @@ class AdversarialHooks(StepHooks):
     def view(self, batch: StepBatch) -> AdversarialBatch:
         n_lab, n_src = batch.n_labeled, self.n_src
         return AdversarialBatch(
-            n_src, n_lab - n_src, batch.logits.shape[0] - n_lab, batch.y[:n_src], batch.y[n_src:n_lab],
-            batch.logits, batch.feats, pseudo=self.learner.pseudo_labels(self.ctx, batch.step),
+            n_src,
+            n_lab - n_src,
+            batch.logits.shape[0] - n_lab,
+            batch.y[:n_src],
+            batch.y[n_src:n_lab],
+            batch.logits,
+            batch.feats,
+            pseudo=self.learner.pseudo_labels(self.ctx, batch.step),
         )
 
     def extra_rows(self, step: int) -> torch.Tensor | None:
@@ -286,7 +292,9 @@ class AdversarialLearner(Learner):
         n_src = p.batch_size if k0 else source_rows(p.batch_size, p.source_share)
         n_unl = round(p.unlabeled_share * p.batch_size) if len(ctx.unlabeled) else 0
         if k0 and n_unl == 0:
-            raise ValueError(f"{self.name} at k = 0 needs unlabeled target rows (unlabeled_share > 0, a non-empty pool)")
+            raise ValueError(
+                f"{self.name} at k = 0 needs unlabeled target rows (unlabeled_share > 0, a non-empty pool)"
+            )
         model = ctx.source_model()
         adversary = self.build_adversary(ctx, model).to(ctx.device)
         self.prepare(ctx)

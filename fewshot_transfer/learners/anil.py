@@ -26,7 +26,10 @@ class ANIL(Learner):
 
     @staticmethod
     def search_space(trial) -> dict:
-        return {**meta_search_space(trial, second_order=True), "head": trial.suggest_categorical("head", ["head", "last_block"])}
+        return {
+            **meta_search_space(trial, second_order=True),
+            "head": trial.suggest_categorical("head", ["head", "last_block"]),
+        }
 
     def fit(self, ctx: LearnerContext) -> Segmenter:
         prefixes = head_prefixes(ctx.params.head, ctx.new_model())

@@ -24,9 +24,13 @@ class ANILControl(Learner):
 
     @staticmethod
     def search_space(trial) -> dict:
-        return {"lr": trial.suggest_float("lr", 1e-4, 1e-2, log=True),
-                "head": trial.suggest_categorical("head", ["head", "last_block"])}
+        return {
+            "lr": trial.suggest_float("lr", 1e-4, 1e-2, log=True),
+            "head": trial.suggest_categorical("head", ["head", "last_block"]),
+        }
 
     def fit(self, ctx: LearnerContext) -> Segmenter:
         prefixes = head_prefixes(ctx.params.head, ctx.new_model())
-        return fit_meta(ctx, self.name, MetaConfig.from_params(ctx.params, algorithm="maml", adapt=prefixes, meta_steps=0))
+        return fit_meta(
+            ctx, self.name, MetaConfig.from_params(ctx.params, algorithm="maml", adapt=prefixes, meta_steps=0)
+        )

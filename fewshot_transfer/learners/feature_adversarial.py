@@ -79,7 +79,9 @@ class DualAdversarial(AdversarialLearner):
         if p.layer not in model.feature_channels:
             raise ValueError(f"{self.name}: layer must be one of {sorted(model.feature_channels)}, got {p.layer!r}")
         hidden = p.d_hidden or None
-        discs = {r: PixelDiscriminator.for_backbone(model, p.layer, hidden=hidden, kernel=p.d_kernel) for r in self.regions}
+        discs = {
+            r: PixelDiscriminator.for_backbone(model, p.layer, hidden=hidden, kernel=p.d_kernel) for r in self.regions
+        }
         return RegionAdversarialLoss(discs)
 
     def pseudo_labels(self, ctx: LearnerContext, step: int) -> bool:
@@ -106,7 +108,11 @@ class DualAdversarial(AdversarialLearner):
             "pos": region_at(torch.cat([y_t, pos_u]), size, whole=False),
             "neg": region_at(torch.cat([~y_t, neg_u]), size, whole=True),
         }
-        stats = {"routed_pos_u": float(pos_u.float().mean()), "routed_neg_u": float(neg_u.float().mean())} if batch.n_unl else {}
+        stats = (
+            {"routed_pos_u": float(pos_u.float().mean()), "routed_neg_u": float(neg_u.float().mean())}
+            if batch.n_unl
+            else {}
+        )
         return src, tgt, stats
 
     def segmentor_terms(self, ctx, batch, adversary, lam):
@@ -124,7 +130,9 @@ class DualAdversarial(AdversarialLearner):
 class SingleAdversarial(DualAdversarial):
     name = "single-adv"
     regions = ("all",)
-    defaults = {k: v for k, v in DualAdversarial.defaults.items() if k not in ("conf_threshold", "ignore_radius", "warmup")}
+    defaults = {
+        k: v for k, v in DualAdversarial.defaults.items() if k not in ("conf_threshold", "ignore_radius", "warmup")
+    }
 
     @staticmethod
     def search_space(trial: Any) -> dict[str, Any]:

@@ -24,8 +24,11 @@ class MAMLFewStep(Learner):
     def search_space(trial) -> dict:
         space = meta_search_space(trial, second_order=True)
         del space["lr"]
-        return {**space, "inner_lr": trial.suggest_float("inner_lr", 0.002, 0.1, log=True),
-                "test_steps": trial.suggest_int("test_steps", 5, 50, step=5)}
+        return {
+            **space,
+            "inner_lr": trial.suggest_float("inner_lr", 0.002, 0.1, log=True),
+            "test_steps": trial.suggest_int("test_steps", 5, 50, step=5),
+        }
 
     def fit(self, ctx: LearnerContext) -> Segmenter:
         cfg = MetaConfig.from_params(ctx.params, algorithm="maml", first_order=False, adaptation="fewstep")

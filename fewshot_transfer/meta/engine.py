@@ -140,7 +140,9 @@ class _Forward:
 
     def __init__(self, model: nn.Module, params: Mapping[str, Tensor], names: Sequence[str]) -> None:
         self.model = model
-        self.head_only = set(names) <= {"head.weight", "head.bias"} and isinstance(getattr(model, "head", None), nn.Conv2d)
+        self.head_only = set(names) <= {"head.weight", "head.bias"} and isinstance(
+            getattr(model, "head", None), nn.Conv2d
+        )
         self.base = dict(params)
         self._feats: dict[int, Tensor] = {}
 
@@ -175,8 +177,17 @@ def _check(params: Mapping[str, Tensor], names: Sequence[str], lr: LR, opt: str,
 
 
 def _differentiable_adapt(
-    fwd: _Forward, params: Mapping[str, Tensor], x: Tensor, y: Tensor, names: Sequence[str], *,
-    steps: int, lr: LR, opt: str, first_order: bool, loss_fn: LossFn,
+    fwd: _Forward,
+    params: Mapping[str, Tensor],
+    x: Tensor,
+    y: Tensor,
+    names: Sequence[str],
+    *,
+    steps: int,
+    lr: LR,
+    opt: str,
+    first_order: bool,
+    loss_fn: LossFn,
 ) -> Params:
     """Inner loop whose result stays in the graph (of ``params`` and of a dict ``lr``)."""
     fast = {n: params[n] for n in names}
@@ -191,8 +202,16 @@ def _differentiable_adapt(
 
 
 def _inplace_adapt(
-    fwd: _Forward, params: Mapping[str, Tensor], x: Tensor, y: Tensor, names: Sequence[str], *,
-    steps: int, lr: float, opt: str, loss_fn: LossFn,
+    fwd: _Forward,
+    params: Mapping[str, Tensor],
+    x: Tensor,
+    y: Tensor,
+    names: Sequence[str],
+    *,
+    steps: int,
+    lr: float,
+    opt: str,
+    loss_fn: LossFn,
 ) -> Params:
     """First-order inner loop without any graph through it: leaf copies updated in place by a
     foreach ``torch.optim`` optimizer (exactly the update the test-time loop applies)."""
@@ -237,7 +256,9 @@ def inner_adapt(
     if not first_order:
         params = _requiring_grad(params)
         fwd = _Forward(model, params, names)
-    fast = _differentiable_adapt(fwd, params, x, y, names, steps=steps, lr=lr, opt=opt, first_order=first_order, loss_fn=loss_fn)
+    fast = _differentiable_adapt(
+        fwd, params, x, y, names, steps=steps, lr=lr, opt=opt, first_order=first_order, loss_fn=loss_fn
+    )
     return {**params, **fast}
 
 
@@ -262,8 +283,9 @@ def task_query_loss(
     if not first_order:
         params = _requiring_grad(params)
     fwd = _Forward(model, params, names)
-    fast = _differentiable_adapt(fwd, params, x_support, y_support, names, steps=steps, lr=lr, opt=opt,
-                                 first_order=first_order, loss_fn=loss_fn)
+    fast = _differentiable_adapt(
+        fwd, params, x_support, y_support, names, steps=steps, lr=lr, opt=opt, first_order=first_order, loss_fn=loss_fn
+    )
     return loss_fn(fwd(fast, x_query), y_query)
 
 
@@ -301,20 +323,39 @@ def meta_gradient(
     flat = [torch.zeros_like(v) for v in inputs]
     total = 0.0
     for t in tasks:
-        loss = task_query_loss(model, p0, lr0, t.x_support, t.y_support, t.x_query, t.y_query, steps=steps, opt=opt,
-                               first_order=first_order, adapt_names=names, loss_fn=loss_fn) / len(tasks)
+        loss = task_query_loss(
+            model,
+            p0,
+            lr0,
+            t.x_support,
+            t.y_support,
+            t.x_query,
+            t.y_query,
+            steps=steps,
+            opt=opt,
+            first_order=first_order,
+            adapt_names=names,
+            loss_fn=loss_fn,
+        ) / len(tasks)
         gs = torch.autograd.grad(loss, inputs, allow_unused=True)
         torch._foreach_add_(flat, [torch.zeros_like(x) if g is None else g for x, g in zip(inputs, gs)])
         total += float(loss.detach())
         del loss, gs
     g_params = dict(zip(p0, flat[: len(p0)]))
-    lr_grads = dict(zip(list(lr0), flat[len(p0):])) if learn_lr and isinstance(lr0, dict) else None
+    lr_grads = dict(zip(list(lr0), flat[len(p0) :])) if learn_lr and isinstance(lr0, dict) else None
     return MetaGradient(grads=g_params, lr_grads=lr_grads, loss=total)
 
 
 def _first_order_gradient(
-    model: nn.Module, params: Mapping[str, Tensor], tasks: Sequence[Task], names: Sequence[str], *,
-    steps: int, lr: LR, opt: str, loss_fn: LossFn,
+    model: nn.Module,
+    params: Mapping[str, Tensor],
+    tasks: Sequence[Task],
+    names: Sequence[str],
+    *,
+    steps: int,
+    lr: LR,
+    opt: str,
+    loss_fn: LossFn,
 ) -> MetaGradient:
     """First order with a fixed lr: the query gradient at the in-place adapted weights,
     accumulated in place; no graph is built through the inner steps."""
@@ -324,7 +365,9 @@ def _first_order_gradient(
     total = 0.0
     for t in tasks:
         fwd = _Forward(model, p0, names)
-        fast = _inplace_adapt(fwd, p0, t.x_support, t.y_support, names, steps=steps, lr=float(lr), opt=opt, loss_fn=loss_fn)  # type: ignore[arg-type]
+        fast = _inplace_adapt(
+            fwd, p0, t.x_support, t.y_support, names, steps=steps, lr=float(lr), opt=opt, loss_fn=loss_fn
+        )  # type: ignore[arg-type]
         leaves = [fast[n] if n in fast else p0[n].detach().requires_grad_(True) for n in keys]
         loss = loss_fn(functional_call(model, dict(zip(keys, leaves)), (t.x_query,)), t.y_query) / len(tasks)
         gs = torch.autograd.grad(loss, leaves, allow_unused=True)
@@ -334,16 +377,33 @@ def _first_order_gradient(
 
 
 def adapted_query_loss(
-    model: nn.Module, params: Mapping[str, Tensor], tasks: Sequence[Task], *,
-    steps: int, lr: LR, opt: str = "sgd", adapt_names: Sequence[str] | None = None, loss_fn: LossFn = seg_loss,
+    model: nn.Module,
+    params: Mapping[str, Tensor],
+    tasks: Sequence[Task],
+    *,
+    steps: int,
+    lr: LR,
+    opt: str = "sgd",
+    adapt_names: Sequence[str] | None = None,
+    loss_fn: LossFn = seg_loss,
 ) -> float:
     """Mean query loss after the (first-order, graph-free) inner loop: the meta-validation loss."""
     names = list(adapt_names) if adapt_names is not None else list(params)
     p0 = {n: v.detach() for n, v in params.items()}
     total = 0.0
     for t in tasks:
-        fast = inner_adapt(model, p0, t.x_support, t.y_support, steps=steps, lr=lr, opt=opt, first_order=True,
-                           adapt_names=names, loss_fn=loss_fn)
+        fast = inner_adapt(
+            model,
+            p0,
+            t.x_support,
+            t.y_support,
+            steps=steps,
+            lr=lr,
+            opt=opt,
+            first_order=True,
+            adapt_names=names,
+            loss_fn=loss_fn,
+        )
         with torch.no_grad():
             total += float(loss_fn(functional_call(model, fast, (t.x_query,)), t.y_query)) / len(tasks)
     return total
@@ -372,8 +432,9 @@ def reptile_direction(
     for t in tasks:
         x = torch.cat([t.x_support, t.x_query])
         y = torch.cat([t.y_support, t.y_query])
-        fast = inner_adapt(model, p0, x, y, steps=steps, lr=lr, opt=opt, first_order=True, adapt_names=adapt_names,
-                           loss_fn=loss_fn)
+        fast = inner_adapt(
+            model, p0, x, y, steps=steps, lr=lr, opt=opt, first_order=True, adapt_names=adapt_names, loss_fn=loss_fn
+        )
         with torch.no_grad():
             diff = torch._foreach_sub([p0[n] for n in keys], [fast[n] for n in keys])
             torch._foreach_add_(direction, diff, alpha=1.0 / len(tasks))

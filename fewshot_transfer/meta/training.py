@@ -63,7 +63,15 @@ from fewshot_transfer.meta.engine import (
     reptile_direction,
 )
 from fewshot_transfer.models.unet import UNet
-from fewshot_transfer.training import PRETRAIN_VERSION, LearnerContext, Segmenter, StepBatch, StepHooks, slice_batches, train_steps
+from fewshot_transfer.training import (
+    PRETRAIN_VERSION,
+    LearnerContext,
+    Segmenter,
+    StepBatch,
+    StepHooks,
+    slice_batches,
+    train_steps,
+)
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +115,12 @@ class MetaConfig:
     mix_target: float = 0.0
 
     def __post_init__(self) -> None:
-        for name, allowed in (("algorithm", ALGORITHMS), ("adaptation", ADAPTATIONS), ("meta_opt", META_OPTS), ("init", INITS)):
+        for name, allowed in (
+            ("algorithm", ALGORITHMS),
+            ("adaptation", ADAPTATIONS),
+            ("meta_opt", META_OPTS),
+            ("init", INITS),
+        ):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if not 0.0 <= self.mix_target <= 1.0:
@@ -119,7 +132,9 @@ class MetaConfig:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if min(self.lr, self.inner_lr, self.meta_lr) <= 0:
-            raise ValueError(f"lr, inner_lr and meta_lr must be positive, got {self.lr}, {self.inner_lr}, {self.meta_lr}")
+            raise ValueError(
+                f"lr, inner_lr and meta_lr must be positive, got {self.lr}, {self.inner_lr}, {self.meta_lr}"
+            )
 
     @classmethod
     def from_params(cls, params: Any, **fixed: Any) -> MetaConfig:
@@ -179,11 +194,19 @@ def cache_key(ctx: LearnerContext, name: str, cfg: MetaConfig) -> dict:
         "augment": train.get("augment", True),
     }
     if cfg.init == "source":
-        key["pretrain"] = {"version": PRETRAIN_VERSION, "steps": train["pretrain_steps"], "lr": train["lr"],
-                           "batch_size": train["batch_size"]}
+        key["pretrain"] = {
+            "version": PRETRAIN_VERSION,
+            "steps": train["pretrain_steps"],
+            "lr": train["lr"],
+            "batch_size": train["batch_size"],
+        }
     if effective_mix(cfg, ctx.k) > 0:
-        key["support"] = {"fingerprint": ctx.support.fingerprint, "patients": ctx.support.patients.tolist(),
-                          "slices": ctx.support.slice_index.tolist(), "k": ctx.k}
+        key["support"] = {
+            "fingerprint": ctx.support.fingerprint,
+            "patients": ctx.support.patients.tolist(),
+            "slices": ctx.support.slice_index.tolist(),
+            "k": ctx.k,
+        }
     return key
 
 
@@ -197,8 +220,14 @@ def task_sizes(data, n_support: int, n_query: int) -> tuple[int, int]:
     if most >= need or most < 2:
         return n_support, n_query  # fits, or cannot be helped: the sampler raises a clear error
     s = int(np.clip(round(most * n_support / need), 1, most - 1))
-    log.warning("meta-tasks need %d slices per patient but the largest patient of %s has %d; using "
-                "n_support=%d, n_query=%d", need, data.name, most, s, most - s)
+    log.warning(
+        "meta-tasks need %d slices per patient but the largest patient of %s has %d; using n_support=%d, n_query=%d",
+        need,
+        data.name,
+        most,
+        s,
+        most - s,
+    )
     return s, most - s
 
 
@@ -269,8 +298,15 @@ def meta_val_loss(model: UNet, lr: LR, cfg: MetaConfig, tasks: Sequence[Task]) -
     """Query loss on the meta-validation tasks after the learner's own inner loop."""
     if not tasks:
         return float("nan")
-    return adapted_query_loss(model, module_params(model), tasks, steps=cfg.inner_steps, lr=lr, opt=cfg.inner_opt,
-                              adapt_names=adapted_names(model, cfg))
+    return adapted_query_loss(
+        model,
+        module_params(model),
+        tasks,
+        steps=cfg.inner_steps,
+        lr=lr,
+        opt=cfg.inner_opt,
+        adapt_names=adapted_names(model, cfg),
+    )
 
 
 def initial_model(ctx: LearnerContext, cfg: MetaConfig) -> UNet:
@@ -299,11 +335,27 @@ def run_meta_training(ctx: LearnerContext, name: str, cfg: MetaConfig) -> dict[s
     for step in range(1, cfg.meta_steps + 1):
         tasks = stream.next()
         if cfg.algorithm == "reptile":
-            out = reptile_direction(model, params, tasks, steps=cfg.inner_steps, lr=float(cfg.inner_rate),
-                                    opt=cfg.inner_opt, adapt_names=names)
+            out = reptile_direction(
+                model,
+                params,
+                tasks,
+                steps=cfg.inner_steps,
+                lr=float(cfg.inner_rate),
+                opt=cfg.inner_opt,
+                adapt_names=names,
+            )
         else:
-            out = meta_gradient(model, params, tasks, steps=cfg.inner_steps, lr=lrs, opt=cfg.inner_opt,
-                                first_order=cfg.first_order, adapt_names=names, learn_lr=cfg.learn_lr)
+            out = meta_gradient(
+                model,
+                params,
+                tasks,
+                steps=cfg.inner_steps,
+                lr=lrs,
+                opt=cfg.inner_opt,
+                first_order=cfg.first_order,
+                adapt_names=names,
+                learn_lr=cfg.learn_lr,
+            )
         opt.zero_grad(set_to_none=True)
         accumulate_grads(params, out.grads)
         if out.lr_grads is not None and isinstance(lrs, dict):
@@ -316,8 +368,12 @@ def run_meta_training(ctx: LearnerContext, name: str, cfg: MetaConfig) -> dict[s
     ctx.train_seconds += time.perf_counter() - t0
     after = meta_val_loss(model, lrs, cfg, val)
     if stream.n_target_tasks:
-        log.info("%s: %d of %d meta-training tasks came from the k shots", name, stream.n_target_tasks,
-                 cfg.meta_steps * cfg.meta_batch)
+        log.info(
+            "%s: %d of %d meta-training tasks came from the k shots",
+            name,
+            stream.n_target_tasks,
+            cfg.meta_steps * cfg.meta_batch,
+        )
     with torch.no_grad():
         shift = torch.sqrt(sum(((p - start[n]) ** 2).sum() for n, p in params.items()))
         norm = torch.sqrt(sum((v**2).sum() for v in start.values()))
@@ -325,8 +381,13 @@ def run_meta_training(ctx: LearnerContext, name: str, cfg: MetaConfig) -> dict[s
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     if isinstance(lrs, dict):
         state.update({f"lr::{n}": v.detach().cpu().clone() for n, v in lrs.items()})
-    summary = {"val_loss_before": before, "val_loss_after": after, "val_tasks": float(len(val)),
-               "init_shift_rel": float(shift / norm), "init_shift_max": max_shift}
+    summary = {
+        "val_loss_before": before,
+        "val_loss_after": after,
+        "val_tasks": float(len(val)),
+        "init_shift_rel": float(shift / norm),
+        "init_shift_max": max_shift,
+    }
     state.update({f"{_SUMMARY}{k}": torch.tensor(v, dtype=torch.float64) for k, v in summary.items()})
     return state
 
@@ -344,20 +405,31 @@ def meta_trained(ctx: LearnerContext, name: str, cfg: MetaConfig) -> tuple[UNet,
     model = ctx.new_model(salt=2)
     model.load_state_dict({k: v for k, v in state.items() if "::" not in k})
     learned = {k[4:]: v.to(ctx.device) for k, v in state.items() if k.startswith("lr::")}
-    _record(ctx, name, cfg, {k[len(_SUMMARY):]: float(v) for k, v in state.items() if k.startswith(_SUMMARY)})
+    _record(ctx, name, cfg, {k[len(_SUMMARY) :]: float(v) for k, v in state.items() if k.startswith(_SUMMARY)})
     return model, (learned or float(cfg.inner_rate))
 
 
 def _record(ctx: LearnerContext, name: str, cfg: MetaConfig, summary: dict[str, float]) -> None:
     before, after = summary["val_loss_before"], summary["val_loss_after"]
     improved = bool(after < before) if cfg.meta_steps else None
-    ctx.summary["meta"] = {**summary, "meta_steps": cfg.meta_steps, "improved": improved,
-                           "adaptation": cfg.adaptation, "inner_opt": cfg.inner_opt, "inner_steps": cfg.inner_steps}
+    ctx.summary["meta"] = {
+        **summary,
+        "meta_steps": cfg.meta_steps,
+        "improved": improved,
+        "adaptation": cfg.adaptation,
+        "inner_opt": cfg.inner_opt,
+        "inner_steps": cfg.inner_steps,
+    }
     ctx.curves.add("meta-val", 0, {"query": before})
     ctx.curves.add("meta-val", cfg.meta_steps, {"query": after})
     if improved is False:
-        log.warning("%s (seed %d): meta-training did not lower the meta-validation loss (%.4f -> %.4f)",
-                    name, ctx.seed, before, after)
+        log.warning(
+            "%s (seed %d): meta-training did not lower the meta-validation loss (%.4f -> %.4f)",
+            name,
+            ctx.seed,
+            before,
+            after,
+        )
     else:
         log.info("%s (seed %d): meta-validation loss %.4f -> %.4f", name, ctx.seed, before, after)
 

@@ -56,7 +56,12 @@ class StepBatch:
     def detached(self) -> StepBatch:
         """The same batch with outputs cut from the segmentor's graph (for a discriminator step)."""
         return StepBatch(
-            self.step, self.n_labeled, self.x, self.y, self.logits.detach(), {k: v.detach() for k, v in self.feats.items()}
+            self.step,
+            self.n_labeled,
+            self.x,
+            self.y,
+            self.logits.detach(),
+            {k: v.detach() for k, v in self.feats.items()},
         )
 
 
@@ -129,7 +134,12 @@ def train_steps(
     seconds = time.perf_counter() - t0
     ctx.train_seconds += seconds
     ctx.budget[phase] = {
-        "steps": steps, "optimizer": "adam", "lr": lr, "labeled_rows": labeled_rows, "extra_rows": extra_rows, "seconds": seconds
+        "steps": steps,
+        "optimizer": "adam",
+        "lr": lr,
+        "labeled_rows": labeled_rows,
+        "extra_rows": extra_rows,
+        "seconds": seconds,
     }
     return model.eval()
 

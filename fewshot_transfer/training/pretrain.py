@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from fewshot_transfer.losses import seg_loss
 from fewshot_transfer.models.unet import UNet
 from fewshot_transfer.training.context import LearnerContext
-from fewshot_transfer.losses import seg_loss
 from fewshot_transfer.training.loops import StepBatch, StepHooks, train_steps
 from fewshot_transfer.training.streams import slice_batches
 

@@ -35,8 +35,7 @@ import warnings
 from collections import defaultdict
 from pathlib import Path
 
-from fewshot_transfer.config import config_hash, run_identity, to_toml
-from fewshot_transfer.config import load_config_text
+from fewshot_transfer.config import config_hash, load_config_text, run_identity, to_toml
 from fewshot_transfer.tuning.storage import heartbeat_thread, jsonable, redact, worker_id
 
 log = logging.getLogger(__name__)
@@ -132,7 +131,13 @@ def submit(storage, grid: str, cfg: dict, bench, cells, *, retry_failed: bool = 
             continue
         study.enqueue_trial(
             {},
-            user_attrs={"cell_id": spec.cell_id, "learner": spec.learner, "k": spec.k, "k_label": spec.k_label, "seed": spec.seed},
+            user_attrs={
+                "cell_id": spec.cell_id,
+                "learner": spec.learner,
+                "k": spec.k,
+                "k_label": spec.k_label,
+                "seed": spec.seed,
+            },
         )
         enqueued += 1
     return {"enqueued": enqueued, "skipped": skipped, "study": study}
@@ -177,9 +182,9 @@ def work(
     from optuna.trial import TrialState
 
     from fewshot_transfer import learners
-    from fewshot_transfer.harness.rundir import check_run_dir
     from fewshot_transfer.data.splits import TargetSplit, save_split
     from fewshot_transfer.harness.benchmark import prepare
+    from fewshot_transfer.harness.rundir import check_run_dir
     from fewshot_transfer.harness.runner import run_cell
     from fewshot_transfer.harness.store import CellSpec, CellStore, atomic_write_text
 
@@ -226,7 +231,12 @@ def work(
             time.sleep(min(interval, 10))
             continue
         trial_id, ft = claimed
-        spec = CellSpec(seed=int(ft.user_attrs["seed"]), k=int(ft.user_attrs["k"]), k_label=str(ft.user_attrs["k_label"]), learner=str(ft.user_attrs["learner"]))
+        spec = CellSpec(
+            seed=int(ft.user_attrs["seed"]),
+            k=int(ft.user_attrs["k"]),
+            k_label=str(ft.user_attrs["k_label"]),
+            learner=str(ft.user_attrs["learner"]),
+        )
         t0 = time.perf_counter()
         record = None
         error, tb = None, ""
@@ -284,10 +294,9 @@ def collect(storage, grid: str, out: Path, *, console=None) -> dict:
     """Write every recorded cell of ``grid`` into ``out/cells`` and render the leaderboard there."""
     from optuna.trial import TrialState
 
-    from fewshot_transfer import learners
-    from fewshot_transfer.harness.rundir import check_run_dir
     from fewshot_transfer.data.splits import TargetSplit, save_split
     from fewshot_transfer.harness.outputs import render
+    from fewshot_transfer.harness.rundir import check_run_dir
     from fewshot_transfer.harness.runner import reproduce_command
     from fewshot_transfer.harness.store import CellSpec, CellStore, atomic_write_text
 
@@ -318,7 +327,9 @@ def collect(storage, grid: str, out: Path, *, console=None) -> dict:
         if len(complete) > 1:
             duplicates.append(f"{cid} (trials {', '.join(str(t.number) for t in complete)})")
         record = dict(chosen.user_attrs["record"])
-        spec = CellSpec(seed=int(record["seed"]), k=int(record["k"]), k_label=str(record["k_label"]), learner=str(record["learner"]))
+        spec = CellSpec(
+            seed=int(record["seed"]), k=int(record["k"]), k_label=str(record["k_label"]), learner=str(record["learner"])
+        )
         record.pop("run_dir", None)
         record["command"] = reproduce_command(out, spec.learner, spec.k_label, [spec.seed])
         record["grid"] = {"name": grid, "trial": chosen.number, "worker": chosen.user_attrs.get("worker", "")}
@@ -329,14 +340,19 @@ def collect(storage, grid: str, out: Path, *, console=None) -> dict:
     if duplicates:
         log.warning("cells computed more than once (the first is used): %s", "; ".join(duplicates))
     if len(code) > 1:
-        log.warning("workers ran different code versions (source_sha %s); compare provenance.code in cells/*.json", ", ".join(sorted(code)))
+        log.warning(
+            "workers ran different code versions (source_sha %s); compare provenance.code in cells/*.json",
+            ", ".join(sorted(code)),
+        )
     if missing:
         by_state = defaultdict(int)
         for s in missing.values():
             by_state[s] += 1
         log.warning(
             "%d of %d cells have no result yet (%s); the leaderboard covers the finished ones",
-            len(missing), len(groups), ", ".join(f"{n} {s}" for s, n in sorted(by_state.items())),
+            len(missing),
+            len(groups),
+            ", ".join(f"{n} {s}" for s, n in sorted(by_state.items())),
         )
     rows = []
     if written:

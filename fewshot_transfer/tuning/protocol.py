@@ -58,8 +58,10 @@ def tune_learners(
     tune_dir = Path(out) / "tuning"
     bench = prepare(config, tune_dir)
     val_bench, info = validation_benchmark(
-        bench, tuning_shots(bench.shots, str(run.get("tune_shots") or "")),
-        val_fraction=VAL_FRACTION, seed=int(config["data"]["split"]["seed"]),
+        bench,
+        tuning_shots(bench.shots, str(run.get("tune_shots") or "")),
+        val_fraction=VAL_FRACTION,
+        seed=int(config["data"]["split"]["seed"]),
     )
     label, k = val_bench.shots[0]
     storage_url = default_storage(tune_dir)
@@ -77,9 +79,18 @@ def tune_learners(
             outcome[name] = f"not tuned ({exc})"
             continue
         spec = TuneSpec(
-            learner=name, shots=label, episodes=int(run["tune_episodes"]), val_fraction=VAL_FRACTION,
-            config=config, storage=storage_url, study_name=f"{name}-k{label.replace('%', 'pct')}", out=tune_dir,
-            sampler_seed=0, n_trials=int(run["trials"]), heartbeat=None, grace=None,
+            learner=name,
+            shots=label,
+            episodes=int(run["tune_episodes"]),
+            val_fraction=VAL_FRACTION,
+            config=config,
+            storage=storage_url,
+            study_name=f"{name}-k{label.replace('%', 'pct')}",
+            out=tune_dir,
+            sampler_seed=0,
+            n_trials=int(run["trials"]),
+            heartbeat=None,
+            grace=None,
         )
         study = open_study(spec, storage, identity(spec, info, k))
         run_study(spec, study, val_bench, console=console, show_progress=show_progress)

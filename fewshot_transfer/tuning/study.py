@@ -110,8 +110,12 @@ def open_study(spec: TuneSpec, storage, ident: dict):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         study = optuna.create_study(
-            storage=storage, study_name=spec.study_name, direction="maximize",
-            sampler=sampler, pruner=pruner, load_if_exists=True,
+            storage=storage,
+            study_name=spec.study_name,
+            direction="maximize",
+            sampler=sampler,
+            pruner=pruner,
+            load_if_exists=True,
         )
     if study.direction != optuna.study.StudyDirection.MAXIMIZE:
         raise ValueError(f"study {spec.study_name!r} in {redact(spec.storage)} does not maximize; use another --study")
@@ -226,7 +230,9 @@ def run_study(spec: TuneSpec, study, val_bench, *, console=None, show_progress: 
         console=console,
         transient=False,
     ) as progress:
-        task = progress.add_task(f"tune {spec.study_name}", total=spec.n_trials, completed=spec.n_trials - remaining, detail="")
+        task = progress.add_task(
+            f"tune {spec.study_name}", total=spec.n_trials, completed=spec.n_trials - remaining, detail=""
+        )
 
         def on_progress(text: str) -> None:
             progress.update(task, detail=text)
@@ -235,7 +241,9 @@ def run_study(spec: TuneSpec, study, val_bench, *, console=None, show_progress: 
             nonlocal ran
             ran += 1
             progress.update(task, completed=min(spec.n_trials, finished_count(study_)))
-            value = f"val Dice {trial.value:.4f}" if trial.state == TrialState.COMPLETE and trial.value is not None else ""
+            value = (
+                f"val Dice {trial.value:.4f}" if trial.state == TrialState.COMPLETE and trial.value is not None else ""
+            )
             eps = " ".join(f"{d:.3f}" for d in trial.user_attrs.get("episode_dice", []))
             msg = f"trial {trial.number} {trial.state.name.lower()} {value} episodes [{eps}] params {trial.params}"
             if console is not None:
@@ -267,12 +275,14 @@ def best_config(spec: TuneSpec, study) -> tuple[dict, str]:
         )
     best = study.best_trial
     params = best.user_attrs.get("learner_params") or {
-        **spec.config.get("learners", {}).get(spec.learner, {}), **best.params
+        **spec.config.get("learners", {}).get(spec.learner, {}),
+        **best.params,
     }
     cfg = trial_config(spec.config, spec.learner, params)
     this = f"{spec.study_name} @ {redact(spec.storage)} trial #{best.number} (val Dice {best.value:.4f})"
     others = [
-        part for part in str(spec.config.get("tuned_from") or "").split("; ")
+        part
+        for part in str(spec.config.get("tuned_from") or "").split("; ")
         if part and not part.startswith(f"{spec.study_name} @ ")
     ]
     cfg["tuned_from"] = "; ".join([*others, this])
@@ -310,7 +320,10 @@ def summary_table(study, top: int = 8):
     from rich.table import Table
 
     trials = study.get_trials(deepcopy=False)
-    counts = {s.name.lower(): 0 for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING, TrialState.WAITING)}
+    counts = {
+        s.name.lower(): 0
+        for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING, TrialState.WAITING)
+    }
     for t in trials:
         key = t.state.name.lower()
         counts[key] = counts.get(key, 0) + 1

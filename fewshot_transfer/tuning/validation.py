@@ -43,7 +43,9 @@ def validation_benchmark(bench, shots: str, *, val_fraction: float = 0.5, seed: 
     try:
         part = split_target(pool, fractions=(1.0 - val_fraction, 0.0, val_fraction), seed=seed)
     except ValueError as exc:
-        raise ValueError(f"cannot carve a validation split from the support pool ({len(patients)} patients): {exc}") from exc
+        raise ValueError(
+            f"cannot carve a validation split from the support pool ({len(patients)} patients): {exc}"
+        ) from exc
     tune_p, val_p = tuple(part.support), tuple(part.test)
     # Anything not placed (there are no unlabeled rows in the support pool) stays out.
     check_disjoint(

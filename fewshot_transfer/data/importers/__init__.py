@@ -135,4 +135,13 @@ def _module(kind: str) -> ModuleType:
     return module
 
 
-__all__ = ["ENTRY_POINT_GROUP", "KINDS", "ImportOptions", "ImportReport", "import_dataset", "layout_help", "plan_import", "plugin_kinds"]
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "KINDS",
+    "ImportOptions",
+    "ImportReport",
+    "import_dataset",
+    "layout_help",
+    "plan_import",
+    "plugin_kinds",
+]

@@ -86,13 +86,17 @@ def list_files(folder: Path, suffixes: tuple[str, ...]) -> list[Path]:
     if not folder.is_dir():
         return []
     return sorted(
-        (p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and p.name.lower().endswith(suffixes)),
+        (
+            p
+            for p in folder.iterdir()
+            if p.is_file() and not p.name.startswith(".") and p.name.lower().endswith(suffixes)
+        ),
         key=natural_key,
     )
 
 
 def detect_intensity(values: np.ndarray) -> str:
-    """"windowed-uint8" when every value lies in 0..255, else "hu" (CT in HU always has air < 0)."""
+    """ "windowed-uint8" when every value lies in 0..255, else "hu" (CT in HU always has air < 0)."""
     if values.size and float(values.min()) >= 0.0 and float(values.max()) <= 255.0:
         return "windowed-uint8"
     return "hu"

@@ -91,7 +91,9 @@ def plan(src: Path, options: ImportOptions) -> Plan:
     found.discard(0)
     lesion = options.lesion_labels or tuple(sorted(found))
     if not lesion:
-        raise DatasetError(f"{table}: the masks hold no non-zero value; pass --lesion-labels to say which values are lesion")
+        raise DatasetError(
+            f"{table}: the masks hold no non-zero value; pass --lesion-labels to say which values are lesion"
+        )
     notes = []
     others = sorted(found - set(lesion))
     if others:

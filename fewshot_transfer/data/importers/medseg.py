@@ -33,9 +33,7 @@ from fewshot_transfer.data.importers.common import (
 )
 from fewshot_transfer.data.readers import NIFTI_SUFFIXES, read_image
 
-LAYOUT = (
-    "tr_im.nii.gz + tr_mask.nii.gz (+ val_im.nii.gz) for MedSeg #1, and/or rp_im/, rp_msk/ (+ rp_lung_msk/) for MedSeg #2"
-)
+LAYOUT = "tr_im.nii.gz + tr_mask.nii.gz (+ val_im.nii.gz) for MedSeg #1, and/or rp_im/, rp_msk/ (+ rp_lung_msk/) for MedSeg #2"
 LABELS = {1: "ground-glass opacity", 2: "consolidation", 3: "pleural effusion"}
 
 
@@ -64,7 +62,9 @@ def plan(src: Path, options: ImportOptions) -> Plan:
             raw = read_image(val_im)
             intensity = detect_intensity(raw.data)
             rows += [
-                ManifestRow(image=image, patient=f"medseg-val-z{z:03d}", split="unlabeled", slice=z, intensity=intensity)
+                ManifestRow(
+                    image=image, patient=f"medseg-val-z{z:03d}", split="unlabeled", slice=z, intensity=intensity
+                )
                 for z in range(raw.data.shape[0])
             ]
     volumes = list_files(src / "rp_im", NIFTI_SUFFIXES)
@@ -104,7 +104,11 @@ def plan(src: Path, options: ImportOptions) -> Plan:
         description=(
             "MedSeg COVID-19 CT segmentation (medicalsegmentation.com/covid19); lesion labels "
             f"{', '.join(LABELS.get(v, str(v)) for v in lesion)}. "
-            + ("Dataset #1 slices come from ~40 unknown patients: each slice is its own patient group." if tr_im else "")
+            + (
+                "Dataset #1 slices come from ~40 unknown patients: each slice is its own patient group."
+                if tr_im
+                else ""
+            )
         ).strip(),
     )
     return Plan(spec=spec, rows=rows, files=files, notes=notes)

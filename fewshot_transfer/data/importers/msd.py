@@ -34,7 +34,7 @@ def read_msd_labels(meta: dict, source: Path) -> dict[int, str]:
     """``{value: name}`` from either dataset.json flavour (region lists of nnU-Net v2 are skipped)."""
     raw = meta.get("labels")
     if not isinstance(raw, dict) or not raw:
-        raise DatasetError(f"{source}: no \"labels\" object; expected e.g. {{\"0\": \"background\", \"1\": \"lesion\"}}")
+        raise DatasetError(f'{source}: no "labels" object; expected e.g. {{"0": "background", "1": "lesion"}}')
     labels: dict[int, str] = {}
     for key, value in raw.items():
         if str(key).lstrip("-").isdigit():
@@ -42,7 +42,9 @@ def read_msd_labels(meta: dict, source: Path) -> dict[int, str]:
         elif isinstance(value, int):
             labels[value] = str(key)
     if not labels:
-        raise DatasetError(f"{source}: \"labels\" has no integer label values ({raw!r}); ftbench needs plain label values")
+        raise DatasetError(
+            f'{source}: "labels" has no integer label values ({raw!r}); ftbench needs plain label values'
+        )
     return labels
 
 

@@ -52,7 +52,9 @@ def plan(src: Path, options: ImportOptions) -> Plan:
             else:
                 mask = f"masks/{split}/{img.stem}.png"
                 files[mask] = partial(_binarize, gt)
-            rows.append(ManifestRow(image=image, mask=mask, patient=slice_group(img.stem), split=split if mask else "unlabeled"))
+            rows.append(
+                ManifestRow(image=image, mask=mask, patient=slice_group(img.stem), split=split if mask else "unlabeled")
+            )
     for img in list_files(src / PSEUDO, RASTER_SUFFIXES):
         image = f"images/unlabeled/{img.name}"
         files[image] = img
