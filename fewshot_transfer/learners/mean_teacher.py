@@ -36,14 +36,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fewshot_transfer.learners.base import Learner, register
-from fewshot_transfer.learners.pseudo_label import labeled_stream
+from fewshot_transfer.learners.base import register
+from fewshot_transfer.learners.semi import SemiSupervisedLearner
 from fewshot_transfer.training import (
     LearnerContext,
-    Segmenter,
     StepBatch,
     StepHooks,
-    train_steps,
     unlabeled_batches,
 )
 
@@ -100,14 +98,8 @@ class MeanTeacherHooks(StepHooks):
 
 
 @register
-class MeanTeacher(Learner):
+class MeanTeacher(SemiSupervisedLearner):
     name = "mean-teacher"
-    family = "semi"
-    uses_source = False
-    uses_unlabeled = True
-    supports_k0: ClassVar[bool] = False
-    #: Start from the CAP-pretrained backbone (the ``-cap`` variant) instead of a fresh one.
-    from_source: ClassVar[bool] = False
     defaults: ClassVar[dict[str, Any]] = {
         "unlabeled_weight": 1.0,
         "ema_decay": 0.99,
@@ -128,15 +120,8 @@ class MeanTeacher(Learner):
             "ema_decay": trial.suggest_float("ema_decay", 0.9, 0.999),
         }
 
-    def fit(self, ctx: LearnerContext) -> Segmenter:
-        p = ctx.params
-        if not len(ctx.support) and not self.supports_k0:
-            raise ValueError(f"{self.name} needs target shots (k >= 1); {self.name}-cap runs at k = 0")
-        model = ctx.source_model() if self.from_source else ctx.new_model()
-        batches = labeled_stream(ctx, p.batch_size)
-        hooks = MeanTeacherHooks(ctx, model) if p.unlabeled_weight else None
-        train_steps(ctx, model, batches, steps=p.steps, lr=p.lr, phase="target", hooks=hooks)
-        return ctx.segmenter(model)
+    def hooks(self, ctx: LearnerContext, model: nn.Module) -> StepHooks:
+        return MeanTeacherHooks(ctx, model)
 
 
 @register

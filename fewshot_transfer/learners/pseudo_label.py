@@ -30,33 +30,20 @@ At k = 0 (``pseudo-label-cap`` only) there are no shots: the labeled part of eac
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
 from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fewshot_transfer.learners.base import Learner, register
+from fewshot_transfer.learners.base import register
+from fewshot_transfer.learners.semi import SemiSupervisedLearner
 from fewshot_transfer.training import (
     LearnerContext,
-    Segmenter,
     StepBatch,
     StepHooks,
-    labeled_batches,
-    train_steps,
     unlabeled_batches,
 )
-
-
-def labeled_stream(ctx: LearnerContext, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """The shots (finetune's stream); at k = 0 ``batch_size`` labeled source rows instead.
-
-    Learners that run at k = 0 must declare ``uses_source``; the others get a clear error.
-    """
-    if len(ctx.support):
-        return labeled_batches(ctx, ctx.support, batch_size)
-    return labeled_batches(ctx, ctx.support, batch_size, source=ctx.source_train, n_source=batch_size)
 
 
 def masked_seg_loss(logits: torch.Tensor, target: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
@@ -111,14 +98,8 @@ class PseudoLabelHooks(StepHooks):
 
 
 @register
-class PseudoLabel(Learner):
+class PseudoLabel(SemiSupervisedLearner):
     name = "pseudo-label"
-    family = "semi"
-    uses_source = False
-    uses_unlabeled = True
-    supports_k0: ClassVar[bool] = False
-    #: Start from the CAP-pretrained backbone (the ``-cap`` variant) instead of a fresh one.
-    from_source: ClassVar[bool] = False
     defaults: ClassVar[dict[str, Any]] = {
         "unlabeled_weight": 1.0,
         "confidence": 0.9,
@@ -140,15 +121,8 @@ class PseudoLabel(Learner):
             "warmup_share": trial.suggest_float("warmup_share", 0.25, 0.75, step=0.125),
         }
 
-    def fit(self, ctx: LearnerContext) -> Segmenter:
-        p = ctx.params
-        if not len(ctx.support) and not self.supports_k0:
-            raise ValueError(f"{self.name} needs target shots (k >= 1); {self.name}-cap runs at k = 0")
-        model = ctx.source_model() if self.from_source else ctx.new_model()
-        batches = labeled_stream(ctx, p.batch_size)
-        hooks = PseudoLabelHooks(ctx, model, round(p.warmup_share * p.steps)) if p.unlabeled_weight else None
-        train_steps(ctx, model, batches, steps=p.steps, lr=p.lr, phase="target", hooks=hooks)
-        return ctx.segmenter(model)
+    def hooks(self, ctx: LearnerContext, model: nn.Module) -> StepHooks:
+        return PseudoLabelHooks(ctx, model, round(ctx.params.warmup_share * ctx.params.steps))
 
 
 @register

@@ -1,0 +1,52 @@
+"""The semi-supervised learners' base: shared flags, the k = 0 labeled stream and ``fit``.
+
+A semi-supervised learner is its supervised counterpart (scratch, or finetune for the
+``-cap`` variants) plus :class:`~fewshot_transfer.training.StepHooks` that use the
+unlabeled target slices; subclasses only build those hooks. With ``unlabeled_weight = 0``
+no hook is installed, so the learner *is* its counterpart, bit for bit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from fewshot_transfer.learners.base import Learner
+from fewshot_transfer.training import LearnerContext, Segmenter, StepHooks, labeled_batches, train_steps
+
+
+def labeled_stream(ctx: LearnerContext, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The shots (finetune's stream); at k = 0 ``batch_size`` labeled source rows instead.
+
+    Learners that run at k = 0 must declare ``uses_source``; the others get a clear error.
+    """
+    if len(ctx.support):
+        return labeled_batches(ctx, ctx.support, batch_size)
+    return labeled_batches(ctx, ctx.support, batch_size, source=ctx.source_train, n_source=batch_size)
+
+
+class SemiSupervisedLearner(Learner):
+    """Base of the ``semi`` family: subclasses implement :meth:`hooks`."""
+
+    family = "semi"
+    uses_source = False
+    uses_unlabeled = True
+    #: Start from the CAP-pretrained backbone (the ``-cap`` variants) instead of a fresh one.
+    from_source: ClassVar[bool] = False
+
+    def hooks(self, ctx: LearnerContext, model: nn.Module) -> StepHooks:
+        """The hooks that add the unlabeled term to the shared loop."""
+        raise NotImplementedError
+
+    def fit(self, ctx: LearnerContext) -> Segmenter:
+        p = ctx.params
+        if not len(ctx.support) and not self.supports_k0:
+            raise ValueError(f"{self.name} needs target shots (k >= 1); {self.name}-cap runs at k = 0")
+        model = ctx.source_model() if self.from_source else ctx.new_model()
+        batches = labeled_stream(ctx, p.batch_size)
+        hooks = self.hooks(ctx, model) if p.unlabeled_weight else None
+        train_steps(ctx, model, batches, steps=p.steps, lr=p.lr, phase="target", hooks=hooks)
+        return ctx.segmenter(model)
