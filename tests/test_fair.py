@@ -322,6 +322,11 @@ def test_tuned_protocol_gives_every_learner_the_same_budget(tmp_path, capsys):
     assert {p.name: p.stat().st_mtime_ns for p in (out / "cells").glob("*.json")} == before
     with sqlite3.connect(out / "tuning" / "study.db") as db:
         assert db.execute("select count(*) from trials").fetchone()[0] == 4
+    # The default (--jobs 0 = one process per core, a study each) and one process find the same parameters.
+    par = tmp_path / "serial"
+    argv_par = [a if a != str(out) else str(par) for a in argv] + ["--jobs", "1"]
+    assert main(argv_par) == 0
+    assert load_toml(par / "config.toml")["learners"] == saved["learners"]
 
 
 def test_training_outside_the_loop_is_marked_unrecorded(bench, monkeypatch):
@@ -345,8 +350,3 @@ def test_training_outside_the_loop_is_marked_unrecorded(bench, monkeypatch):
     }
     row = next(r for r in build_rows([record]) if r["learner"] == OwnLoop.name)
     assert row["budget"] == "not recorded"
-    # The default (--jobs 0 = one process per core, a study each) and one process find the same parameters.
-    par = tmp_path / "serial"
-    argv_par = [a if a != str(out) else str(par) for a in argv] + ["--jobs", "1"]
-    assert main(argv_par) == 0
-    assert load_toml(par / "config.toml")["learners"] == saved["learners"]

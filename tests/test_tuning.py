@@ -12,6 +12,7 @@ import torch
 from optuna.trial import TrialState
 from torch import nn
 
+from fewshot_transfer import learners
 from fewshot_transfer.cli import main
 from fewshot_transfer.config import resolve_config
 from fewshot_transfer.harness.benchmark import prepare
@@ -84,14 +85,32 @@ def test_pinned_parameters_are_not_searched():
     class Cls(Learner):
         name = "x"
 
-    free, fixed = searched_names(Cls, {"steps": 7})
-    assert free == ["lr"] and fixed == ["steps"]
+        @staticmethod
+        def search_space(trial):
+            return {
+                "lr": trial.suggest_float("lr", 1e-4, 1e-2, log=True),
+                "weight_decay": trial.suggest_float("weight_decay", 1e-6, 1e-3, log=True),
+            }
+
+    free, fixed = searched_names(Cls, {"weight_decay": 1e-4})
+    assert free == ["lr"] and fixed == ["weight_decay"]
     with pytest.raises(ValueError, match="fixed by"):
-        searched_names(Cls, {"steps": 7, "lr": 1e-3})
+        searched_names(Cls, {"weight_decay": 1e-4, "lr": 1e-3})
     study = optuna.create_study()
     trial = study.ask()
-    params = Cls.search_space(PinnedTrial(trial, {"steps": 7}))
-    assert params["steps"] == 7 and "steps" not in trial.params and "lr" in trial.params
+    params = Cls.search_space(PinnedTrial(trial, {"weight_decay": 1e-4}))
+    assert params["weight_decay"] == 1e-4 and "weight_decay" not in trial.params and "lr" in trial.params
+
+
+def test_no_learner_searches_the_target_budget():
+    """The fair protocol fixes train.steps for everyone: a study may not buy a learner more steps."""
+    for name in learners.available():
+        cls = learners.get(name)
+        try:
+            free, _ = searched_names(cls, {})
+        except ValueError:
+            continue
+        assert "steps" not in free and "batch_size" not in free, name
     assert redact("postgresql://u:secret@h:5/db") == "postgresql://u:***@h:5/db"
 
 
@@ -174,7 +193,7 @@ def test_tune_finetune_resumes_and_best_toml_runs(tmp_path):
     study = optuna.load_study(study_name="finetune-k2", storage=storage)
     assert sorted(t.number for t in study.trials) == [0, 1, 2]
     assert all(t.state == TrialState.COMPLETE for t in study.trials)
-    assert all(t.params.keys() == {"lr"} for t in study.trials)  # steps pinned by --set
+    assert all(t.params.keys() == {"lr"} for t in study.trials)  # lr is all finetune searches
     best = resolve_config(out / "best.toml")
     assert best["learners"]["finetune"]["steps"] == 3
     assert best["learners"]["finetune"]["lr"] == pytest.approx(study.best_trial.params["lr"])

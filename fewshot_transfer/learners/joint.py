@@ -23,8 +23,7 @@ class Joint(Learner):
     @staticmethod
     def search_space(trial) -> dict:
         return {
-            "lr": trial.suggest_float("lr", 1e-4, 3e-3, log=True),
-            "steps": trial.suggest_int("steps", 50, 300, step=25),
+            "lr": trial.suggest_float("lr", 1e-4, 1e-2, log=True),
             "source_share": trial.suggest_float("source_share", 0.0, 0.75, step=0.125),
         }
 

@@ -114,8 +114,7 @@ class MeanTeacher(SemiSupervisedLearner):
     @staticmethod
     def search_space(trial: Any) -> dict[str, Any]:
         return {
-            "lr": trial.suggest_float("lr", 1e-4, 3e-3, log=True),
-            "steps": trial.suggest_int("steps", 50, 300, step=25),
+            "lr": trial.suggest_float("lr", 1e-4, 1e-2, log=True),
             "unlabeled_weight": trial.suggest_float("unlabeled_weight", 0.1, 30.0, log=True),
             "ema_decay": trial.suggest_float("ema_decay", 0.9, 0.999),
         }

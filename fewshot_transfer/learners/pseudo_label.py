@@ -114,8 +114,7 @@ class PseudoLabel(SemiSupervisedLearner):
     @staticmethod
     def search_space(trial: Any) -> dict[str, Any]:
         return {
-            "lr": trial.suggest_float("lr", 1e-4, 3e-3, log=True),
-            "steps": trial.suggest_int("steps", 50, 300, step=25),
+            "lr": trial.suggest_float("lr", 1e-4, 1e-2, log=True),
             "unlabeled_weight": trial.suggest_float("unlabeled_weight", 0.1, 3.0, log=True),
             "confidence": trial.suggest_float("confidence", 0.7, 0.99),
             "warmup_share": trial.suggest_float("warmup_share", 0.25, 0.75, step=0.125),
