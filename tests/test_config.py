@@ -38,7 +38,13 @@ def test_round_trip_toml(tmp_path):
 
 @pytest.mark.parametrize(
     "override,match",
-    [("train.stpes=3", "unknown config key 'train.stpes'"), ("trainsteps", "section.key=value")],
+    [
+        ("train.stpes=3", "unknown config key 'train.stpes'"),
+        ("trainsteps", "section.key=value"),
+        ("data.split.folds=1", "'data.split.folds' must be 0 .no folds. or >= 2"),
+        ("data.split.fold=2", "'data.split.fold' = 2 needs 'data.split.folds' >= 2"),
+        ("data.split.folds=-1", "'data.split.folds' must be >= 0"),
+    ],
 )
 def test_bad_overrides(override, match):
     with pytest.raises(ValueError, match=match):
@@ -52,3 +58,10 @@ def test_bad_file(tmp_path):
     bad.write_text("[train\n")
     with pytest.raises(ValueError, match="bad.toml is not valid TOML"):
         resolve_config(bad)
+
+
+def test_fold_keys():
+    cfg = resolve_config(None, ["data.split.folds=5", "data.split.fold=4"])
+    assert (cfg["data"]["split"]["folds"], cfg["data"]["split"]["fold"]) == (5, 4)
+    with pytest.raises(ValueError, match=r"'data.split.fold' must be in 0..4"):
+        resolve_config(None, ["data.split.folds=5", "data.split.fold=5"])
