@@ -234,7 +234,9 @@ def _check_folds(cfg: dict) -> None:
     if folds == 0 and fold != 0:
         raise ValueError(f"config key 'data.split.fold' = {fold} needs 'data.split.folds' >= 2 (0 = no folds)")
     if folds and fold >= folds:
-        raise ValueError(f"config key 'data.split.fold' must be in 0..{folds - 1} for data.split.folds = {folds}, got {fold}")
+        raise ValueError(
+            f"config key 'data.split.fold' must be in 0..{folds - 1} for data.split.folds = {folds}, got {fold}"
+        )
 
 
 def resolve_config(path: str | Path | None = None, overrides: list[str] | None = None) -> dict:

@@ -18,6 +18,12 @@ def test_full_toml_resolves():
     assert cfg["data"]["size"] >= 128
 
 
+def test_real_toml_resolves():
+    cfg = resolve_config(ROOT / "configs" / "real.toml")
+    assert cfg["data"]["size"] >= 128 and cfg["data"]["split"]["folds"] >= 2
+    assert 0 <= cfg["data"]["split"]["fold"] < cfg["data"]["split"]["folds"]
+
+
 def test_layering_and_overrides(tmp_path):
     f = tmp_path / "c.toml"
     f.write_text("[train]\nsteps = 7\n[learners.finetune]\nlr = 0.01\n")

@@ -142,8 +142,10 @@ class TargetSplit:
         check_disjoint(split.as_dict())
         if split.folds:
             check_disjoint({f"fold {i}": f for i, f in enumerate(split.folds)})
-            if split.fold is None or not 0 <= split.fold < len(split.folds) or split.test != tuple(
-                sorted(split.folds[split.fold])
+            if (
+                split.fold is None
+                or not 0 <= split.fold < len(split.folds)
+                or split.test != tuple(sorted(split.folds[split.fold]))
             ):
                 raise ValueError(f"split file: fold {split.fold} is not the test set of its {len(split.folds)} folds")
         return split
@@ -276,9 +278,7 @@ def check_folds(folds: int, fold: int) -> None:
         raise ValueError(f"data.split.fold must be in 0..{folds - 1} for data.split.folds = {folds}, got {fold}")
 
 
-def _fold_assignment(
-    patients: list[str], burden: np.ndarray, folds: int, rng: np.random.Generator
-) -> list[list[str]]:
+def _fold_assignment(patients: list[str], burden: np.ndarray, folds: int, rng: np.random.Generator) -> list[list[str]]:
     """Patients ranked by burden (seeded tie-break), each block of ``folds`` spread over the folds
     in a seeded order: fold sizes differ by at most one, every fold sees every burden band."""
     order = np.lexsort((rng.permutation(len(patients)), -burden))

@@ -20,12 +20,12 @@ import torch
 from fewshot_transfer import learners
 from fewshot_transfer.atomic import atomic_open
 from fewshot_transfer.config import config_hash
+from fewshot_transfer.data.slices import SliceSet
 from fewshot_transfer.harness.benchmark import Benchmark
 from fewshot_transfer.harness.parallel import producers_first, resolve_jobs, run_parallel
 from fewshot_transfer.harness.store import CellSpec, CellStore, write_csv
 from fewshot_transfer.metrics import evaluate, hd95_unit
 from fewshot_transfer.provenance import code_version
-from fewshot_transfer.data.slices import SliceSet
 from fewshot_transfer.training import ProgressCallback, TrainingDiverged
 from fewshot_transfer.training.segmenter import resample_to
 
