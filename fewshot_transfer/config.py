@@ -41,6 +41,10 @@ DEFAULTS: dict[str, Any] = {
             "test": 0.4,
             "seed": 0,
             "source_val": 0.2,
+            # K-fold protocol for a target without its own test split: 0 = off (fractions
+            # above); K >= 2 = the labeled patients in K folds, test = fold ``fold`` (0..K-1).
+            "folds": 0,
+            "fold": 0,
         },
         "include_negative": 0.0,
     },
@@ -90,6 +94,8 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
     "data.split.unlabeled": (0.0, 1.0),
     "data.split.test": (0.0, 1.0),
     "data.split.source_val": (0.0, 0.9),
+    "data.split.folds": (0, None),
+    "data.split.fold": (0, None),
     "data.include_negative": (0.0, 1.0),
     "model.base": (1, None),
     "model.depth": (1, None),
@@ -215,7 +221,22 @@ def apply_overrides(cfg: dict, overrides: list[str]) -> dict:
         node[keys[-1]] = parse_value(raw.strip())
     _check_keys(out, DEFAULTS)
     _check_values(out, DEFAULTS)
+    _check_folds(out)
     return out
+
+
+def _check_folds(cfg: dict) -> None:
+    """``data.split.folds`` is 0 (off) or >= 2, and ``data.split.fold`` one of its folds."""
+    sp = cfg.get("data", {}).get("split", {})
+    folds, fold = sp.get("folds", 0), sp.get("fold", 0)
+    if folds == 1:
+        raise ValueError("config key 'data.split.folds' must be 0 (no folds) or >= 2, got 1")
+    if folds == 0 and fold != 0:
+        raise ValueError(f"config key 'data.split.fold' = {fold} needs 'data.split.folds' >= 2 (0 = no folds)")
+    if folds and fold >= folds:
+        raise ValueError(
+            f"config key 'data.split.fold' must be in 0..{folds - 1} for data.split.folds = {folds}, got {fold}"
+        )
 
 
 def resolve_config(path: str | Path | None = None, overrides: list[str] | None = None) -> dict:

@@ -31,6 +31,7 @@ percentile is taken over the pooled distances of both directions (as MedPy does)
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 from scipy import ndimage
@@ -137,22 +138,47 @@ def slice_metrics(pred: np.ndarray, gt: np.ndarray, spacing: tuple[float, float]
 
 
 def evaluate(
-    pred: np.ndarray, gt: np.ndarray, spacing: np.ndarray | None = None
+    pred: np.ndarray | Sequence[np.ndarray], gt: np.ndarray | Sequence[np.ndarray], spacing: np.ndarray | None = None
 ) -> tuple[dict[str, float], list[dict[str, float]]]:
     """Aggregated metrics over a test set and one row of per-slice metrics per slice.
 
     Counts (``n_slices``, ``n_positive``, ``fp_empty_slices``) are ints, everything else floats.
 
+    ``pred`` and ``gt`` are ``[N, H, W]`` arrays, or sequences of ``N`` ``[H_i, W_i]`` slices
+    whose sizes may differ (native-resolution scoring: each slice at its original size; the
+    pixel totals of ``dice_global`` and the fractions then run over every slice's own pixels).
     ``spacing`` is ``(2,)`` or ``[N, 2]`` mm (row, col); NaN or None means pixels.
     """
+    if not isinstance(pred, np.ndarray) or not isinstance(gt, np.ndarray):
+        preds = [_as_batch(x, "pred") for x in pred]
+        gts = [_as_batch(x, "gt") for x in gt]
+        if len(preds) != len(gts) or any(a.shape != b.shape or a.shape[0] != 1 for a, b in zip(preds, gts)):
+            shown = [(a.shape[1:], b.shape[1:]) for a, b in zip(preds, gts) if a.shape != b.shape][:3]
+            raise ValueError(
+                f"pred ({len(preds)} slices) and gt ({len(gts)} slices) must be pairs of [H, W] slices of "
+                f"the same shape, e.g. {shown}"
+            )
+        if len({a.shape for a in preds}) <= 1 and preds:
+            return evaluate(np.concatenate(preds), np.concatenate(gts), spacing)
+        n = len(preds)
+        sp = _spacing_rows(spacing, n)
+        parts = [_per_slice(a, b, None if sp is None else sp[i : i + 1]) for i, (a, b) in enumerate(zip(preds, gts))]
+        m = {key: np.concatenate([part[key] for part in parts]) for key in parts[0]} if parts else {}
+        return _aggregate(m, float(sum(a.size for a in preds)), n)
     p, g = _as_batch(pred, "pred"), _as_batch(gt, "gt")
     if p.shape != g.shape:
         raise ValueError(f"pred {p.shape} and gt {g.shape} must have the same shape")
     n = p.shape[0]
     m = _per_slice(p, g, _spacing_rows(spacing, n))
+    return _aggregate(m, float(p.size), n)
+
+
+def _aggregate(m: dict[str, np.ndarray], total_pix: float, n: int) -> tuple[dict[str, float], list[dict[str, float]]]:
+    """Aggregated and per-slice rows from :func:`_per_slice`'s arrays (policy in the module docstring)."""
+    if n == 0:
+        m = {key: np.zeros(0) for key in (*PER_SLICE_KEYS, "_tp", "_fp", "_n_pred", "_n_gt")}
     positive = m["_n_gt"] > 0
     empty = ~positive
-    total_pix = float(p.size)
     sum_pred, sum_gt, sum_tp = m["_n_pred"].sum(), m["_n_gt"].sum(), m["_tp"].sum()
     fp_total = m["_fp"].sum()
     agg = {

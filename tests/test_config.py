@@ -18,6 +18,12 @@ def test_full_toml_resolves():
     assert cfg["data"]["size"] >= 128
 
 
+def test_real_toml_resolves():
+    cfg = resolve_config(ROOT / "configs" / "real.toml")
+    assert cfg["data"]["size"] >= 128 and cfg["data"]["split"]["folds"] >= 2
+    assert 0 <= cfg["data"]["split"]["fold"] < cfg["data"]["split"]["folds"]
+
+
 def test_layering_and_overrides(tmp_path):
     f = tmp_path / "c.toml"
     f.write_text("[train]\nsteps = 7\n[learners.finetune]\nlr = 0.01\n")
@@ -38,7 +44,13 @@ def test_round_trip_toml(tmp_path):
 
 @pytest.mark.parametrize(
     "override,match",
-    [("train.stpes=3", "unknown config key 'train.stpes'"), ("trainsteps", "section.key=value")],
+    [
+        ("train.stpes=3", "unknown config key 'train.stpes'"),
+        ("trainsteps", "section.key=value"),
+        ("data.split.folds=1", "'data.split.folds' must be 0 .no folds. or >= 2"),
+        ("data.split.fold=2", "'data.split.fold' = 2 needs 'data.split.folds' >= 2"),
+        ("data.split.folds=-1", "'data.split.folds' must be >= 0"),
+    ],
 )
 def test_bad_overrides(override, match):
     with pytest.raises(ValueError, match=match):
@@ -52,3 +64,10 @@ def test_bad_file(tmp_path):
     bad.write_text("[train\n")
     with pytest.raises(ValueError, match="bad.toml is not valid TOML"):
         resolve_config(bad)
+
+
+def test_fold_keys():
+    cfg = resolve_config(None, ["data.split.folds=5", "data.split.fold=4"])
+    assert (cfg["data"]["split"]["folds"], cfg["data"]["split"]["fold"]) == (5, 4)
+    with pytest.raises(ValueError, match=r"'data.split.fold' must be in 0..4"):
+        resolve_config(None, ["data.split.folds=5", "data.split.fold=5"])

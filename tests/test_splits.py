@@ -115,8 +115,9 @@ def test_dataset_split_column_is_respected() -> None:
         s = split_target(data, fractions=(0.5, 0.25, 0.25), seed=seed)
         assert s.test == ("p00", "p01", "p02")
         assert "p09" in s.unlabeled
-        assert len(s.support) + len(s.unlabeled) == 7
-        assert len(s.support) == 4  # 6 labeled train patients, support : unlabeled renormalized to 2 : 1
+        # The dataset brings its own unlabeled patient: every labeled train patient is support.
+        assert s.unlabeled == ("p09",)
+        assert len(s.support) == 6
 
 
 def test_patient_with_mixed_split_rows_is_not_test() -> None:
@@ -175,3 +176,89 @@ def test_source_split_disjoint_and_deterministic() -> None:
     assert len(val) == 2 and len(train) == 8
     assert (train, val) == split_source(data, val_fraction=0.2, seed=0)
     assert split_source(data, val_fraction=0.0) == (tuple(data.patient_ids()), ())
+
+
+def test_own_unlabeled_rows_keep_every_labeled_training_row_in_support() -> None:
+    """A dataset with its own unlabeled patients: none of the labeled ones is moved to the
+    unlabeled pool, so ``all`` shots = every labeled training slice."""
+    data = make_slices(12, 3, unlabeled_patients=("p10", "p11"))
+    for seed in range(10):
+        s = split_target(data, fractions=(0.4, 0.2, 0.4), seed=seed)
+        assert s.unlabeled == ("p10", "p11")
+        assert len(s.support) + len(s.test) == 10 and s.fractions[1] == 0.0
+        pools = s.pools(data)
+        assert not pools["unlabeled"].labeled.any() and len(pools["unlabeled"]) == 6
+        assert len(pools["support"]) + len(pools["test"]) == int(data.labeled.sum())
+    # Without a dataset of its own unlabeled rows the fractions still carve an unlabeled pool.
+    assert split_target(make_slices(12, 3), seed=0).unlabeled
+
+
+def test_own_unlabeled_rows_with_a_dataset_test_split_put_all_train_rows_in_support() -> None:
+    col = {f"p{i:02d}": ("test" if i < 2 else "train") for i in range(8)}
+    data = make_slices(8, 2, splits=col, unlabeled_patients=("p07",))
+    s = split_target(data, seed=0)
+    assert s.test == ("p00", "p01") and s.unlabeled == ("p07",)
+    assert s.support == tuple(f"p{i:02d}" for i in range(2, 7))
+
+
+def _all_positive(n_patients: int, per_patient: int = 2, **kw) -> SliceSet:
+    data = make_slices(n_patients, per_patient, positive=0.5, **kw)
+    masks = data.masks.copy()
+    masks[[data.rows_of([p])[0] for p in data.patient_ids()], 0, 0] = 1
+    return SliceSet(**{**data.__dict__, "masks": masks * data.labeled[:, None, None]})
+
+
+def test_folds_partition_the_labeled_patients_and_are_deterministic() -> None:
+    data = _all_positive(23, unlabeled_patients=("p21", "p22"))
+    splits = [split_target(data, seed=4, folds=5, fold=i) for i in range(5)]
+    folds = splits[0].folds
+    assert all(s.folds == folds for s in splits)  # the assignment depends on the seed, not the fold
+    tests = [set(s.test) for s in splits]
+    labeled = {f"p{i:02d}" for i in range(21)}
+    assert set().union(*tests) == labeled and sum(map(len, tests)) == 21  # disjoint, covering
+    assert sorted(map(len, tests)) == [4, 4, 4, 4, 5]
+    for i, s in enumerate(splits):
+        assert s.fold == i and s.test == tuple(sorted(folds[i]))
+        assert set(s.support) == labeled - set(s.test) and s.unlabeled == ("p21", "p22")
+        check_disjoint(s.as_dict())
+        pools = s.pools(data)
+        assert not set(pools["support"].patients) & set(pools["test"].patients)  # patient-free
+    assert split_target(data, seed=4, folds=5, fold=2) == splits[2]
+    assert split_target(data, seed=5, folds=5, fold=0).folds != folds
+
+
+def test_folds_keep_slices_of_one_patient_together() -> None:
+    data = _all_positive(10, per_patient=4)
+    for i in range(3):
+        pools = split_target(data, seed=0, folds=3, fold=i).pools(data)
+        for p in pools["test"].patient_ids():
+            assert (pools["test"].patients == p).sum() == 4
+            assert p not in set(pools["support"].patients)
+
+
+def test_folds_round_trip_through_the_split_file(tmp_path) -> None:
+    data = _all_positive(9)
+    s = split_target(data, seed=1, folds=3, fold=1)
+    back = load_split(save_split(s, tmp_path / "split.json"))
+    assert back == s and back.folds == s.folds and back.fold == 1
+    assert load_split(save_split(split_target(data, seed=1), tmp_path / "plain.json")).folds == ()
+
+
+@pytest.mark.parametrize(
+    "folds,fold,match",
+    [
+        (1, 0, "0 \\(off\\) or >= 2"),
+        (5, 5, "must be in 0..4"),
+        (0, 2, "needs data.split.folds >= 2"),
+        (12, 0, "needs at least 12 patients with labeled slices"),
+    ],
+)
+def test_fold_errors_are_clear(folds, fold, match) -> None:
+    with pytest.raises(ValueError, match=match):
+        split_target(_all_positive(9), seed=0, folds=folds, fold=fold)
+
+
+def test_folds_refuse_a_dataset_with_its_own_test_split() -> None:
+    col = {f"p{i:02d}": ("test" if i < 2 else "train") for i in range(8)}
+    with pytest.raises(ValueError, match="has its own test split.*data.split.folds = 0"):
+        split_target(_all_positive(8, splits=col), seed=0, folds=3, fold=0)

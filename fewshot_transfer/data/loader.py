@@ -14,6 +14,11 @@ Resizing: every slice becomes ``size x size`` — images bilinear with antialias
 512 -> 64 downscale must not alias), masks nearest-neighbour. Non-square slices are
 stretched (the aspect ratio changes; ``spacing`` records the new row/column spacing,
 ``spacing * original / size``). Slices already ``size x size`` are left untouched.
+
+Original resolution: every loaded row keeps its index (``SliceSet.origin``), and the
+dataset's ``meta`` records per row its manifest line and z index and per manifest row its
+original shape and spacing, so :func:`native_slices` can read the original masks of a few
+rows back (the harness does it for the test set only; the other pools never need them).
 """
 
 from __future__ import annotations
@@ -43,7 +48,7 @@ from fewshot_transfer.data.dataset_format import (
 )
 from fewshot_transfer.data.errors import DatasetError, DatasetWarning, IntensityConventionWarning
 from fewshot_transfer.data.readers import read_image, read_label
-from fewshot_transfer.data.slices import SliceSet, hu_to_unit
+from fewshot_transfer.data.slices import NativeSlice, SliceSet, hu_to_unit
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +89,8 @@ def load_dataset(
     cdir = Path(cache_dir).expanduser() if cache_dir is not None else cache.default_cache_dir()
     key = cache.cache_key(root, stats, settings)
     data = cache.load_cached(cdir, key)
+    if data is not None and "slices" not in data.meta:
+        data = None  # an entry written before rows kept their origin: decode again (same arrays)
     if data is None:
         start = time.perf_counter()
         data = _decode(root, spec, rows, size=size)
@@ -100,7 +107,58 @@ def load_dataset(
         for item in data.meta.get("warnings", []):
             _emit(item["message"], item.get("kind", "dataset"))
         log.debug("loaded %s from cache %s", root, cache.entry_path(cdir, key))
-    return replace(data, name=name or spec.name, meta={**data.meta, "source": str(root.resolve())})
+    return replace(
+        data,
+        name=name or spec.name,
+        meta={**data.meta, "source": str(root.resolve())},
+        origin=np.arange(len(data), dtype=np.int64),
+    )
+
+
+def native_slices(data: SliceSet) -> tuple[NativeSlice, ...] | None:
+    """The original-resolution lesion masks and pixel spacings of ``data``'s rows.
+
+    ``data`` is a dataset from :func:`load_dataset` or a subset of one (its ``origin`` says
+    which rows). A row that was already ``size x size`` is its own original (the loader did
+    not resize it): its mask and spacing are reused, bit for bit. The others are read again
+    from the dataset folder, through the same reader and label check as the first load.
+    Unlabeled rows get an all-zero mask of their original shape. Returns None when ``data``
+    does not come from a dataset folder (hand-built sets, concatenations).
+    """
+    meta = data.meta or {}
+    if data.origin is None or "slices" not in meta or "rows" not in meta or not meta.get("source"):
+        return None
+    root = Path(meta["source"])
+    row_of = meta["slices"]["row"]
+    z_of = meta["slices"]["z"]
+    shapes = meta["rows"]["shape"]
+    spacings = meta["rows"]["spacing"]
+    rows: list[ManifestRow] | None = None
+    decoder: _Decoder | None = None
+    out: list[NativeSlice] = []
+    for i, o in enumerate(data.origin.tolist()):
+        r = int(row_of[o])
+        shape = (int(shapes[r][0]), int(shapes[r][1]))
+        if shape == data.shape:
+            out.append(NativeSlice(data.masks[i], (float(data.spacing[i, 0]), float(data.spacing[i, 1]))))
+            continue
+        sp = spacings[r]
+        spacing = (float(sp[0]), float(sp[1])) if sp is not None else (float("nan"), float("nan"))
+        if not data.labeled[i]:
+            out.append(NativeSlice(np.zeros(shape, np.uint8), spacing))
+            continue
+        if decoder is None:
+            rows = read_manifest(root)
+            decoder = _Decoder(root, read_spec(root))
+        assert rows is not None
+        mask = decoder.lesion(rows[r].mask)[int(z_of[o])]
+        if mask.shape != shape:
+            raise DatasetError(
+                f"{root / rows[r].mask}: mask is {mask.shape[0]}x{mask.shape[1]} but the dataset was loaded with "
+                f"{shape[0]}x{shape[1]}; the folder changed since it was loaded, load it again"
+            )
+        out.append(NativeSlice(mask, spacing))
+    return tuple(out)
 
 
 def load_domain(
@@ -348,7 +406,11 @@ def _decode(root: Path, spec: DatasetSpec, rows: list[ManifestRow], *, size: int
     counters: Counter[str] = Counter()
     native_shapes: Counter[str] = Counter()
     native_spacing: list[tuple[float, float]] = []
-    for row in rows:
+    origin_row: list[int] = []
+    origin_z: list[int] = []
+    row_shape: list[list[int]] = []
+    row_spacing: list[list[float] | None] = []
+    for r, row in enumerate(rows):
         img = decoder.image(row.image, row.intensity or spec.intensity)
         n_z, height, width = img.unit.shape
         if img.is_volume and row.slice is not None:
@@ -382,6 +444,10 @@ def _decode(root: Path, spec: DatasetSpec, rows: list[ManifestRow], *, size: int
             native_spacing.append(native)
         sp = (native[0] * height / size, native[1] * width / size) if native else (np.nan, np.nan)
         n = len(zs)
+        origin_row += [r] * n
+        origin_z += zs
+        row_shape.append([int(height), int(width)])
+        row_spacing.append([float(native[0]), float(native[1])] if native else None)
         labeled += [bool(row.mask)] * n
         patients += [row.patient] * n
         splits += [row.split] * n
@@ -398,6 +464,10 @@ def _decode(root: Path, spec: DatasetSpec, rows: list[ManifestRow], *, size: int
         "native_shapes": dict(native_shapes),
         "row_intensity": dict(Counter(row.intensity or spec.intensity for row in rows)),
         "native_spacing_mm": np.median(np.asarray(native_spacing), axis=0).tolist() if native_spacing else None,
+        # Where each slice came from (manifest row, z) and each manifest row's original shape and
+        # spacing: what native_slices() needs to read original masks back.
+        "slices": {"row": origin_row, "z": [int(z) for z in origin_z]},
+        "rows": {"shape": row_shape, "spacing": row_spacing},
     }
     return SliceSet(
         images=np.concatenate(images).astype(np.float32, copy=False),

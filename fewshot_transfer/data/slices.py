@@ -31,6 +31,23 @@ def unit_to_hu(x: np.ndarray, window: tuple[float, float] = LUNG_WINDOW) -> np.n
 
 
 @dataclass(frozen=True, eq=False)
+class NativeSlice:
+    """One slice's lesion mask at its original resolution (before resizing to ``data.size``).
+
+    Attributes:
+        mask: uint8 ``[H0, W0]`` binary lesion mask as stored in the dataset.
+        spacing: ``(row, col)`` mm of the original pixels; NaN when unknown.
+    """
+
+    mask: np.ndarray
+    spacing: tuple[float, float]
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return int(self.mask.shape[0]), int(self.mask.shape[1])
+
+
+@dataclass(frozen=True, eq=False)
 class SliceSet:
     """Slices of one dataset (or one pool of it), all resized to one ``H x W``.
 
@@ -45,6 +62,10 @@ class SliceSet:
         lungs: optional uint8 ``[N, H, W]`` lung mask (phantoms have one).
         name: dataset name, for reports.
         fingerprint: content hash of the source data + loader settings (cache key, provenance).
+        origin: optional int64 ``[N]``: each row's index in the dataset as loaded (``load_dataset``
+            sets it; subsets keep it), so original-resolution data can be read back for a pool.
+        native: optional per-row :class:`NativeSlice` (original mask and spacing); the harness
+            attaches it to the test set only (memory), for native-resolution scoring.
     """
 
     images: np.ndarray
@@ -58,9 +79,15 @@ class SliceSet:
     name: str = "unnamed"
     fingerprint: str = ""
     meta: dict = field(default_factory=dict, compare=False)
+    origin: np.ndarray | None = None
+    native: tuple[NativeSlice, ...] | None = None
 
     def __post_init__(self) -> None:
         n = self.images.shape[0]
+        for attr in ("origin", "native"):
+            value = getattr(self, attr)
+            if value is not None and len(value) != n:
+                raise ValueError(f"SliceSet {self.name!r}: {attr} has {len(value)} rows, images have {n}")
         if self.images.ndim != 3:
             raise ValueError(f"SliceSet {self.name!r}: images must be [N, H, W], got {self.images.shape}")
         for attr in ("masks", "labeled", "patients", "slice_index", "splits", "spacing"):
@@ -93,6 +120,8 @@ class SliceSet:
             splits=self.splits[idx],
             spacing=self.spacing[idx],
             lungs=None if self.lungs is None else self.lungs[idx],
+            origin=None if self.origin is None else self.origin[idx],
+            native=None if self.native is None else tuple(self.native[i] for i in idx.tolist()),
         )
 
     def patient_ids(self) -> list[str]:
@@ -109,7 +138,10 @@ class SliceSet:
 
     @staticmethod
     def concat(parts: list[SliceSet], name: str | None = None) -> SliceSet:
-        """Stack several SliceSets of the same image size (fingerprints are combined)."""
+        """Stack several SliceSets of the same image size (fingerprints are combined).
+
+        ``origin`` and ``native`` are dropped: rows of different pools or datasets share no index.
+        """
         if not parts:
             raise ValueError("SliceSet.concat needs at least one part")
         lungs = None

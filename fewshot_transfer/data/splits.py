@@ -23,6 +23,21 @@ Assignment rules (``split_target``):
   contain lesions whenever the data allows.
 * Every pool with a positive fraction gets at least one patient where there are enough;
   an empty test set or support pool is an error, never a silent empty benchmark.
+* **A dataset's own unlabeled rows.** When the dataset brings patients with no labeled
+  slice (COVID-SemiSeg's 400 ``Pseudo-label/Imgs`` slices, MSD's ``imagesTs``), those
+  *are* the unlabeled pool: every labeled training patient goes to the support pool and
+  none is moved into the unlabeled pool (the unlabeled fraction is ignored; support and
+  test fractions are renormalized). ``--shots all`` then means every labeled training
+  slice.
+* **Folds** (``folds = K >= 2``, ``fold = i``): for a dataset without its own test split,
+  the labeled patients are dealt into K folds (ranked by lesion burden, each block of K
+  consecutive patients spread over the K folds in a seeded order, so folds differ by at
+  most one patient and each sees heavy and light patients); fold i is the test set, the
+  other folds are the support pool, patients without labels the unlabeled pool. The
+  assignment depends on the seed only (not on i), so the K folds of one seed partition
+  the labeled patients; it is written to the split file. Patients are the dataset's
+  grouping unit: slice-level where patient ids are unknown (each slice its own group),
+  patient-level where known.
 
 In ``pools()``, support and test keep only their patients' labeled rows (unlabeled rows
 of those patients are dropped rather than moved, which would break patient-disjointness),
@@ -63,6 +78,10 @@ class TargetSplit:
     fractions: tuple[float, float, float]
     dataset_fingerprint: str
     dataset: str = ""
+    #: The K-fold assignment (patients per fold) when the split is a fold; empty otherwise.
+    folds: tuple[tuple[str, ...], ...] = ()
+    #: Which fold is the test set (None when the split is not a fold).
+    fold: int | None = None
 
     def as_dict(self) -> dict[str, tuple[str, ...]]:
         """Pool name -> patient ids."""
@@ -89,7 +108,7 @@ class TargetSplit:
         return out
 
     def to_json(self) -> dict:
-        return {
+        out = {
             "format": SPLIT_FORMAT,
             "dataset": self.dataset,
             "dataset_fingerprint": self.dataset_fingerprint,
@@ -99,6 +118,10 @@ class TargetSplit:
             "unlabeled": list(self.unlabeled),
             "test": list(self.test),
         }
+        if self.folds:
+            out["fold"] = int(self.fold or 0)
+            out["folds"] = [list(f) for f in self.folds]
+        return out
 
     @classmethod
     def from_json(cls, d: dict) -> TargetSplit:
@@ -113,8 +136,18 @@ class TargetSplit:
             fractions=tuple(float(f) for f in d["fractions"]),  # type: ignore[arg-type]
             dataset_fingerprint=str(d["dataset_fingerprint"]),
             dataset=str(d.get("dataset", "")),
+            folds=tuple(tuple(f) for f in d.get("folds", ())),
+            fold=int(d["fold"]) if d.get("folds") else None,
         )
         check_disjoint(split.as_dict())
+        if split.folds:
+            check_disjoint({f"fold {i}": f for i, f in enumerate(split.folds)})
+            if (
+                split.fold is None
+                or not 0 <= split.fold < len(split.folds)
+                or split.test != tuple(sorted(split.folds[split.fold]))
+            ):
+                raise ValueError(f"split file: fold {split.fold} is not the test set of its {len(split.folds)} folds")
         return split
 
 
@@ -230,21 +263,93 @@ def _check_fractions(fractions: tuple[float, float, float]) -> np.ndarray:
     return f
 
 
+def check_folds(folds: int, fold: int) -> None:
+    """Validate ``data.split.folds`` / ``data.split.fold`` (0 folds = no fold protocol)."""
+    for name, value in (("data.split.folds", folds), ("data.split.fold", fold)):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{name} must be an integer, got {value!r}")
+    if folds == 0:
+        if fold != 0:
+            raise ValueError(f"data.split.fold = {fold} needs data.split.folds >= 2 (folds = 0 means no fold protocol)")
+        return
+    if folds < 2:
+        raise ValueError(f"data.split.folds must be 0 (off) or >= 2, got {folds}")
+    if not 0 <= fold < folds:
+        raise ValueError(f"data.split.fold must be in 0..{folds - 1} for data.split.folds = {folds}, got {fold}")
+
+
+def _fold_assignment(patients: list[str], burden: np.ndarray, folds: int, rng: np.random.Generator) -> list[list[str]]:
+    """Patients ranked by burden (seeded tie-break), each block of ``folds`` spread over the folds
+    in a seeded order: fold sizes differ by at most one, every fold sees every burden band."""
+    order = np.lexsort((rng.permutation(len(patients)), -burden))
+    out: list[list[str]] = [[] for _ in range(folds)]
+    for start in range(0, len(order), folds):
+        block = order[start : start + folds]
+        for i, f in zip(block, rng.permutation(folds)[: len(block)]):
+            out[int(f)].append(patients[i])
+    return [sorted(f) for f in out]
+
+
 def split_target(
-    data: SliceSet, *, fractions: tuple[float, float, float] = (0.4, 0.2, 0.4), seed: int = 0
+    data: SliceSet,
+    *,
+    fractions: tuple[float, float, float] = (0.4, 0.2, 0.4),
+    seed: int = 0,
+    folds: int = 0,
+    fold: int = 0,
 ) -> TargetSplit:
-    """Split the target dataset by patient into support / unlabeled / test (rules in module docstring)."""
+    """Split the target dataset by patient into support / unlabeled / test (rules in module docstring).
+
+    ``folds >= 2`` selects the fold protocol (test = fold ``fold``); ``fractions`` are then unused.
+    """
     f = _check_fractions(fractions)
+    check_folds(folds, fold)
     rng = np.random.default_rng(seed)
     patients, has_label, burden, all_test = _patient_table(data)
     burden_of = dict(zip(patients, burden.tolist()))
     labeled = [p for p, h in zip(patients, has_label) if h]
     unlabeled_only = [p for p, h in zip(patients, has_label) if not h]
     fixed_test = [p for p, h, t in zip(patients, has_label, all_test) if h and t]
-    # Unlabeled-only patients already fill the unlabeled pool; it then needs no labeled minimum.
-    min_unlabeled = [] if unlabeled_only else [1]
-
-    if fixed_test:
+    counts = (
+        f"{len(patients)} patients, {len(labeled)} with labeled slices, "
+        f"{len(fixed_test)} labeled patients marked 'test' by the dataset"
+    )
+    # The dataset's own unlabeled patients are the unlabeled pool: no labeled patient is moved there.
+    if unlabeled_only and f[1] > 0:
+        log.info(
+            "dataset %r brings %d patient(s) without labels: they are the unlabeled pool, and every labeled "
+            "training patient goes to the support pool (unlabeled fraction %g not used)",
+            data.name,
+            len(unlabeled_only),
+            f[1],
+        )
+        f = np.array([f[0], 0.0, f[2]]) / (f[0] + f[2])
+    assignment: list[list[str]] = []
+    if folds:
+        if fixed_test:
+            raise ValueError(
+                f"dataset {data.name!r} has its own test split ({counts}); the fold protocol is for datasets "
+                "without one: set data.split.folds = 0"
+            )
+        if len(labeled) < folds:
+            raise ValueError(
+                f"dataset {data.name!r}: data.split.folds = {folds} needs at least {folds} patients with labeled "
+                f"slices ({counts}); use fewer folds"
+            )
+        lab_burden = np.array([burden_of[p] for p in labeled])
+        assignment = _fold_assignment(labeled, lab_burden, folds, rng)
+        if not any(burden_of[p] > 0 for p in assignment[fold]):
+            n_pos = int(np.count_nonzero(lab_burden > 0))
+            raise ValueError(
+                f"dataset {data.name!r}: fold {fold} of {folds} holds no lesion-positive patient ({n_pos} of "
+                f"{len(labeled)} labeled patients have lesions), so its Dice is undefined; use fewer folds"
+            )
+        test = list(assignment[fold])
+        pools = [[p for i, a in enumerate(assignment) if i != fold for p in a], [], test]
+        f = np.array([1.0 - 1.0 / folds, 0.0, 1.0 / folds])
+    elif fixed_test:
+        # Unlabeled-only patients already fill the unlabeled pool; it then needs no labeled minimum.
+        min_unlabeled = [] if unlabeled_only else [1]
         rest = [p for p in labeled if p not in set(fixed_test)]
         rest_burden = np.array([burden_of[p] for p in rest])
         f2 = f[:2] / f[:2].sum()
@@ -252,6 +357,7 @@ def split_target(
         pools = [support, unl, list(fixed_test)]
         _ensure_positive(pools, [0], burden_of, frozen=(2,))
     else:
+        min_unlabeled = [] if unlabeled_only else [1]
         if np.any(np.char.lower(data.splits.astype(str)) == "test"):
             log.info(
                 "dataset %r: no labeled patient has all rows marked 'test'; carving the test set by fractions",
@@ -263,10 +369,6 @@ def split_target(
 
     support, unl, test = (sorted(p) for p in pools)
     unl = sorted(set(unl) | set(unlabeled_only))
-    counts = (
-        f"{len(patients)} patients, {len(labeled)} with labeled slices, "
-        f"{len(fixed_test)} labeled patients marked 'test' by the dataset"
-    )
     if not test:
         raise ValueError(
             f"dataset {data.name!r}: empty test set ({counts}); the target needs at least two patients with "
@@ -284,6 +386,8 @@ def split_target(
         fractions=tuple(float(x) for x in f),  # type: ignore[arg-type]
         dataset_fingerprint=data.fingerprint,
         dataset=data.name,
+        folds=tuple(tuple(a) for a in assignment),
+        fold=int(fold) if folds else None,
     )
     check_disjoint(split.as_dict())
     return split

@@ -18,7 +18,7 @@ import torch
 
 from fewshot_transfer.config import config_hash
 from fewshot_transfer.data.cache import cache_root
-from fewshot_transfer.data.loader import load_domain
+from fewshot_transfer.data.loader import load_domain, native_slices
 from fewshot_transfer.data.samplers import labeled_fraction, resolve_shots, support_indices, support_pool_size
 from fewshot_transfer.data.slices import SliceSet
 from fewshot_transfer.data.splits import TargetSplit, load_split, save_split, split_source, split_target, verify_split
@@ -59,6 +59,12 @@ class Benchmark:
     def eligible(self) -> int:
         """Slices a support set is drawn from: the largest valid k (what ``all`` means)."""
         return support_pool_size(self.support_pool, float(self.config["data"]["include_negative"]))
+
+    @property
+    def resolution(self) -> str:
+        """Where the test set is scored: ``"native"`` (each slice at its original size, see
+        :func:`runner.run_cell`) or ``"HxW"`` (the model size, when originals are unknown)."""
+        return "native" if self.test_set.native is not None else "{}x{}".format(*self.test_set.shape)
 
     @cached_property
     def data_fingerprint(self) -> dict:
@@ -162,13 +168,24 @@ def prepare(config: dict, out_dir: Path, *, device: str | None = None) -> Benchm
         raise ValueError(f"source {source.shape} and target {target.shape} slice sizes differ; set data.size")
 
     sp = data_cfg["split"]
+    folds, fold = int(sp.get("folds", 0)), int(sp.get("fold", 0))
     split_path = out_dir / "split.json"
     if split_path.is_file():
         split = load_split(split_path)
         verify_split(split, target)
+        if (len(split.folds), split.fold if split.folds else 0) != (folds, fold):
+            raise ValueError(
+                f"{split_path} holds {f'fold {split.fold} of {len(split.folds)}' if split.folds else 'a split without folds'}"
+                f", but the config asks for {f'fold {fold} of {folds}' if folds else 'no folds'}; "
+                "use another --out for each fold"
+            )
     else:
         split = split_target(
-            target, fractions=(float(sp["support"]), float(sp["unlabeled"]), float(sp["test"])), seed=int(sp["seed"])
+            target,
+            fractions=(float(sp["support"]), float(sp["unlabeled"]), float(sp["test"])),
+            seed=int(sp["seed"]),
+            folds=folds,
+            fold=fold,
         )
         save_split(split, split_path)
     pools = split.pools(target)
@@ -182,7 +199,8 @@ def prepare(config: dict, out_dir: Path, *, device: str | None = None) -> Benchm
     source_val = replace(
         source.subset(source.rows_of(val_p)), fingerprint=config_hash([source.fingerprint, "val", sorted(val_p)])
     )
-    test = pools["test"]
+    # Only the test set keeps its original-resolution masks (scored there); the pools train at data.size.
+    test = replace(pools["test"], native=native_slices(pools["test"]))
     bench = Benchmark(
         config=config,
         out_dir=out_dir,

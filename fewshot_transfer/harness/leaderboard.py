@@ -237,11 +237,13 @@ def build_rows(records: list[dict], shots: list[tuple[str, int]] | None = None) 
 
 
 def header_meta(records: list[dict]) -> dict[str, str]:
-    """What every leaderboard header states: how hyperparameters were chosen, and a warning
-    when its cells come from different code versions."""
+    """What every leaderboard header states: how hyperparameters were chosen, at which
+    resolution the test set was scored, and a warning when its cells come from different code
+    versions."""
     meta: dict[str, str] = {}
     selections = sorted({r.get("selection") or "defaults" for r in records})
     meta["hyperparameters"] = selections[0] if len(selections) == 1 else "MIXED: " + " | ".join(selections)
+    meta["scored at"] = scored_at(records)
     shas = sorted({str(r.get("provenance", {}).get("code", {}).get("source_sha", "?")) for r in records})
     if len(shas) > 1:
         meta["code versions"] = (
@@ -249,6 +251,19 @@ def header_meta(records: list[dict]) -> dict[str, str]:
             "rerun them on one version before comparing"
         )
     return meta
+
+
+def scored_at(records: list[dict]) -> str:
+    """``native`` (each test slice at its original size), ``NxN`` (the model size), or MIXED."""
+    words = {
+        "native": "native resolution (each test slice at its original size)",
+        "": "model size (cells from before native-resolution scoring)",
+    }
+    found = sorted({str(r.get("resolution", "")) for r in records if r.get("status", "ok") == "ok"})
+    shown = [words.get(f, f"{f} (model size)") for f in found]
+    if len(shown) > 1:
+        return "MIXED: " + " | ".join(shown) + "; rerun the cells on one version before comparing"
+    return shown[0] if shown else "n/a"
 
 
 def power_summary(rows: list[dict]) -> str:

@@ -48,11 +48,19 @@ def render(
     rows = build_rows(records, shots if shots is not None else saved_shots(run_dirs))
     out_dir.mkdir(parents=True, exist_ok=True)
     header = header_meta(records)  # recomputed from the cells, never taken from an older render
-    meta = {**header, **{k: v for k, v in (meta or {}).items() if k not in ("hyperparameters", "code versions")}}
+    meta = {
+        **header,
+        **{k: v for k, v in (meta or {}).items() if k not in ("hyperparameters", "code versions", "scored at")},
+    }
     paths = write_leaderboard(out_dir, rows, meta=meta, sections=render_sections(rows, records))
     paths.append(transfer_gain_plot(rows, out_dir / "transfer_gain.png"))
     if console is not None:
-        console.print(rich_table(rows, title=f"ftbench leaderboard — hyperparameters: {meta['hyperparameters']}"))
+        console.print(
+            rich_table(
+                rows,
+                title=f"ftbench leaderboard — hyperparameters: {meta['hyperparameters']}; scored at: {meta['scored at']}",
+            )
+        )
         if "code versions" in meta:
             console.print(f"[yellow]{meta['code versions']}[/yellow]")
         console.print(power_summary(rows))

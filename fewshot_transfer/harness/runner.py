@@ -20,17 +20,21 @@ import torch
 from fewshot_transfer import learners
 from fewshot_transfer.atomic import atomic_open
 from fewshot_transfer.config import config_hash
+from fewshot_transfer.data.slices import SliceSet
 from fewshot_transfer.harness.benchmark import Benchmark
 from fewshot_transfer.harness.parallel import producers_first, resolve_jobs, run_parallel
 from fewshot_transfer.harness.store import CellSpec, CellStore, write_csv
 from fewshot_transfer.metrics import evaluate, hd95_unit
 from fewshot_transfer.provenance import code_version
 from fewshot_transfer.training import ProgressCallback, TrainingDiverged
+from fewshot_transfer.training.segmenter import resample_to
 
 log = logging.getLogger(__name__)
 
 #: Bump when evaluation changes; leaderboards mark rows computed under an older protocol.
-PROTOCOL_VERSION = 1
+#: 2: test slices scored at their original resolution; a dataset's own unlabeled patients
+#: are the unlabeled pool (all labeled training patients go to the support pool); folds.
+PROTOCOL_VERSION = 2
 #: Test slices whose predictions are kept per cell for the prediction gallery.
 GALLERY_SLICES = 6
 
@@ -204,13 +208,13 @@ def run_cell(
     record.update(budget=budget, cost=cell_cost(budget, charged, ctx.train_seconds), summary=ctx.summary)
     t1 = time.perf_counter()
     test = bench.test_set
-    pred = segmenter.predict(test.images)
-    summary, per_slice = evaluate(pred, test.masks, test.spacing)
+    summary, per_slice, pred, spacing = score(segmenter, test, float(bench.config["train"]["threshold"]))
     eval_s = time.perf_counter() - t1
     record.update(
         status="ok",
+        resolution=bench.resolution,
         metrics=summary,
-        hd95_unit=hd95_unit(test.spacing, len(test)),
+        hd95_unit=hd95_unit(spacing, len(test)),
         per_slice={
             "patient": test.patients.tolist(),
             "dice": [row.get("dice", float("nan")) for row in per_slice],
@@ -220,6 +224,31 @@ def run_cell(
     _save_curves(bench, spec, ctx.curves)
     _save_gallery(bench, spec, pred)
     return record
+
+
+def score(segmenter, test: SliceSet, threshold: float) -> tuple[dict, list[dict], np.ndarray, np.ndarray]:
+    """Metrics of ``segmenter`` on ``test``: (summary, per-slice rows, model-size masks, spacing used).
+
+    When ``test`` carries its original masks (``test.native``), each slice is scored at its
+    original size: the probability map is resampled bilinearly to it and thresholded, and
+    compared with the original mask, HD95 with the original spacing. Otherwise (and for a slice
+    whose original size is the model size, e.g. every phantom slice) the model-size mask is
+    scored as it is. The model-size masks are returned for galleries.
+    """
+    proba = segmenter.predict_proba(test.images)
+    thr = float(getattr(segmenter, "threshold", threshold))
+    pred = (proba >= thr).astype(np.uint8)
+    if test.native is None:
+        summary, per_slice = evaluate(pred, test.masks, test.spacing)
+        return summary, per_slice, pred, test.spacing
+    spacing = np.array([s.spacing for s in test.native], dtype=np.float64).reshape(-1, 2)
+    if all(s.shape == test.shape for s in test.native):
+        gt = np.stack([s.mask for s in test.native]) if len(test) else test.masks
+        summary, per_slice = evaluate(pred, gt, spacing if len(test) else test.spacing)
+        return summary, per_slice, pred, spacing
+    native_pred = resample_to(proba, [s.shape for s in test.native], thr)
+    summary, per_slice = evaluate(native_pred, [s.mask for s in test.native], spacing)
+    return summary, per_slice, pred, spacing
 
 
 def gallery_rows(bench: Benchmark) -> np.ndarray:

@@ -30,3 +30,22 @@ class Segmenter:
     def predict(self, images: np.ndarray) -> np.ndarray:
         """Binary lesion masks (uint8) at the segmenter's threshold."""
         return (self.predict_proba(images) >= self.threshold).astype(np.uint8)
+
+
+def resample_to(proba: np.ndarray, shapes: list[tuple[int, int]], threshold: float) -> list[np.ndarray]:
+    """Binary masks at other sizes: each ``[H, W]`` probability map of ``proba`` ``[N, H, W]`` is
+    resampled bilinearly (``align_corners=False``, pixel centres aligned, as the loader resized
+    the image) to ``shapes[i]``, then thresholded. A map already at its shape is only thresholded,
+    so a model-size slice gets exactly ``Segmenter.predict``'s mask."""
+    import torch.nn.functional as F
+
+    if len(shapes) != len(proba):
+        raise ValueError(f"{len(shapes)} target shapes for {len(proba)} probability maps")
+    out: list[np.ndarray] = []
+    for p, shape in zip(proba, shapes):
+        shape = (int(shape[0]), int(shape[1]))
+        if p.shape != shape:
+            t = torch.from_numpy(np.ascontiguousarray(p, dtype=np.float32))[None, None]
+            p = F.interpolate(t, size=shape, mode="bilinear", align_corners=False)[0, 0].numpy()
+        out.append((p >= threshold).astype(np.uint8))
+    return out
