@@ -21,6 +21,11 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
+#: The default run's learners: one or two of every family (baselines, adversarial, meta,
+#: semi-supervised), the set that fits the default grid (k = 0, 1, 5, 20 x 3 seeds) in about
+#: ten minutes on a 2-core CPU (benchmarks/README.md); ``--learners all`` runs every one.
+DEFAULT_LEARNERS = "scratch,source-only,finetune,joint,dual-adv,reptile,pseudo-label-cap"
+
 DEFAULTS: dict[str, Any] = {
     "profile": "quick",
     "tuned_from": "",
@@ -63,7 +68,7 @@ DEFAULTS: dict[str, Any] = {
     "run": {
         "shots": "0,1,5,20",
         "seeds": 3,
-        "learners": "all",
+        "learners": DEFAULT_LEARNERS,
         "device": "cpu",
         "out": "runs/quick",
         "plots": False,

@@ -15,7 +15,9 @@ HELP = """\
 Run the benchmark grid: every learner x every k x every seed, on paired support sets
 (all learners of one seed see the same k shots; shots are nested across k). With no
 options it runs the embedded synthetic CAP -> COVID-19 phantom benchmark with the quick
-profile (configs/quick.toml) and every registered learner.
+profile (configs/quick.toml) and the default learner set, one or two of every family
+(scratch, source-only, finetune, joint, dual-adv, reptile, pseudo-label-cap: about ten
+minutes on a 2-core CPU); --learners all runs every registered learner.
 
 k = 0 is the unsupervised setting (no target labels, the unlabeled target slices only):
 learners that can run without labels (supports_k0) get a cell there, the others show
@@ -52,7 +54,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="k values: counts (0 = no target labels), fractions of the support pool, or 'all' "
         "(e.g. 0,1,5,20,25%%,all); default 0,1,5,20",
     )
-    p.add_argument("--learners", help="comma list of learners, or 'all' (default: all registered)")
+    p.add_argument("--learners", help="comma list of learners, or 'all' (every registered one); default: one or two per family (run.learners)")
     p.add_argument(
         "--seeds", help="number of seeds N (seeds 0..N-1) or an explicit list '0,3,7' (one seed: '3,'); default 3"
     )
