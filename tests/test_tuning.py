@@ -228,3 +228,14 @@ def test_tune_finetune_resumes_and_best_toml_runs(tmp_path):
 def test_storage_rejects_non_urls(tmp_path):
     with pytest.raises(ValueError, match="not a database URL"):
         make_storage(str(tmp_path / "study.db"))
+
+
+def test_search_spaces_suggest_each_name_once(recwarn):
+    """Optuna keeps the first range of a name suggested twice and only warns: a subclass that
+    re-suggests a parent's name with another range would silently search the parent's."""
+    for name in learners.available():
+        study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+        trial = study.ask()
+        learners.get(name).search_space(trial)
+    inconsistent = [str(w.message) for w in recwarn.list if "Inconsistent parameter values" in str(w.message)]
+    assert not inconsistent, inconsistent

@@ -25,8 +25,7 @@ class Reptile(Learner):
 
     @staticmethod
     def search_space(trial) -> dict:
-        space = meta_search_space(trial, second_order=False)
-        return {**space, "meta_lr": trial.suggest_float("meta_lr", 0.05, 1.0, log=True)}
+        return meta_search_space(trial, second_order=False, meta_lr=(0.05, 1.0))
 
     def fit(self, ctx: LearnerContext) -> Segmenter:
         return fit_meta(ctx, self.name, MetaConfig.from_params(ctx.params, algorithm="reptile", first_order=True))

@@ -505,12 +505,16 @@ def fit_meta(ctx: LearnerContext, name: str, cfg: MetaConfig) -> Segmenter:
     return ctx.segmenter(adapt_to_shots(ctx, model, lr, cfg))
 
 
-def meta_search_space(trial: Any, *, second_order: bool = True) -> dict[str, Any]:
+def meta_search_space(
+    trial: Any, *, second_order: bool = True, meta_lr: tuple[float, float] = (1e-4, 3e-3)
+) -> dict[str, Any]:
     """Optuna space shared by the meta-learners (second-order ones get a smaller step budget);
-    the test-time ``lr``/``steps`` are searched like finetune's."""
+    the test-time ``lr`` is searched like finetune's. ``meta_lr`` is the range of the outer
+    step (an Adam lr by default; Reptile's interpolation factor needs its own range: a name
+    suggested twice with two ranges silently keeps the first)."""
     return {
         "lr": trial.suggest_float("lr", 1e-4, 1e-2, log=True),
         "inner_steps": trial.suggest_int("inner_steps", 1, 5 if second_order else 10),
-        "meta_lr": trial.suggest_float("meta_lr", 1e-4, 3e-3, log=True),
+        "meta_lr": trial.suggest_float("meta_lr", *meta_lr, log=True),
         "meta_steps": trial.suggest_int("meta_steps", 10, 60 if second_order else 120, step=10),
     }
