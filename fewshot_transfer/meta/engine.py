@@ -391,6 +391,12 @@ def _first_order_gradient(
     plist = list(mod.values())
     adapted = [mod[n] for n in names]
     head = _Forward(model, params, names).head_only
+
+    def forward(inp: Tensor) -> Tensor:
+        if head:
+            return F.conv2d(inp, model.head.weight, model.head.bias)  # type: ignore[union-attr]
+        return model(inp)
+
     saved_grads = [p.grad for p in plist]
     saved_flags = [p.requires_grad for p in plist]
     total = 0.0
@@ -404,17 +410,14 @@ def _first_order_gradient(
             query_acc = [p.grad for p in plist]
             for p in plist:
                 p.grad = None
-            if head:
+            if head:  # ANIL: the body's features once per task, only the 1x1 head re-run
                 with torch.no_grad():
-                    feats = model(t.x_support, return_features=True)[1]["dec1"]
-
-                def forward(x: Tensor) -> Tensor:
-                    return F.conv2d(feats, model.head.weight, model.head.bias)  # type: ignore[union-attr]
+                    inp = model(t.x_support, return_features=True)[1]["dec1"]
             else:
-                forward = model
+                inp = t.x_support
             optimizer = torch.optim.Adam(adapted, lr=float(lr), foreach=True) if opt == "adam" else None  # type: ignore[arg-type]
             for _ in range(steps):
-                loss_fn(forward(t.x_support), t.y_support).backward(inputs=adapted)
+                loss_fn(forward(inp), t.y_support).backward(inputs=adapted)
                 if optimizer is not None:
                     optimizer.step()  # parameters whose .grad is None (unused by the loss) are skipped
                 else:
