@@ -54,7 +54,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="k values: counts (0 = no target labels), fractions of the support pool, or 'all' "
         "(e.g. 0,1,5,20,25%%,all); default 0,1,5,20",
     )
-    p.add_argument("--learners", help="comma list of learners, or 'all' (every registered one); default: one or two per family (run.learners)")
+    p.add_argument(
+        "--learners",
+        help="comma list of learners, or 'all' (every registered one); default: one or two per family (run.learners)",
+    )
     p.add_argument(
         "--seeds", help="number of seeds N (seeds 0..N-1) or an explicit list '0,3,7' (one seed: '3,'); default 3"
     )
