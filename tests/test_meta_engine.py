@@ -110,6 +110,39 @@ def test_in_place_first_order_path_equals_general_path(opt, head_only):
         assert torch.allclose(fast.grads[n], general.grads[n], atol=1e-12, rtol=1e-9), n
 
 
+@pytest.mark.parametrize("opt", ["sgd", "adam"])
+@pytest.mark.parametrize("head_only", [False, True])
+@pytest.mark.parametrize("own", [True, False])
+def test_first_order_on_module_parameters_is_bit_identical_and_restores_the_module(opt, head_only, own):
+    """meta_gradient on the module's own parameters (adapted in place on the real module)
+    gives bit-for-bit the functional route's gradients and leaves weights, .grad and
+    requires_grad as they were."""
+    from fewshot_transfer.meta.engine import _first_order_gradient_functional
+
+    torch.set_num_threads(1)
+    net = tiny_unet()
+    tasks = make_tasks(3)
+    names = ["head.weight", "head.bias"] if head_only else [n for n, _ in net.named_parameters()]
+    marker = torch.full_like(net.head.bias, 7.0)
+    net.head.bias.grad = marker
+    frozen = next(iter(net.parameters()))
+    frozen.requires_grad_(False)
+    before = {n: p.detach().clone() for n, p in net.named_parameters()}
+    params = dict(net.named_parameters()) if own else module_params(net)
+    fast = meta_gradient(net, params, tasks, steps=3, lr=0.05, opt=opt, first_order=True, adapt_names=names)
+    ref = _first_order_gradient_functional(
+        net, module_params(net), tasks, names, steps=3, lr=0.05, opt=opt, loss_fn=seg_loss
+    )
+    assert fast.loss == ref.loss
+    for n in ref.grads:
+        assert torch.equal(fast.grads[n], ref.grads[n]), n
+    for n, p in net.named_parameters():
+        assert torch.equal(p, before[n]), n
+    assert net.head.bias.grad is marker
+    assert not frozen.requires_grad
+    assert all(p.grad is None for p in net.parameters() if p is not net.head.bias)
+
+
 def test_first_order_is_query_gradient_at_adapted_params():
     net = tiny_unet(dtype=torch.float64)
     task = make_tasks(1, dtype=torch.float64)[0]

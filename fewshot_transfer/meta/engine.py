@@ -9,9 +9,11 @@ from ``torch.autograd.grad``:
   ``create_graph=True`` and the update stays in the graph, so the outer gradient includes
   the Hessian-vector products (what ``higher`` does, without its module copies);
 * **first order** (``first_order=True``, fixed lr): no graph through the inner loop at all.
-  The adapted weights are leaf copies updated *in place* by a foreach ``torch.optim``
-  optimizer (the same SGD / Adam implementation the test-time loop uses), and the outer
-  gradient is the query gradient at the adapted weights.
+  :func:`meta_gradient` on the module's own parameters adapts them *in place* with plain
+  autograd and ``torch._foreach_*`` / foreach ``torch.optim`` updates (the same SGD / Adam
+  the test-time loop uses) and restores them after each task; other parameter dicts are
+  adapted as leaf copies through ``functional_call``. The outer gradient is the query
+  gradient at the adapted weights.
 
 Inner optimizers: ``"sgd"`` (``p - lr * g``) or ``"adam"`` (``torch.optim.Adam``'s update,
 written differentiably for the second-order path; a zero second moment gets a zero
@@ -346,6 +348,19 @@ def meta_gradient(
     return MetaGradient(grads=g_params, lr_grads=lr_grads, loss=total)
 
 
+def _aliases_module(model: nn.Module, params: Mapping[str, Tensor]) -> dict[str, nn.Parameter] | None:
+    """The module's own parameters when ``params`` are exactly them (or detached views of
+    them, as :func:`module_params` returns); None otherwise."""
+    mod = dict(model.named_parameters())
+    if set(mod) != set(params):
+        return None
+    for n, p in mod.items():
+        v = params[n]
+        if v.data_ptr() != p.data_ptr() or v.shape != p.shape or v.stride() != p.stride() or v.dtype != p.dtype:
+            return None
+    return mod
+
+
 def _first_order_gradient(
     model: nn.Module,
     params: Mapping[str, Tensor],
@@ -357,8 +372,92 @@ def _first_order_gradient(
     opt: str,
     loss_fn: LossFn,
 ) -> MetaGradient:
-    """First order with a fixed lr: the query gradient at the in-place adapted weights,
-    accumulated in place; no graph is built through the inner steps."""
+    """First order with a fixed lr: the query gradient at the adapted weights, summed over tasks.
+
+    When ``params`` are the module's own parameters (the meta-training loop, the benchmark)
+    the inner loop runs on them *in place*: plain ``torch.autograd`` on the real module (no
+    ``functional_call``, no per-task parameter copies), SGD as one ``torch._foreach_add_``
+    (what a momentum-free foreach ``torch.optim.SGD`` does), Adam by a fresh foreach
+    ``torch.optim.Adam``; the query gradient accumulates into ``.grad`` across tasks and the
+    adapted parameters are restored from one snapshot after each task. The module's
+    parameters, their ``.grad`` and ``requires_grad`` are left as they were.
+    """
+    mod = _aliases_module(model, params)
+    if mod is None:
+        return _first_order_gradient_functional(
+            model, params, tasks, names, steps=steps, lr=lr, opt=opt, loss_fn=loss_fn
+        )
+    keys = list(mod)
+    plist = list(mod.values())
+    adapted = [mod[n] for n in names]
+    head = _Forward(model, params, names).head_only
+
+    def forward(inp: Tensor) -> Tensor:
+        if head:
+            return F.conv2d(inp, model.head.weight, model.head.bias)  # type: ignore[union-attr]
+        return model(inp)
+
+    saved_grads = [p.grad for p in plist]
+    saved_flags = [p.requires_grad for p in plist]
+    total = 0.0
+    try:
+        for p in plist:
+            p.grad = None
+            p.requires_grad_(True)
+        with torch.no_grad():
+            init = [p.detach().clone() for p in adapted]
+        for t in tasks:
+            query_acc = [p.grad for p in plist]
+            for p in plist:
+                p.grad = None
+            if head:  # ANIL: the body's features once per task, only the 1x1 head re-run
+                with torch.no_grad():
+                    inp = model(t.x_support, return_features=True)[1]["dec1"]
+            else:
+                inp = t.x_support
+            optimizer = torch.optim.Adam(adapted, lr=float(lr), foreach=True) if opt == "adam" else None  # type: ignore[arg-type]
+            for _ in range(steps):
+                loss_fn(forward(inp), t.y_support).backward(inputs=adapted)
+                if optimizer is not None:
+                    optimizer.step()  # parameters whose .grad is None (unused by the loss) are skipped
+                else:
+                    with torch.no_grad():
+                        used = [p for p in adapted if p.grad is not None]
+                        if used:
+                            torch._foreach_add_(used, [p.grad for p in used], alpha=-float(lr))  # type: ignore[arg-type]
+                for p in adapted:
+                    p.grad = None
+            del optimizer
+            for p, g in zip(plist, query_acc):
+                p.grad = g
+            del query_acc, g  # sole owner: autograd then accumulates into .grad in place
+            loss = loss_fn(model(t.x_query), t.y_query) / len(tasks)
+            loss.backward(inputs=plist)
+            total += float(loss.detach())
+            del loss
+            with torch.no_grad():
+                torch._foreach_copy_(adapted, init)
+        grads = {n: (p.grad if p.grad is not None else torch.zeros_like(p)) for n, p in zip(keys, plist)}
+    finally:
+        for p, g, flag in zip(plist, saved_grads, saved_flags):
+            p.grad = g
+            p.requires_grad_(flag)
+    return MetaGradient(grads=grads, lr_grads=None, loss=total)
+
+
+def _first_order_gradient_functional(
+    model: nn.Module,
+    params: Mapping[str, Tensor],
+    tasks: Sequence[Task],
+    names: Sequence[str],
+    *,
+    steps: int,
+    lr: LR,
+    opt: str,
+    loss_fn: LossFn,
+) -> MetaGradient:
+    """:func:`_first_order_gradient` for parameter dicts that are not the module's own:
+    leaf copies adapted in place through ``functional_call``."""
     p0 = {n: v.detach() for n, v in params.items()}
     keys = list(p0)
     total_g = [torch.zeros_like(v) for v in p0.values()]
