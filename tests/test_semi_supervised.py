@@ -98,7 +98,7 @@ def test_unlabeled_weight_zero_is_the_supervised_counterpart(bench, name):
 @pytest.mark.parametrize("name", SEMI)
 def test_semi_learner_learns(bench, name):
     """Trained on 3 shots plus unlabeled slices, Dice beats the untrained backbone and the loss falls."""
-    ctx = _ctx(bench, name)
+    ctx = _ctx(bench, name, lr=0.002)  # the tiny backbone's lr (phantom-scale defaults are higher)
     untrained = _dice(bench.test_set, ctx.segmenter(ctx.new_model()))
     trained = _dice(bench.test_set, learners.get(name)().fit(ctx))
     assert trained > untrained + 0.05, (name, untrained, trained)

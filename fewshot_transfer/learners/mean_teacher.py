@@ -37,6 +37,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from fewshot_transfer.learners.base import register
+from fewshot_transfer.learners.finetune import Finetune
+from fewshot_transfer.learners.scratch import Scratch
 from fewshot_transfer.learners.semi import SemiSupervisedLearner
 from fewshot_transfer.training import (
     LearnerContext,
@@ -100,7 +102,9 @@ class MeanTeacherHooks(StepHooks):
 @register
 class MeanTeacher(SemiSupervisedLearner):
     name = "mean-teacher"
+    #: lr: scratch's (validation-tuned), so that unlabeled_weight = 0 is scratch.
     defaults: ClassVar[dict[str, Any]] = {
+        "lr": Scratch.defaults["lr"],
         "unlabeled_weight": 1.0,
         "ema_decay": 0.99,
         "ramp_share": 0.3,
@@ -131,4 +135,4 @@ class MeanTeacherCap(MeanTeacher):
     uses_source = True
     supports_k0 = True
     from_source = True
-    defaults = {**MeanTeacher.defaults, "lr": 0.003}
+    defaults = {**MeanTeacher.defaults, "lr": Finetune.defaults["lr"]}

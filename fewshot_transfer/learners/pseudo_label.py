@@ -37,6 +37,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from fewshot_transfer.learners.base import register
+from fewshot_transfer.learners.finetune import Finetune
+from fewshot_transfer.learners.scratch import Scratch
 from fewshot_transfer.learners.semi import SemiSupervisedLearner
 from fewshot_transfer.training import (
     LearnerContext,
@@ -100,7 +102,9 @@ class PseudoLabelHooks(StepHooks):
 @register
 class PseudoLabel(SemiSupervisedLearner):
     name = "pseudo-label"
+    #: lr: scratch's (validation-tuned), so that unlabeled_weight = 0 is scratch.
     defaults: ClassVar[dict[str, Any]] = {
+        "lr": Scratch.defaults["lr"],
         "unlabeled_weight": 1.0,
         "confidence": 0.9,
         "warmup_share": 0.5,
@@ -132,4 +136,4 @@ class PseudoLabelCap(PseudoLabel):
     uses_source = True
     supports_k0 = True
     from_source = True
-    defaults = {**PseudoLabel.defaults, "lr": 0.003}
+    defaults = {**PseudoLabel.defaults, "lr": Finetune.defaults["lr"]}

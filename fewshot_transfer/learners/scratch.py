@@ -1,4 +1,8 @@
-"""``scratch``: the lower bound — train a fresh backbone on the k target shots only."""
+"""``scratch``: the lower bound — train a fresh backbone on the k target shots only.
+
+Default lr 6e-3: the best of the 8-trial validation study ``scratch-k5`` behind
+``results/tuned`` (0.006075, rounded; docs/protocol.md "Where the defaults come from").
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ from fewshot_transfer.training import LearnerContext, Segmenter, slice_batches, 
 class Scratch(Learner):
     name = "scratch"
     uses_source = False
+    defaults = {"lr": 0.006}
 
     def fit(self, ctx: LearnerContext) -> Segmenter:
         p = ctx.params
