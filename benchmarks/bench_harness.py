@@ -11,7 +11,7 @@
     cache, phantom data already cached): 1 process x 1 thread, `--jobs 2` (1 thread each),
     and 1 process x 2 intra-op threads; harness efficiency with jobs > 1 = time inside
     learner steps / (jobs x wall).
-(c) The default run (`ftbench run`: every learner, k = 1, 5, 20, 3 seeds, default jobs) on
+(c) The default run (`ftbench run`: the default learner set, k = 0, 1, 5, 20, 3 seeds, default jobs) on
     a representative subset, `--subset-seeds` seeds (default 1), cold model cache, wall
     scaled by seeds / subset-seeds (cells and pretrainings are per seed).
 (d) The FLOPs the default run counts -- one counted train step x steps, summed over the
@@ -118,19 +118,23 @@ def cold_cache(tmp: Path, name: str, datasets: Path) -> Path:
 def default_grid_flops(step_flops: int, cfg: dict, size: int) -> tuple[float, int]:
     """(FLOPs, cells) the default grid counts; see (d) in the module docstring."""
     from fewshot_transfer import learners
+    from fewshot_transfer.harness.runner import resolve_learners
 
     seeds = int(cfg["run"]["seeds"])
-    shots = str(cfg["run"]["shots"]).split(",")
+    shots = [s.strip() for s in str(cfg["run"]["shots"]).split(",")]
     test_rows = round(int(cfg["data"]["phantom"]["target_patients"]) * float(cfg["data"]["split"]["test"])) * int(
         cfg["data"]["phantom"]["slices_per_patient"]
     )
     steps = 0
     cells = 0
-    for name in learners.available():
+    for name in resolve_learners(cfg["run"]["learners"]):  # the default learner set, not every learner
         cls = learners.get(name)
         params = cls.resolve_params(cfg)
-        per_seed_cells = 1 if cls.k_independent else len(shots)
-        cell_steps = int(params.get("test_steps", params.get("steps", 0))) if cls.uses_target else 0
+        k0 = "0" in shots and not cls.supports_k0  # needs labels: an n/a row at k = 0, no cell
+        per_seed_cells = 1 if cls.k_independent else len(shots) - int(k0)
+        # The common budget: test-time adaptation is `steps` (test_steps only in the few-step variant).
+        fewstep = params.get("adaptation") == "fewstep" or name == "maml-fewstep"
+        cell_steps = int(params["test_steps"] if fewstep else params.get("steps", 0)) if cls.uses_target else 0
         steps += seeds * per_seed_cells * cell_steps
         if "meta_steps" in params:
             steps += seeds * int(params["meta_steps"]) * int(params["meta_batch"]) * (int(params["inner_steps"]) + 1)
