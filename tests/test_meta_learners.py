@@ -327,3 +327,23 @@ def test_metasgd_rates_clamped_and_scaling_rule(bench):
     train_steps(ctx, model, slice_batches(ctx, ctx.support, 4), steps=2, lr=lr, phase="target", hooks=hooks)
     for n, p in model.named_parameters():
         assert torch.equal(p, init[n]) == n.startswith("head.") or n == "aux_head.weight" or n == "aux_head.bias", n
+
+
+def test_section_uses_reptile_when_the_run_has_no_maml():
+    recs = [
+        {
+            "learner": name,
+            "family": "meta" if name == "reptile" else "baseline",
+            "k": k,
+            "k_label": str(k),
+            "seed": seed,
+            "status": "ok",
+            "metrics": {"dice": dice + 0.01 * seed},
+        }
+        for name, dice in (("finetune", 0.5), ("reptile", 0.6))
+        for k in (1, 5)
+        for seed in range(3)
+    ]
+    text = transfer_vs_meta([], recs)
+    assert text is not None and "finetune vs reptile" in text and "reptile − finetune" in text
+    assert "maml" not in text

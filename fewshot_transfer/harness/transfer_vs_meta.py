@@ -1,4 +1,5 @@
-"""Report section: transfer (``finetune``) vs meta-learning (``maml``) across k, and what
+"""Report section: transfer (``finetune``) vs meta-learning (``maml``, or the first of
+reptile / fomaml / metasgd the run has) across k, and what
 meta-training adds to each meta-learner over its control.
 
 Registered in :mod:`fewshot_transfer.harness.report`; appended to ``leaderboard.md``
@@ -36,6 +37,10 @@ from scipy import stats
 from fewshot_transfer.harness.stats import mean_ci, paired_diff
 
 TRANSFER, META = "finetune", "maml"
+#: The meta-learner set against finetune, by preference: the first one the run has (the
+#: default learner set has reptile, not maml). Each of them adapts with finetune's loop and
+#: budget, so finetune is its 0-meta-step control.
+META_PREFERENCE = ("maml", "reptile", "fomaml", "metasgd")
 #: A meta-learner's 0-meta-step control where it is not finetune.
 CONTROLS = {"anil": "anil-control"}
 #: Rows compared with finetune although it is not their control, and why.
@@ -83,20 +88,20 @@ def episode_dice(records: list[dict]) -> dict[str, dict[tuple[str, int], dict[in
     return out
 
 
-def crossover(diffs: list[tuple[str, dict]]) -> str:
-    """Who overtakes whom (see module docstring); ``diffs`` are (k_label, maml−finetune) by k."""
+def crossover(diffs: list[tuple[str, dict]], meta: str = META) -> str:
+    """Who overtakes whom (see module docstring); ``diffs`` are (k_label, meta−finetune) by k."""
     usable = [(label, d) for label, d in diffs if d["n"] and not math.isnan(d["mean"])]
     if not usable:
         return "no paired episodes"
     first_label, first = usable[0]
     if first["mean"] == 0:
         return "no crossover within the k range measured (tie at the smallest k)"
-    leader, other = (META, TRANSFER) if first["mean"] > 0 else (TRANSFER, META)
+    leader, other = (meta, TRANSFER) if first["mean"] > 0 else (TRANSFER, meta)
     for label, d in usable[1:]:
         if math.isnan(d["lo"]):
             continue
-        if (leader == META and d["hi"] < 0) or (leader == TRANSFER and d["lo"] > 0):
-            return f"**{other} overtakes {leader} at k = {label}** (paired CI of maml − finetune excludes 0)"
+        if (leader == meta and d["hi"] < 0) or (leader == TRANSFER and d["lo"] > 0):
+            return f"**{other} overtakes {leader} at k = {label}** (paired CI of {meta} − finetune excludes 0)"
     return (
         f"no crossover within the k range measured ({leader} leads at k = {first_label}"
         f"{' significantly' if not math.isnan(first['lo']) and (first['lo'] > 0 or first['hi'] < 0) else ''}; "
@@ -105,27 +110,29 @@ def crossover(diffs: list[tuple[str, dict]]) -> str:
 
 
 def transfer_vs_meta(rows: list[dict], records: list[dict]) -> str | None:
-    """Markdown for the finetune-vs-maml comparison, or None without both learners."""
+    """Markdown for finetune vs the run's meta-learner (maml, else reptile, ...), or None without both."""
     dice = episode_dice(records)
-    if TRANSFER not in dice or META not in dice:
+    meta = next((name for name in META_PREFERENCE if name in dice), None)
+    if TRANSFER not in dice or meta is None:
         return None
-    ks = sorted(set(dice[TRANSFER]) & set(dice[META]), key=lambda t: (t[1], t[0]))
+    ks = sorted(set(dice[TRANSFER]) & set(dice[meta]), key=lambda t: (t[1], t[0]))
     if not ks:
         return None
     out = [
-        "## Transfer vs meta-learning (finetune vs maml)\n",
+        f"## Transfer vs meta-learning (finetune vs {meta})\n",
         (
-            "maml adapts with finetune's own test-time loop and budget from its meta-trained init, so "
-            "finetune is maml with 0 meta-steps and maml − finetune is what meta-training adds. "
+            f"{meta} adapts with finetune's own test-time loop and budget from its meta-trained init, so "
+            f"finetune is {meta} with 0 meta-steps and {meta} − finetune is what meta-training adds (when "
+            "both run at the same lr: a tuned run may give them different ones). "
             "Paired by episode (seed: same k shots, same CAP data); mean [95% t-CI], `*` = CI excludes 0.\n"
         ),
-        "| k | finetune Dice | maml Dice | maml − finetune | p | episodes | r (Pearson) |",
+        f"| k | finetune Dice | {meta} Dice | {meta} − finetune | p | episodes | r (Pearson) |",
         "|---:|---|---|---|---:|---:|---:|",
     ]
     diffs = []
     all_ft, all_ml = [], []
     for label, k in ks:
-        ft, ml = dice[TRANSFER][(label, k)], dice[META][(label, k)]
+        ft, ml = dice[TRANSFER][(label, k)], dice[meta][(label, k)]
         seeds = sorted(set(ft) & set(ml))
         a, b = [ml[s] for s in seeds], [ft[s] for s in seeds]
         all_ml += a
@@ -150,8 +157,8 @@ def transfer_vs_meta(rows: list[dict], records: list[dict]) -> str | None:
     )
     out.append("")
     out.append(f"- Per-episode correlation of Dice (all k pooled): {corr}.")
-    out.append(f"- Crossover: {crossover(diffs)}.")
-    others = sorted(n for n in dice if n not in (TRANSFER, META) and _is_meta(n, records))
+    out.append(f"- Crossover: {crossover(diffs, meta)}.")
+    others = sorted(n for n in dice if n not in (TRANSFER, meta) and _is_meta(n, records))
     if others:
         out.append(
             "\nWhat meta-training adds: each meta-learner − its control (same test-time adaptation from "
