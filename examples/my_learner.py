@@ -54,7 +54,7 @@ class EntropyMin(Learner):
     family = "semi-supervised"
     uses_source = True  # starts from the CAP-pretrained backbone
     uses_unlabeled = True  # without this flag ctx.unlabeled raises: the context withholds it
-    defaults = {"lr": 0.003, "entropy_weight": 0.1, "unlabeled_batch": 4}
+    defaults = {"lr": 0.006, "entropy_weight": 0.1, "unlabeled_batch": 4}  # lr = finetune's: weight 0 is finetune
     bounds = {"entropy_weight": (0.0, 10.0)}
 
     @staticmethod
