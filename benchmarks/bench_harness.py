@@ -132,8 +132,9 @@ def default_grid_flops(step_flops: int, cfg: dict, size: int) -> tuple[float, in
         params = cls.resolve_params(cfg)
         k0 = "0" in shots and not cls.supports_k0  # needs labels: an n/a row at k = 0, no cell
         per_seed_cells = 1 if cls.k_independent else len(shots) - int(k0)
-        # The common budget: test-time adaptation is `steps` (test_steps only in the few-step variant).
-        fewstep = params.get("adaptation") == "fewstep" or name == "maml-fewstep"
+        # The common budget: test-time adaptation is `steps` (`test_steps` only in maml-fewstep,
+        # the one learner whose fit adapts with the few-step variant).
+        fewstep = name == "maml-fewstep"
         cell_steps = int(params["test_steps"] if fewstep else params.get("steps", 0)) if cls.uses_target else 0
         steps += seeds * per_seed_cells * cell_steps
         if "meta_steps" in params:

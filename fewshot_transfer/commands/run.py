@@ -7,7 +7,7 @@ import logging
 import time
 from pathlib import Path
 
-from fewshot_transfer.config import resolve_config, to_toml
+from fewshot_transfer.config import DEFAULT_LEARNERS, resolve_config, to_toml
 
 log = logging.getLogger(__name__)
 
@@ -16,8 +16,9 @@ Run the benchmark grid: every learner x every k x every seed, on paired support 
 (all learners of one seed see the same k shots; shots are nested across k). With no
 options it runs the embedded synthetic CAP -> COVID-19 phantom benchmark with the quick
 profile (configs/quick.toml) and the default learner set, one or two of every family
-(scratch, source-only, finetune, joint, dual-adv, reptile, pseudo-label-cap: about ten
-minutes on a 2-core CPU); --learners all runs every registered learner.
+(about ten minutes on a 2-core CPU):
+  LEARNER_SET
+--learners all runs every registered learner.
 
 k = 0 is the unsupervised setting (no target labels, the unlabeled target slices only):
 learners that can run without labels (supports_k0) get a cell there, the others show
@@ -46,7 +47,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "run",
         help="run the benchmark grid and write the leaderboard",
-        description=HELP,
+        description=HELP.replace("LEARNER_SET", DEFAULT_LEARNERS.replace(",", ", ")),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(

@@ -87,7 +87,9 @@ def tune_learners(
                     console.print(f"  study finished: {futures[fut]} ({len(done)}/{len(names)})")
             results = [done[name] for name in names]
     else:
-        results = [_tune_one(config, name, str(out), label, k, info, show_progress, console) for name in names]
+        results = [
+            _tune_one(config, name, str(out), label, k, info, show_progress, console, val_bench) for name in names
+        ]
     for name, best, this in results:
         if best is None:
             outcome[name] = this
@@ -101,12 +103,21 @@ def tune_learners(
 
 
 def _tune_one(
-    config: dict, name: str, out: str, label: str, k: int, info: dict, show_progress: bool, console=None
+    config: dict,
+    name: str,
+    out: str,
+    label: str,
+    k: int,
+    info: dict,
+    show_progress: bool,
+    console=None,
+    val_bench=None,
 ) -> tuple[str, dict | None, str]:
     """One learner's study, run or resumed: (name, best [learners.NAME] table or None, provenance
     or why it was not tuned). Top-level so that ``--jobs`` can run the studies side by side,
     one single-threaded process each: studies are independent (own sampler seed), so the
-    parameters do not depend on the number of jobs."""
+    parameters do not depend on the number of jobs. A worker process builds its own
+    validation benchmark; in-process the caller's ``val_bench`` is reused."""
     import optuna
     import torch
 
@@ -123,10 +134,10 @@ def _tune_one(
     except ValueError as exc:  # nothing left to search: the learner runs as configured
         return name, None, f"not tuned ({exc})"
     tune_dir = Path(out) / "tuning"
-    bench = prepare(config, tune_dir)
-    val_bench, _ = validation_benchmark(
-        bench, label, val_fraction=VAL_FRACTION, seed=int(config["data"]["split"]["seed"])
-    )
+    if val_bench is None:
+        val_bench, _ = validation_benchmark(
+            prepare(config, tune_dir), label, val_fraction=VAL_FRACTION, seed=int(config["data"]["split"]["seed"])
+        )
     storage_url = default_storage(tune_dir)
     storage = make_storage(storage_url, heartbeat=None, grace=None)
     spec = TuneSpec(
