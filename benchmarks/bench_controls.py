@@ -37,6 +37,7 @@ from fewshot_transfer.harness.benchmark import Benchmark, prepare
 from fewshot_transfer.harness.leaderboard import COLLAPSE_RATIO
 from fewshot_transfer.harness.stats import paired_diff
 from fewshot_transfer.metrics import evaluate
+from fewshot_transfer.provenance import code_version
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -172,13 +173,18 @@ def write(out: Path, args: argparse.Namespace, control: Control, rows: list[dict
         w.writeheader()
         w.writerows(rows)
     command = "python benchmarks/bench_controls.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    (out / "outcome.json").write_text(json.dumps({**outcome, "command": command}, indent=2, default=float) + "\n")
+    code = code_version()
+    (out / "outcome.json").write_text(
+        json.dumps({**outcome, "command": command, "code": code}, indent=2, default=float) + "\n"
+    )
     text = [
         f"# Positive control: {args.scenario}",
         "",
         f"Claim: {control.claim}.",
         "",
         f"Command (from the repository root): `{command}`",
+        "",
+        f"Code: git `{code.get('git')}`, source hash `{code.get('source_sha')}`.",
         "",
         f"Preset: `configs/scenarios/{args.scenario}.toml`" + (f", overrides {args.set}" if args.set else ""),
         "",
