@@ -83,6 +83,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("scenario", choices=sorted(CONTROLS))
     ap.add_argument("--seeds", type=int, default=0, help="episodes (default: the preset's run.seeds)")
+    ap.add_argument(
+        "--first-seed", type=int, default=0, help="seeds first-seed .. first-seed + seeds - 1 (a held-out replication)"
+    )
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default="", help="write cells.csv, outcome.json and README.md here")
     ap.add_argument("--work", default="", help="benchmark work dir (split.json); default runs/controls/<scenario>")
@@ -98,12 +101,13 @@ def main() -> None:
     prep_cfg = {**cfg, "run": {**cfg["run"], "shots": str(max(k, 1))}}
     bench = prepare(prep_cfg, Path(args.work or f"runs/controls/{args.scenario}"))
     print(
-        f"{args.scenario}: {control.claim}; k = {k}, {seeds} seeds, {cfg['train']['steps']} steps, "
+        f"{args.scenario}: {control.claim}; k = {k}, seeds {args.first_seed}..{args.first_seed + seeds - 1}, "
+        f"{cfg['train']['steps']} steps, "
         f"source {cfg['data']['source']}, target {cfg['data']['target']}",
         flush=True,
     )
     rows = []
-    for seed in range(seeds):
+    for seed in range(args.first_seed, args.first_seed + seeds):
         for name in (control.reference, control.learner):
             cls, ctx = context(bench, name, k, seed)
             t = time.perf_counter()
