@@ -1,13 +1,18 @@
-"""What produced a number: the package version, git commit and a hash of the package sources.
+"""What produced a number: the package version, git commit and a hash of the package sources,
+and the machine's CPU kernel path.
 
-Cells record it, model-cache keys include the source hash (a cached model is never reused
+Cells record both, model-cache keys include the source hash (a cached model is never reused
 by different code), and leaderboards say when their cells came from different versions.
+The kernel path matters because CPU results are bit-for-bit reproducible only on the same
+one: torch picks vectorised kernels by CPU capability (AVX2, AVX-512, ...), their float
+rounding differs, and a few hundred training steps amplify the difference.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
+import platform
 import subprocess
 from pathlib import Path
 
@@ -33,3 +38,27 @@ def code_version() -> dict:
     except (OSError, subprocess.SubprocessError):
         pass
     return {"package": __version__, "git": commit, "source_sha": h.hexdigest()[:16]}
+
+
+@functools.cache
+def machine() -> dict:
+    """CPU model, the vectorised-kernel level torch dispatches to, and the torch build.
+
+    Two runs agree to the last bit only when these match (and the code and config do);
+    `scripts/compare_runs.py` prints them when cells differ.
+    """
+    import torch
+
+    model = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpu": model or platform.machine(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "torch": torch.__version__,
+    }

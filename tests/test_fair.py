@@ -122,6 +122,7 @@ def test_k0_run_shows_na_rows_and_source_only_reference(tmp_path, capsys):
     assert cell["cost"]["total_s"] >= cell["cost"]["target_s"] > 0
     assert json.loads((out / "cells" / "source-only__k-any__seed-0.json").read_text())["budget"] == {}
     assert cell["provenance"]["threads"] == 1
+    assert cell["provenance"]["machine"]["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
 
 
 def test_source_only_alone_renders_every_k_without_warnings(tmp_path):
@@ -174,6 +175,27 @@ def test_header_names_mixed_code_versions():
     assert "code versions" not in header_meta([base, base])
     meta = header_meta([base, {**base, "provenance": {"code": {"source_sha": "bbb"}}}])
     assert "2 different code versions" in meta["code versions"]
+
+
+def test_header_names_the_machine_and_flags_mixed_kernel_paths():
+    """CPU floats are bit-for-bit only on one kernel path: the header says which one(s)."""
+    m = {"cpu": "EPYC", "cpu_capability": "AVX2", "torch": "2.13.0"}
+    base = {"selection": "defaults", "provenance": {"code": {"source_sha": "a"}, "machine": m}}
+    meta = header_meta([base, base])
+    assert meta["machine"] == "EPYC (AVX2, torch 2.13.0)"
+    other = {**base, "provenance": {"code": {"source_sha": "a"}, "machine": {**m, "cpu_capability": "AVX512"}}}
+    assert "MIXED" in header_meta([base, other])["machine"]
+    assert "machine" not in header_meta([{"selection": "defaults"}])  # cells from before the field
+
+
+def test_logged_output_is_not_squeezed_to_80_columns(monkeypatch):
+    """Under pytest stdout is not a terminal, as in a CI log or `ftbench run > log`."""
+    from fewshot_transfer.commands import LOG_WIDTH, console
+
+    monkeypatch.delenv("COLUMNS", raising=False)
+    assert console().width == LOG_WIDTH
+    monkeypatch.setenv("COLUMNS", "100")
+    assert console().width == 100
 
 
 def test_holm_adjustment():

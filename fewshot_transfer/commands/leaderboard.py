@@ -20,8 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from rich.console import Console
-
+    from fewshot_transfer.commands import console as make_console
     from fewshot_transfer.harness.outputs import render
 
     dirs = [Path(d) for d in args.dirs]
@@ -30,5 +29,5 @@ def main(args: argparse.Namespace) -> int:
     previous = dirs[0] / "leaderboard.json"
     if len(dirs) == 1 and previous.is_file():
         meta = json.loads(previous.read_text()).get("meta") or meta  # keep the run's own description
-    render(dirs, out, meta=meta, console=Console())
+    render(dirs, out, meta=meta, console=make_console())
     return 0

@@ -148,9 +148,9 @@ def build_config(args: argparse.Namespace) -> dict:
 
 def main(args: argparse.Namespace) -> int:
     import torch
-    from rich.console import Console
 
     from fewshot_transfer import learners
+    from fewshot_transfer.commands import console as make_console
     from fewshot_transfer.harness.benchmark import prepare
     from fewshot_transfer.harness.outputs import render, render_curves, render_gallery
     from fewshot_transfer.harness.rundir import check_run_dir
@@ -159,7 +159,7 @@ def main(args: argparse.Namespace) -> int:
     from fewshot_transfer.provenance import code_version
     from fewshot_transfer.tuning.protocol import PROTOCOLS, tune_learners
 
-    console = Console()
+    console = make_console()
     t0 = time.perf_counter()
     cfg = build_config(args)
     run_cfg = cfg["run"]

@@ -238,8 +238,8 @@ def build_rows(records: list[dict], shots: list[tuple[str, int]] | None = None) 
 
 def header_meta(records: list[dict]) -> dict[str, str]:
     """What every leaderboard header states: how hyperparameters were chosen, at which
-    resolution the test set was scored, and a warning when its cells come from different code
-    versions."""
+    resolution the test set was scored, the machine(s) the cells ran on, and a warning when
+    its cells come from different code versions."""
     meta: dict[str, str] = {}
     selections = sorted({r.get("selection") or "defaults" for r in records})
     meta["hyperparameters"] = selections[0] if len(selections) == 1 else "MIXED: " + " | ".join(selections)
@@ -249,6 +249,17 @@ def header_meta(records: list[dict]) -> dict[str, str]:
         meta["code versions"] = (
             f"WARNING: these cells come from {len(shas)} different code versions (source_sha {', '.join(shas)}); "
             "rerun them on one version before comparing"
+        )
+    machines = sorted(
+        {
+            f"{m.get('cpu', '?')} ({m.get('cpu_capability', '?')}, torch {m.get('torch', '?')})"
+            for r in records
+            if (m := r.get("provenance", {}).get("machine"))
+        }
+    )
+    if machines:
+        meta["machine"] = " | ".join(machines) + (
+            "" if len(machines) == 1 else " — MIXED: float-level differences between CPU kernel paths"
         )
     return meta
 

@@ -25,7 +25,7 @@ from fewshot_transfer.harness.benchmark import Benchmark
 from fewshot_transfer.harness.parallel import producers_first, resolve_jobs, run_parallel
 from fewshot_transfer.harness.store import CellSpec, CellStore, write_csv
 from fewshot_transfer.metrics import evaluate, hd95_unit
-from fewshot_transfer.provenance import code_version
+from fewshot_transfer.provenance import code_version, machine
 from fewshot_transfer.training import ProgressCallback, TrainingDiverged
 from fewshot_transfer.training.segmenter import resample_to
 
@@ -182,6 +182,7 @@ def run_cell(
         "provenance": {
             "config_hash": config_hash(bench.config),
             "code": code_version(),
+            "machine": machine(),
             "data": bench.data_fingerprint,
             "device": str(bench.device),
             "threads": torch.get_num_threads(),
