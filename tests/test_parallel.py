@@ -9,7 +9,10 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
+from pathlib import Path
 
+import pytest
 import torch
 
 from fewshot_transfer.cli import main
@@ -166,4 +169,43 @@ def test_ctrl_c_stops_every_worker_and_keeps_finished_cells(tmp_path):
     assert 1 <= len(finished) < 12 and all(r["status"] == "ok" for r in finished.values())
     time.sleep(0.5)
     assert _cells(out).keys() == finished.keys(), "a worker kept running after Ctrl-C"
+    assert not list((out / "cells").glob(".*.tmp"))
+
+
+def _tagged(tag: str) -> list[int]:
+    """Live processes whose environment carries ``tag`` (the run, its fork server, workers)."""
+    pids = []
+    for env in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            if tag.encode() in env.read_bytes():
+                pids.append(int(env.parent.name))
+        except OSError:
+            continue
+    return pids
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").is_file(), reason="needs Linux /proc to find the workers")
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
+def test_killing_only_the_run_stops_its_workers(tmp_path, sig):
+    """`kill PID` / a scheduler's SIGTERM / SIGKILL reach the run's process, not its process group.
+
+    Under forkserver the workers' OS parent is the fork server, which outlives the run while
+    workers hold its liveness pipe: without the run-watch the workers went on computing.
+    """
+    out = tmp_path / "run"
+    tag = f"FTBENCH_TEST_TAG={uuid.uuid4().hex}"
+    cmd = [sys.executable, "-m", "fewshot_transfer.cli", "run", *GRID, "--set", "train.steps=100000"]  # hours
+    cmd += ["--jobs", "2", "--out", str(out)]
+    env = {**os.environ, tag.split("=")[0]: tag.split("=")[1]}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 600  # generous: a loaded CI box can take minutes to start
+    while time.time() < deadline and len(_tagged(tag)) < 4:  # run + fork server + 2 workers
+        time.sleep(0.1)
+    assert len(_tagged(tag)) >= 4, "the workers never started"
+    proc.send_signal(sig)
+    proc.wait(timeout=120)
+    deadline = time.time() + 120
+    while time.time() < deadline and _tagged(tag):
+        time.sleep(0.2)
+    assert not _tagged(tag), f"processes outlived the run after signal {sig.name}"
     assert not list((out / "cells").glob(".*.tmp"))

@@ -10,6 +10,13 @@ through its per-entry lock, so a source model that several cells need is trained
 
 Workers are started by ``forkserver`` (``spawn`` where unavailable), never ``fork``: a
 forked child of a process that has already run torch (or touched CUDA) can deadlock.
+
+No orphans: a worker's OS parent is the fork server, not the run, and the fork server
+stays alive while any worker holds its liveness pipe, so "die with the parent" alone never
+fires when the run itself is killed (seen: a SIGTERMed run whose two workers went on
+computing cells for 48 minutes). Each worker therefore watches the run's own process
+through multiprocessing's parent sentinel and stops when it is gone, and the run turns a
+SIGTERM into the same orderly stop as Ctrl-C.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ import os
 import queue
 import signal
 import sys
+import threading
 import traceback
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -112,6 +120,7 @@ def run_parallel(
         )
         for i in range(jobs)
     ]
+    restore = _stop_on_sigterm()
     try:
         for p in procs:
             p.start()
@@ -136,6 +145,16 @@ def run_parallel(
         for p in procs:
             if p.pid is not None:
                 p.join()
+        restore()
+
+
+def _stop_on_sigterm() -> Callable[[], None]:
+    """While workers run, SIGTERM (``kill``, a batch scheduler) unwinds like Ctrl-C, so the
+    ``finally`` above terminates them; returns the function that restores the old handler."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    previous = signal.signal(signal.SIGTERM, _exit_on_term)
+    return lambda: signal.signal(signal.SIGTERM, previous)
 
 
 def _context() -> mp.context.BaseContext:
@@ -170,6 +189,21 @@ def _die_with_parent() -> None:
             pass
 
 
+def _stop_when_run_dies() -> None:
+    """Stop this worker (via its SIGTERM handler) once the process that started it is gone,
+    however it went: SIGKILL, OOM killer, a crash. See the module docstring for why the
+    OS-level parent-death signal does not cover this under forkserver."""
+    run = mp.parent_process()
+    if run is None:
+        return
+
+    def watch() -> None:
+        run.join()  # returns when the run's end of the sentinel pipe closes
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="ftbench-run-watch", daemon=True).start()
+
+
 def _worker(config: dict, out_dir: str, device: str, threads: int, env: dict[str, str], tasks, events) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     # A forkserver child inherits the server's environment, which may be older than the
@@ -178,6 +212,7 @@ def _worker(config: dict, out_dir: str, device: str, threads: int, env: dict[str
     os.environ.update(env)
     signal.signal(signal.SIGTERM, _exit_on_term)
     _die_with_parent()
+    _stop_when_run_dies()
     import torch
 
     from fewshot_transfer import learners
