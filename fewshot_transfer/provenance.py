@@ -62,3 +62,15 @@ def machine() -> dict:
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "torch": torch.__version__,
     }
+
+
+def machines_of(records: list[dict]) -> list[str]:
+    """The distinct machines a set of cell records names, as "CPU (capability, torch X)";
+    cells from before the field name none."""
+    return sorted(
+        {
+            f"{m.get('cpu', '?')} ({m.get('cpu_capability', '?')}, torch {m.get('torch', '?')})"
+            for r in records
+            if (m := r.get("provenance", {}).get("machine"))
+        }
+    )

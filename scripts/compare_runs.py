@@ -6,7 +6,8 @@ Compares every cell present in both directories (same learner, k, seed): metrics
 per-slice Dice must be equal to the last bit. Cells present in only one directory are
 counted, not compared (the default command runs 3 seeds, results/quick holds 10). When
 cells differ and the two runs recorded different machines (CPU, torch kernel path), it says
-so: CPU floats agree to the last bit only on the same kernel path. Exit status 0 when every shared cell agrees and at least one cell is shared, 1 otherwise.
+so: CPU floats agree to the last bit only on the same kernel path. Exit status 0 when every
+shared cell agrees and at least one cell is shared, 1 otherwise.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import argparse
 import json
 import sys
 from pathlib import Path
+
+from fewshot_transfer.provenance import machines_of
 
 
 def load_cells(run: Path) -> dict[str, dict]:
@@ -27,16 +30,6 @@ def load_cells(run: Path) -> dict[str, dict]:
         if rec.get("status", "ok") == "ok":
             out[path.stem] = rec
     return out
-
-
-def machines(cells: dict[str, dict]) -> list[str]:
-    """The CPU / kernel path / torch build the cells recorded (older cells record none)."""
-    found = {
-        f"{m.get('cpu')} ({m.get('cpu_capability')}, torch {m.get('torch')})"
-        for rec in cells.values()
-        if (m := rec.get("provenance", {}).get("machine"))
-    }
-    return sorted(found)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     if differ:
         print(f"{len(differ)} shared cells differ:")
         print("\n".join(differ))
-        ma, mb = machines(a), machines(b)
+        ma, mb = machines_of(list(a.values())), machines_of(list(b.values()))
         if ma != mb:
             print(f"machines differ: {args.a}: {ma or 'not recorded'}; {args.b}: {mb or 'not recorded'}")
             print("CPU results agree to the last bit only on the same kernel path: compare the CIs instead")

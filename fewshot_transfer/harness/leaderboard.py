@@ -22,6 +22,7 @@ import numpy as np
 from fewshot_transfer.harness.runner import reproduce_command
 from fewshot_transfer.harness.stats import holm, mean_ci, paired_diff, rank_with_ties
 from fewshot_transfer.harness.store import atomic_write_text, write_csv
+from fewshot_transfer.provenance import machines_of
 
 log = logging.getLogger(__name__)
 
@@ -250,13 +251,7 @@ def header_meta(records: list[dict]) -> dict[str, str]:
             f"WARNING: these cells come from {len(shas)} different code versions (source_sha {', '.join(shas)}); "
             "rerun them on one version before comparing"
         )
-    machines = sorted(
-        {
-            f"{m.get('cpu', '?')} ({m.get('cpu_capability', '?')}, torch {m.get('torch', '?')})"
-            for r in records
-            if (m := r.get("provenance", {}).get("machine"))
-        }
-    )
+    machines = machines_of(records)
     if machines:
         meta["machine"] = " | ".join(machines) + (
             "" if len(machines) == 1 else " — MIXED: float-level differences between CPU kernel paths"
