@@ -12,8 +12,8 @@ Workers are started by ``forkserver`` (``spawn`` where unavailable), never ``for
 forked child of a process that has already run torch (or touched CUDA) can deadlock.
 
 No orphans: a worker's OS parent is the fork server, not the run, and the fork server
-stays alive while any worker holds its liveness pipe, so "die with the parent" alone never
-fires when the run itself is killed (seen: a SIGTERMed run whose two workers went on
+stays alive while any worker holds its liveness pipe, so an OS parent-death signal
+(PR_SET_PDEATHSIG, used here before) never fires when the run itself is killed (seen: a SIGTERMed run whose two workers went on
 computing cells for 48 minutes). Each worker therefore watches the run's own process
 through multiprocessing's parent sentinel and stops when it is gone, and the run turns a
 SIGTERM into the same orderly stop as Ctrl-C.
@@ -21,13 +21,11 @@ SIGTERM into the same orderly stop as Ctrl-C.
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import multiprocessing as mp
 import os
 import queue
 import signal
-import sys
 import threading
 import traceback
 from collections.abc import Callable, Iterable
@@ -180,19 +178,10 @@ def _exit_on_term(signum: int, frame: object) -> None:
     raise SystemExit(128 + signum)  # unwinds atomic writes, so no temp file is left behind
 
 
-def _die_with_parent() -> None:
-    """Linux: get SIGTERM when the parent dies (a killed run leaves no orphaned workers)."""
-    if sys.platform.startswith("linux"):
-        try:
-            ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-        except (OSError, AttributeError):
-            pass
-
-
 def _stop_when_run_dies() -> None:
     """Stop this worker (via its SIGTERM handler) once the process that started it is gone,
-    however it went: SIGKILL, OOM killer, a crash. See the module docstring for why the
-    OS-level parent-death signal does not cover this under forkserver."""
+    however it went: SIGKILL, OOM killer, a crash; the same under forkserver and spawn, on
+    every OS. See the module docstring for why an OS parent-death signal does not do this."""
     run = mp.parent_process()
     if run is None:
         return
@@ -211,7 +200,6 @@ def _worker(config: dict, out_dir: str, device: str, threads: int, env: dict[str
     os.environ.clear()
     os.environ.update(env)
     signal.signal(signal.SIGTERM, _exit_on_term)
-    _die_with_parent()
     _stop_when_run_dies()
     import torch
 
