@@ -13,10 +13,10 @@ forked child of a process that has already run torch (or touched CUDA) can deadl
 
 No orphans: a worker's OS parent is the fork server, not the run, and the fork server
 stays alive while any worker holds its liveness pipe, so an OS parent-death signal
-(PR_SET_PDEATHSIG, used here before) never fires when the run itself is killed (seen: a SIGTERMed run whose two workers went on
-computing cells for 48 minutes). Each worker therefore watches the run's own process
-through multiprocessing's parent sentinel and stops when it is gone, and the run turns a
-SIGTERM into the same orderly stop as Ctrl-C.
+(PR_SET_PDEATHSIG, used here before) never fires when the run itself is killed (seen:
+a SIGTERMed run whose two workers went on computing cells for 48 minutes). Each worker
+therefore watches the run's own process through multiprocessing's parent sentinel and
+stops when it is gone, and the run turns a SIGTERM into the same orderly stop as Ctrl-C.
 """
 
 from __future__ import annotations
