@@ -24,6 +24,7 @@ from fewshot_transfer.data.slices import SliceSet
 from fewshot_transfer.harness.benchmark import Benchmark
 from fewshot_transfer.harness.parallel import producers_first, resolve_jobs, run_parallel
 from fewshot_transfer.harness.store import CellSpec, CellStore, write_csv
+from fewshot_transfer.learners.controls import control_row, with_controls
 from fewshot_transfer.metrics import evaluate, hd95_unit
 from fewshot_transfer.provenance import code_version, machine
 from fewshot_transfer.training import ProgressCallback, TrainingDiverged
@@ -65,9 +66,34 @@ def resolve_seeds(spec: int | str | list) -> list[int]:
     return list(range(n))
 
 
-def plan_cells(bench: Benchmark, learner_names: list[str], seeds: list[int]) -> list[CellSpec]:
+def control_rows(
+    names: list[str], spec: str, ks: list[int], config: dict, strict: bool = True
+) -> dict[str, set[int]]:
+    """The control-arm rows to add for ``run.controls`` = ``spec`` ("", "none", "all" or a comma
+    list of the requested learners): row -> the k it is needed at (``learners/controls.py``).
+
+    ``strict`` = False (the config's default, not the user's ``--controls``) skips listed
+    learners the run does not have instead of refusing."""
+    text = str(spec or "").strip()
+    if text in ("", "none"):
+        return {}
+    wanted = names if text == "all" else [s.strip() for s in text.split(",") if s.strip()]
+    unknown = [n for n in wanted if n not in names]
+    wanted = [n for n in wanted if n in names]
+    if unknown and strict:
+        raise ValueError(
+            f"run.controls names {', '.join(unknown)}, not among the run's learners ({', '.join(names)}); "
+            "use 'all', 'none' or a comma list of them"
+        )
+    return with_controls(wanted, ks, config)
+
+
+def plan_cells(
+    bench: Benchmark, learner_names: list[str], seeds: list[int], only_at: dict[str, set[int]] | None = None
+) -> list[CellSpec]:
     """All cells of the grid, seed-major. k-independent learners get one cell per seed; at
-    k = 0 only learners with ``supports_k0`` get a cell (the others are "n/a" there)."""
+    k = 0 only learners with ``supports_k0`` get a cell (the others are "n/a" there).
+    ``only_at`` restricts some rows (control arms) to the k they are needed at."""
     cells: list[CellSpec] = []
     for seed in seeds:
         for name in learner_names:
@@ -77,6 +103,8 @@ def plan_cells(bench: Benchmark, learner_names: list[str], seeds: list[int]) -> 
                 continue
             for label, k in bench.shots:
                 if k == 0 and not cls.supports_k0:
+                    continue
+                if only_at and name in only_at and k not in only_at[name]:
                     continue
                 cells.append(CellSpec(seed=seed, k=k, k_label=label, learner=name))
     order = {n: i for i, n in enumerate(learner_names)}
@@ -168,6 +196,8 @@ def run_cell(
         "learner": spec.learner,
         "family": cls.family,
         "supports_k0": bool(cls.supports_k0 or cls.k_independent),
+        "control": control_row(spec.learner, spec.k, bench.config),
+        "control_of": cls.control_of,
         "selection": selection(bench.config),
         "k": spec.k,
         "k_label": spec.k_label,
@@ -177,7 +207,7 @@ def run_cell(
         "support_pool_size": bench.eligible,
         "support_patients": sorted(set(ctx.support.patients.tolist())),
         "params": dict(ctx.params),
-        "tuned_from": tuned_from or _tuned_from(bench.config, spec.learner),
+        "tuned_from": tuned_from or _tuned_from(bench.config, cls.control_of or spec.learner),
         "protocol": PROTOCOL_VERSION,
         "provenance": {
             "config_hash": config_hash(bench.config),

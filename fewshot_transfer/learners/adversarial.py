@@ -45,7 +45,7 @@ from torch import nn
 
 from fewshot_transfer.adaptation.discriminators import set_requires_grad
 from fewshot_transfer.adaptation.probe import domain_probe
-from fewshot_transfer.learners.base import Learner
+from fewshot_transfer.learners.base import Control, Learner
 from fewshot_transfer.training import (
     LearnerContext,
     Segmenter,
@@ -195,6 +195,9 @@ class AdversarialLearner(Learner):
         "lambda_ramp": 0.25,
         "probe": True,
     }
+    #: The same stream (source, shot and unlabeled rows, D game and probe included) with the
+    #: segmentor's adversarial terms at weight 0.
+    control: ClassVar[Control | None] = Control(off={"lambda_adv": 0.0})
     bounds: ClassVar[dict[str, tuple[float | None, float | None]]] = {
         "source_share": (0.0, 0.9),
         "lambda_adv": (0.0, None),
