@@ -178,3 +178,43 @@ def test_run_with_controls_shows_the_mechanism_gain(tmp_path, capsys):
         assert rows[name]["control"] == ctl and math.isfinite(rows[name]["mech_p_holm"])
     md = (out / "leaderboard.md").read_text()
     assert "mechanism gain vs own control" in md and "(vs joint-control)" in md
+
+
+def test_class_probe_reads_a_class_conditional_shift():
+    """Lesion features shifted between domains, background identical: the lesion-only probe
+    separates them, the background-only one is at chance, and a uniform draw misses the lesions."""
+    from fewshot_transfer.adaptation.probe import class_probe, domain_probe
+
+    gen = torch.Generator().manual_seed(0)
+
+    def domain(shift: float) -> tuple[torch.Tensor, torch.Tensor]:
+        masks = torch.zeros(8, 1, 16, 16)
+        masks[:, :, 4:7, 4:7] = 1.0  # ~3.5 % lesion, as in CT
+        images = torch.randn(8, 1, 16, 16, generator=gen) + masks * (2.0 + shift)
+        return images, masks
+
+    (xs, ms), (xt, mt) = domain(0.0), domain(3.0)
+    read = lambda x: torch.cat([x, x.abs()], 1)  # noqa: E731
+    out = class_probe(read, (xs, ms), (xt, mt), seed=0)
+    assert out["lesion"] > 0.75, out
+    assert abs(out["background"] - 0.5) < 0.1, out
+    assert out["balanced"] > 0.6, out
+    assert domain_probe(read, xs, xt, seed=0) < 0.6  # uniform positions: ~97 % background, near chance
+    # no lesion at the read-out resolution: no lesion reading rather than a meaningless one
+    empty = class_probe(read, (xs, torch.zeros_like(ms)), (xt, mt), seed=0)
+    assert empty["lesion"] is None and empty["balanced"] is None
+
+
+@pytest.mark.integration
+def test_every_adversarial_cell_records_per_class_probes(tmp_path):
+    from fewshot_transfer.harness.runner import run_cell
+    from fewshot_transfer.harness.store import CellSpec
+
+    torch.set_num_threads(1)
+    bench = prepare(_cfg(), tmp_path)
+    record = run_cell(bench, CellSpec(seed=0, k=0, k_label="0", learner="dual-adv-control"))
+    probe = record["probe"]
+    assert probe["layer"]
+    for when in ("before", "after"):
+        assert 0.0 <= probe[when]["background"] <= 1.0
+    assert "probe" not in run_cell(bench, CellSpec(seed=0, k=2, k_label="2", learner="finetune"))

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from fewshot_transfer import learners
+from fewshot_transfer.adaptation.probe import class_probe
 from fewshot_transfer.atomic import atomic_open
 from fewshot_transfer.config import config_hash
 from fewshot_transfer.data.slices import SliceSet
@@ -66,9 +67,7 @@ def resolve_seeds(spec: int | str | list) -> list[int]:
     return list(range(n))
 
 
-def control_rows(
-    names: list[str], spec: str, ks: list[int], config: dict, strict: bool = True
-) -> dict[str, set[int]]:
+def control_rows(names: list[str], spec: str, ks: list[int], config: dict, strict: bool = True) -> dict[str, set[int]]:
     """The control-arm rows to add for ``run.controls`` = ``spec`` ("", "none", "all" or a comma
     list of the requested learners): row -> the k it is needed at (``learners/controls.py``).
 
@@ -221,8 +220,9 @@ def run_cell(
     }
     torch.manual_seed(spec.seed)
     t0 = time.perf_counter()
+    learner = cls()
     try:
-        segmenter = cls().fit(ctx)
+        segmenter = learner.fit(ctx)
     except TrainingDiverged as exc:
         record.update(
             status="failed", reason=str(exc), timing={"fit_s": time.perf_counter() - t0, "train_s": ctx.train_seconds}
@@ -230,6 +230,9 @@ def run_cell(
         _save_curves(bench, spec, ctx.curves)
         return record
     fit_s = time.perf_counter() - t0
+    probe = domain_probes(bench, learner, ctx, segmenter.model)
+    if probe is not None:
+        record["probe"] = probe
     # A learner with shots whose training left no target phase trained outside train_steps:
     # its budget is unknown, not empty.
     budget: dict | None = target_budget(ctx)
@@ -255,6 +258,36 @@ def run_cell(
     _save_curves(bench, spec, ctx.curves)
     _save_gallery(bench, spec, pred)
     return record
+
+
+#: Slices per domain a domain probe reads (lesion-positive first; half fit it, half score it).
+PROBE_SLICES = 24
+
+
+def _probe_slices(data: SliceSet, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Up to :data:`PROBE_SLICES` slices as (images, masks) ``[B, 1, H, W]``, lesion-positive first."""
+    order = np.argsort(-(data.masks.reshape(len(data), -1).sum(1) > 0).astype(int), kind="stable")[:PROBE_SLICES]
+    to = lambda a: torch.from_numpy(np.ascontiguousarray(a[order])).unsqueeze(1).to(device, torch.float32)  # noqa: E731
+    return to(data.images), to(data.masks)
+
+
+def domain_probes(bench: Benchmark, learner, ctx, model: torch.nn.Module) -> dict | None:
+    """Per-class domain probes at the layer a learner aligns, before (the source model) and after
+    adaptation (``adaptation/probe.py``); None for learners that align nothing or ``probe = false``.
+
+    Source validation slices against test slices, with their masks: the masks only say which
+    positions are lesion for this diagnostic read-out, like Dice itself; no learner sees them."""
+    aligned = getattr(learner, "aligned", None)
+    if aligned is None or not ctx.params.get("probe", False):
+        return None
+    src, tgt = _probe_slices(bench.source_val, ctx.device), _probe_slices(bench.test_set, ctx.device)
+    layer, read_after = aligned(ctx, model.eval())
+    _, read_before = aligned(ctx, ctx.source_model().eval())
+    return {
+        "layer": layer,
+        "before": class_probe(read_before, src, tgt, seed=ctx.seed),
+        "after": class_probe(read_after, src, tgt, seed=ctx.seed),
+    }
 
 
 def score(segmenter, test: SliceSet, threshold: float) -> tuple[dict, list[dict], np.ndarray, np.ndarray]:

@@ -76,7 +76,9 @@ def register_controls() -> None:
             if existing is None:
                 REGISTRY[name] = _derive(cls)
             elif existing.control_of != cls.name:
-                raise ValueError(f"learner {name!r} is registered by {existing.__name__}, but it names {cls.name}'s control")
+                raise ValueError(
+                    f"learner {name!r} is registered by {existing.__name__}, but it names {cls.name}'s control"
+                )
 
 
 def control_row(name: str, k: int, config: dict) -> str | None:
