@@ -221,9 +221,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default="", help="write cells.csv, outcome.json and README.md here")
     ap.add_argument("--work", default="", help="benchmark work dir; default runs/controls/<scenario>-draw<D>")
-    ap.add_argument(
-        "--preconditions-only", action="store_true", help="measure and print the preconditions, run no arm"
-    )
+    ap.add_argument("--preconditions-only", action="store_true", help="measure and print the preconditions, run no arm")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config overrides (a variant)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)

@@ -87,6 +87,10 @@ DEFAULTS: dict[str, Any] = {
         # controls that are requested learners anyway (finetune's scratch, the meta-learners'
         # finetune) give their mechanism-gain column at no cost.
         "controls": "dual-adv",
+        # Training replicates per episode (another initialisation, batch order and
+        # augmentation on the same shots and pools), averaged per seed before pairing; use
+        # R > 1 where training noise dominates the episode-to-episode spread (docs/protocol.md).
+        "replicates": 1,
     },
 }
 

@@ -218,3 +218,26 @@ def test_every_adversarial_cell_records_per_class_probes(tmp_path):
     for when in ("before", "after"):
         assert 0.0 <= probe[when]["background"] <= 1.0
     assert "probe" not in run_cell(bench, CellSpec(seed=0, k=2, k_label="2", learner="finetune"))
+
+
+def test_training_replicates_share_the_episode_and_average_before_pairing(tmp_path):
+    from fewshot_transfer.harness.leaderboard import average_replicates
+    from fewshot_transfer.harness.runner import run_cell
+    from fewshot_transfer.harness.store import CellSpec, training_seed
+
+    torch.set_num_threads(1)
+    assert training_seed(3, 0) == 3 and training_seed(3, 1) != training_seed(4, 1)
+    bench = prepare(_cfg([f"learners.scratch.lr={LR}"]), tmp_path)
+    cells = plan_cells(bench, ["scratch"], [0], replicates=3)
+    assert sorted((c.k, c.replicate) for c in cells) == [(2, 0), (2, 1), (2, 2)]
+    assert cells[1].cell_id.endswith("__rep-1") and "__rep" not in cells[0].cell_id  # replicate 0 keeps its name
+    ctx0 = bench.context(learners.get("scratch"), 2, 0, replicate=0)
+    ctx1 = bench.context(learners.get("scratch"), 2, 0, replicate=1)
+    assert ctx0.support.patients.tolist() == ctx1.support.patients.tolist()  # same shots
+    assert not torch.equal(ctx0.new_model().head.weight, ctx1.new_model().head.weight)  # other initialisation
+    recs = [run_cell(bench, CellSpec(seed=0, k=2, k_label="2", learner="scratch", replicate=r)) for r in (0, 1)]
+    assert recs[0]["replicate"] == 0 and recs[1]["replicate"] == 1
+    assert recs[0]["support_patients"] == recs[1]["support_patients"]
+    (avg,) = average_replicates(recs)
+    assert avg["replicates"] == 2
+    assert math.isclose(avg["metrics"]["dice"], (recs[0]["metrics"]["dice"] + recs[1]["metrics"]["dice"]) / 2)

@@ -97,6 +97,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "init, joint -> source share 0) and a mechanism-gain column; a bare --controls = every requested "
         "learner's, or a comma list, or 'none' (default run.controls: dual-adv's)",
     )
+    p.add_argument(
+        "--replicates",
+        type=int,
+        help="train every cell R times on its episode (same shots and pools, other initialisation, batch "
+        "order and augmentation) and average them per seed before pairing (default run.replicates = 1)",
+    )
     p.add_argument("--retry-failed", action="store_true", help="recompute cells recorded as failed")
     p.add_argument(
         "--jobs",
@@ -149,7 +155,11 @@ def build_config(args: argparse.Namespace) -> dict:
             overrides.append(
                 f"{key}={value}" if attr == "jobs" or (attr == "seeds" and "," not in value) else f'{key}="{value}"'
             )
-    for attr, key in (("trials", "run.trials"), ("tune_episodes", "run.tune_episodes")):
+    for attr, key in (
+        ("trials", "run.trials"),
+        ("tune_episodes", "run.tune_episodes"),
+        ("replicates", "run.replicates"),
+    ):
         if getattr(args, attr, None) is not None:
             overrides.append(f"{key}={int(getattr(args, attr))}")
     if getattr(args, "plots", False):
@@ -196,11 +206,16 @@ def main(args: argparse.Namespace) -> int:
     controls = control_rows(
         names, run_cfg.get("controls", ""), [k for _, k in bench.shots], cfg, strict=args.controls is not None
     )
-    cells = plan_cells(bench, [*names, *controls], seeds, only_at=controls)
+    replicates = int(run_cfg.get("replicates", 1))
+    if replicates < 1:
+        raise ValueError(f"run.replicates must be >= 1, got {replicates}")
+    cells = plan_cells(bench, [*names, *controls], seeds, only_at=controls, replicates=replicates)
     console.print(
         f"[bold]ftbench run[/bold]: {len(names)} learners"
         + (f" + {len(controls)} control arms ({', '.join(controls)})" if controls else "")
-        + f" x k={','.join(lab for lab, _ in bench.shots)} x {len(seeds)} seeds = {len(cells)} cells -> {out}"
+        + f" x k={','.join(lab for lab, _ in bench.shots)} x {len(seeds)} seeds"
+        + (f" x {replicates} training replicates" if replicates > 1 else "")
+        + f" = {len(cells)} cells -> {out}"
     )
     records = run_grid(
         bench, cells, retry_failed=args.retry_failed, show_progress=not args.no_progress, jobs=int(run_cfg["jobs"])

@@ -22,6 +22,7 @@ from fewshot_transfer.data.loader import load_domain, native_slices
 from fewshot_transfer.data.samplers import labeled_fraction, resolve_shots, support_indices, support_pool_size
 from fewshot_transfer.data.slices import SliceSet
 from fewshot_transfer.data.splits import TargetSplit, load_split, save_split, split_source, split_target, verify_split
+from fewshot_transfer.harness.store import training_seed
 from fewshot_transfer.training import LearnerContext, ModelCache, ProgressCallback
 
 log = logging.getLogger(__name__)
@@ -110,9 +111,12 @@ class Benchmark:
     def labeled_fraction(self, k: int) -> float:
         return labeled_fraction(k, self.eligible) if k else 0.0
 
-    def context(self, learner_cls, k: int, seed: int, callback: ProgressCallback | None = None) -> LearnerContext:
+    def context(
+        self, learner_cls, k: int, seed: int, callback: ProgressCallback | None = None, replicate: int = 0
+    ) -> LearnerContext:
         """The cell's context: the (k, seed) shots (empty at k = 0 and for learners that take no
-        target labels) and, for learners with ``uses_unlabeled``, :meth:`unlabeled_set`."""
+        target labels) and, for learners with ``uses_unlabeled``, :meth:`unlabeled_set`;
+        its training randomness comes from ``training_seed(seed, replicate)``."""
         if k == 0 and learner_cls.uses_target and not (learner_cls.supports_k0 or learner_cls.k_independent):
             raise ValueError(f"learner {learner_cls.name!r} needs labeled target shots; it has no k = 0 cell")
         support = self.support_set(k if learner_cls.uses_target else 0, seed)
@@ -125,7 +129,7 @@ class Benchmark:
             if learner_cls.uses_unlabeled
             else None,
             k=k if learner_cls.uses_target else 0,
-            seed=seed,
+            seed=training_seed(seed, replicate),
             config=self.config,
             params=learner_cls.resolve_params(self.config),
             device=self.device,

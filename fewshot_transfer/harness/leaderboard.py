@@ -42,14 +42,43 @@ def gain_reference(k: int) -> str:
 
 
 def _dedupe(records: list[dict]) -> list[dict]:
-    """One record per (learner, k_label, seed); later run dirs win, with a warning on conflict."""
+    """One record per (learner, k_label, seed, replicate); later run dirs win, with a warning on conflict."""
     seen: dict[tuple, dict] = {}
     for r in records:
-        key = (r["learner"], r["k_label"], r["seed"])
+        key = (r["learner"], r["k_label"], r["seed"], r.get("replicate", 0))
         if key in seen and seen[key].get("provenance", {}).get("data") != r.get("provenance", {}).get("data"):
             log.warning("cell %s appears in several runs with different data; keeping %s", key, r.get("run_dir"))
         seen[key] = r
     return list(seen.values())
+
+
+#: Per-cell metrics averaged over the training replicates of one episode.
+_AVERAGED = ("dice", "dice_global", "pred_fraction", "true_fraction", "hd95")
+
+
+def average_replicates(records: list[dict]) -> list[dict]:
+    """One record per (learner, k_label, seed): the training replicates of an episode
+    (``--replicates``) averaged before any pairing, so the CI is over episodes and the
+    training noise of each is shrunk by the number of replicates. A failed replicate fails
+    the episode's record."""
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for r in records:
+        groups[(r["learner"], r["k_label"], r["seed"])].append(r)
+    out = []
+    for group in groups.values():
+        if len(group) == 1:
+            out.append(group[0])
+            continue
+        group = sorted(group, key=lambda r: r.get("replicate", 0))
+        failed = [r for r in group if r["status"] != "ok"]
+        if failed:
+            out.append(failed[0])
+            continue
+        metrics = dict(group[0]["metrics"])
+        for key in _AVERAGED:
+            metrics[key] = float(np.nanmean([r["metrics"][key] for r in group]))
+        out.append({**group[0], "metrics": metrics, "replicates": len(group)})
+    return out
 
 
 def _k_columns(records: list[dict], shots: list[tuple[str, int]] | None = None) -> list[tuple[str, int]]:
@@ -161,7 +190,7 @@ def _na_row(name: str, family: str, label: str, k: int) -> dict:
 def build_rows(records: list[dict], shots: list[tuple[str, int]] | None = None) -> list[dict]:
     """Aggregate cells into one row per (learner, k); k-independent learners appear at every k,
     learners without a k = 0 cell that need target labels get an "n/a" row there."""
-    records = _dedupe(records)
+    records = average_replicates(_dedupe(records))
     ks = _k_columns(records, shots)
     by_cell: dict[tuple[str, str], dict[int, dict]] = defaultdict(dict)
     learner_order: list[str] = []

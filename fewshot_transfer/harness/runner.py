@@ -12,6 +12,7 @@ import logging
 import shlex
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -88,11 +89,16 @@ def control_rows(names: list[str], spec: str, ks: list[int], config: dict, stric
 
 
 def plan_cells(
-    bench: Benchmark, learner_names: list[str], seeds: list[int], only_at: dict[str, set[int]] | None = None
+    bench: Benchmark,
+    learner_names: list[str],
+    seeds: list[int],
+    only_at: dict[str, set[int]] | None = None,
+    replicates: int = 1,
 ) -> list[CellSpec]:
     """All cells of the grid, seed-major. k-independent learners get one cell per seed; at
     k = 0 only learners with ``supports_k0`` get a cell (the others are "n/a" there).
-    ``only_at`` restricts some rows (control arms) to the k they are needed at."""
+    ``only_at`` restricts some rows (control arms) to the k they are needed at; each cell is
+    trained ``replicates`` times on its episode (the leaderboard averages them per seed)."""
     cells: list[CellSpec] = []
     for seed in seeds:
         for name in learner_names:
@@ -106,8 +112,10 @@ def plan_cells(
                 if only_at and name in only_at and k not in only_at[name]:
                     continue
                 cells.append(CellSpec(seed=seed, k=k, k_label=label, learner=name))
+    if replicates > 1:
+        cells = [replace(c, replicate=r) for c in cells for r in range(replicates)]
     order = {n: i for i, n in enumerate(learner_names)}
-    return sorted(cells, key=lambda c: (c.seed, c.k, order[c.learner]))
+    return sorted(cells, key=lambda c: (c.seed, c.replicate, c.k, order[c.learner]))
 
 
 def seeds_arg(seeds: list[int]) -> str:
@@ -188,7 +196,7 @@ def run_cell(
 ) -> dict:
     """Fit one learner on one support set and evaluate it on the whole test set."""
     cls = learners.get(spec.learner)
-    ctx = bench.context(cls, spec.k, spec.seed, callback)
+    ctx = bench.context(cls, spec.k, spec.seed, callback, replicate=spec.replicate)
     bench.cache.begin_cell()
     record: dict = {
         "cell_id": spec.cell_id,
@@ -201,6 +209,7 @@ def run_cell(
         "k": spec.k,
         "k_label": spec.k_label,
         "seed": spec.seed,
+        "replicate": spec.replicate,
         "labeled_fraction": bench.labeled_fraction(spec.k),
         "unlabeled_rows": len(ctx.unlabeled) if cls.uses_unlabeled else 0,
         "support_pool_size": bench.eligible,
@@ -218,7 +227,7 @@ def run_cell(
         },
         "command": reproduce_command(bench.out_dir, spec.learner, spec.k_label, [spec.seed], torch.get_num_threads()),
     }
-    torch.manual_seed(spec.seed)
+    torch.manual_seed(ctx.seed)
     t0 = time.perf_counter()
     learner = cls()
     try:
