@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.error import HTTPError, URLError
 from urllib.request import Request, urlopen
 
+from fewshot_transfer import __version__
 from fewshot_transfer.atomic import atomic_write_text
 from fewshot_transfer.data.dataset_format import atomic_dir
 from fewshot_transfer.data.errors import DatasetError
@@ -63,7 +64,7 @@ LOCK_FILE = "checksums.lock.json"
 #: Written into ``raw/`` last: its presence means every archive was unpacked.
 RAW_COMPLETE = ".ftbench-unpacked.json"
 CHUNK = 1 << 20
-USER_AGENT = "ftbench-data-download (+https://github.com/; python-urllib)"
+USER_AGENT = f"ftbench/{__version__} (python-urllib)"
 
 
 class ManualStepRequired(DatasetError):

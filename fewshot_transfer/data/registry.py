@@ -264,9 +264,9 @@ def format_size(size: int | None) -> str:
     """Bytes as a short human string ("8.5 GiB"), "?" when unknown."""
     if size is None:
         return "?"
-    value = float(size)
+    value, unit = float(size), "B"
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if value < 1024 or unit == "TiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+            break
         value /= 1024
-    return f"{value:.1f} TiB"
+    return f"{value:.0f} B" if unit == "B" else f"{value:.1f} {unit}"
