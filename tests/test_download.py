@@ -355,3 +355,32 @@ def test_cli_list_and_mirror(server, tmp_path, capsys, monkeypatch):
     out = capsys.readouterr()
     assert code == 1 and "checksum mismatch for Task06_Lung.tar: expected md5 8afd9977" in out.err
     assert "CC BY-SA 4.0" in out.out and not list((tmp_path / "dl").glob("downloads/*"))
+
+
+def test_cli_manual_entry_says_where_to_put_the_file(tmp_path, capsys, monkeypatch):
+    """The shipped MosMed entry has no direct URL: no network is touched, the user learns what to do."""
+    monkeypatch.setenv("COLUMNS", "250")
+    assert cli(["data", "download", "mosmed", "--to", str(tmp_path / "mm"), "--no-progress"]) == 3
+    out = capsys.readouterr().out
+    assert "NON-COMMERCIAL" in out and "NO DERIVATIVES" in out and "mosmed.ai/datasets/covid19_1110" in out
+    assert str((tmp_path / "mm" / "downloads" / "COVID19_1110.zip").resolve()) in out.replace("\n", "")
+    assert not (tmp_path / "mm" / "raw").exists()
+
+
+def test_progress_bar_tracks_and_removes_its_task(server, tmp_path):
+    from rich.console import Console
+    from rich.progress import Progress
+
+    entry, body = one_zip_entry(server, tmp_path)
+    seen = []
+    with Progress(console=Console(file=io.StringIO())) as bar:
+        real_update = bar.update
+
+        def update(task, **kw):
+            seen.append(kw.get("completed"))
+            real_update(task, **kw)
+
+        bar.update = update
+        download_dataset(entry, tmp_path / "dl", do_import=False, progress=bar)
+        assert not bar.tasks
+    assert seen[-1] == len(body)

@@ -204,7 +204,8 @@ ENTRIES: dict[str, DatasetEntry] = {
                     "COVID19_1110.zip",
                     manual=(
                         "open https://mosmed.ai/datasets/covid19_1110 , accept the terms and download the archive "
-                        "(direct link or torrent), then save it as 'COVID19_1110.zip'"
+                        "(direct link or torrent), then save it as 'COVID19_1110.zip' (a torrent that gives the "
+                        "unpacked folder: zip it, or import it directly with ftbench data import mosmed FOLDER)"
                     ),
                 ),
             ),
