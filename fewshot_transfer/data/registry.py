@@ -5,7 +5,7 @@ Every checksum below was published by someone other than this toolkit (the sourc
 in ``checksum_source``); none is invented. Where nobody publishes one, ``checksum`` is None:
 the first download's sha256 is then pinned in a lock file beside the data (see
 :mod:`fewshot_transfer.data.download`) and every later download is checked against it.
-Sizes are in bytes when published, else None (the table shows "?").
+Sizes are in bytes where a published source states them, else None (the table shows "?").
 
 An entry is plain data: tests and mirrors build their own :class:`DatasetEntry` (or
 ``dataclasses.replace`` one of these with other ``urls``) and hand it to
