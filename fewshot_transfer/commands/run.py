@@ -70,7 +70,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help="output directory (default runs/quick)")
     p.add_argument("--device", help="cpu, cuda or cuda:N (default cpu)")
     p.add_argument("--target", help="target dataset folder (default: phantom:covid)")
-    p.add_argument("--source", help="source dataset folder (default: phantom:cap)")
+    p.add_argument(
+        "--source",
+        help="source dataset folder (default: phantom:cap); A,B = the union of several, patient ids "
+        "prefixed with each dataset's name, each slice keeping its dataset of origin",
+    )
     p.add_argument("--plots", action="store_true", help="also write prediction galleries per k and loss-curve PNGs")
     p.add_argument(
         "--set",
