@@ -294,14 +294,21 @@ def download_table(entries: Iterable[DatasetEntry]) -> Table:
 
     from fewshot_transfer.data.registry import format_size
 
-    table = Table(title="ftbench data download --list", title_justify="left", show_lines=True)
+    table = Table(
+        title="ftbench data download --list",
+        title_justify="left",
+        show_lines=True,
+        caption="checksums abbreviated; the full values are in fewshot_transfer/data/registry.py and are "
+        "verified on every download",
+    )
     for col in ("name", "dataset", "size", "checksum", "license", "access"):
         table.add_column(col, overflow="fold")
     for e in entries:
         sums = []
         for f in e.files:
             if f.checksum:
-                sums.append(f"{f.name}: {f.checksum} (from {f.checksum_source.split(' (')[0]})")
+                algo, _, digest = f.checksum.partition(":")
+                sums.append(f"{f.name}: {algo}:{digest[:12]}… (from {f.checksum_source.split(' (')[0]})")
             else:
                 sums.append(f"{f.name}: none published (sha256 pinned on first download)")
         license_text = e.license + (f"\n[bold red]{'; '.join(e.restrictions)}[/bold red]" if e.restrictions else "")
