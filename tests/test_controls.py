@@ -241,3 +241,29 @@ def test_training_replicates_share_the_episode_and_average_before_pairing(tmp_pa
     (avg,) = average_replicates(recs)
     assert avg["replicates"] == 2
     assert math.isclose(avg["metrics"]["dice"], (recs[0]["metrics"]["dice"] + recs[1]["metrics"]["dice"]) / 2)
+
+
+def test_cells_written_before_control_arms_get_their_control_from_the_runs_config(tmp_path):
+    from fewshot_transfer.config import to_toml
+
+    (tmp_path / "config.toml").write_text(to_toml(_cfg()))
+
+    def rec(name: str, seed: int, dice: float) -> dict:
+        return {
+            "learner": name,
+            "k": 2,
+            "k_label": "2",
+            "seed": seed,
+            "status": "ok",
+            "family": "meta",
+            "run_dir": str(tmp_path),
+            "metrics": {"dice": dice, "dice_global": dice, "pred_fraction": 0.01, "true_fraction": 0.01, "hd95": 1.0},
+        }
+
+    records = [rec("finetune", s, 0.5 + 0.01 * s) for s in range(3)] + [
+        rec("maml", s, 0.52 + 0.01 * s + 0.001 * s * s) for s in range(3)
+    ]
+    rows = {r["learner"]: r for r in build_rows(records)}
+    assert rows["maml"]["control"] == "finetune"
+    assert math.isclose(rows["maml"]["mech"], 0.02 + 0.001 * (0 + 1 + 4) / 3)
+    assert rows["finetune"]["control"] == "scratch" and math.isnan(rows["finetune"]["mech"])  # no scratch cells

@@ -19,7 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
+from fewshot_transfer.config import load_toml
 from fewshot_transfer.harness.runner import reproduce_command
+from fewshot_transfer.learners.controls import control_row
 from fewshot_transfer.harness.stats import holm, mean_ci, paired_diff, rank_with_ties
 from fewshot_transfer.harness.store import atomic_write_text, write_csv
 from fewshot_transfer.provenance import machines_of
@@ -129,6 +131,26 @@ _NO_MECHANISM = {
 }
 
 
+def _control_of(record: dict, configs: dict[str, dict | None]) -> str:
+    """The record's control row; cells written before control arms existed get it from their
+    run's ``config.toml`` (the same rule: ``learners/controls.py``), so older runs show the
+    mechanism gains their own rows already allow (finetune vs scratch, the meta-learners vs
+    finetune)."""
+    if "control" in record:
+        return record["control"] or ""
+    run_dir = str(record.get("run_dir", ""))
+    if run_dir not in configs:
+        path = Path(run_dir) / "config.toml"
+        configs[run_dir] = load_toml(path) if run_dir and path.is_file() else None
+    config = configs[run_dir]
+    if config is None:
+        return ""
+    try:
+        return control_row(record["learner"], int(record["k"]), config) or ""
+    except (ValueError, KeyError):  # a learner or parameter this code no longer knows
+        return ""
+
+
 def _mechanism_gains(rows: list[dict], by_cell: dict[tuple[str, str], dict[int, dict]]) -> None:
     """Fill each row's mechanism gain: learner − its own control arm (``learners/controls.py``),
     paired by seed, with a 95% t-CI; p-values Holm-corrected over every such test of the run."""
@@ -191,6 +213,7 @@ def build_rows(records: list[dict], shots: list[tuple[str, int]] | None = None) 
     """Aggregate cells into one row per (learner, k); k-independent learners appear at every k,
     learners without a k = 0 cell that need target labels get an "n/a" row there."""
     records = average_replicates(_dedupe(records))
+    configs: dict[str, dict | None] = {}
     ks = _k_columns(records, shots)
     by_cell: dict[tuple[str, str], dict[int, dict]] = defaultdict(dict)
     learner_order: list[str] = []
@@ -264,7 +287,7 @@ def build_rows(records: list[dict], shots: list[tuple[str, int]] | None = None) 
                 "gain_p_holm": math.nan,
                 "gain_ref": ref_name,
                 **_NO_MECHANISM,
-                "control": any_rec.get("control") or "",
+                "control": _control_of(any_rec, configs),
                 "pred_fraction": pred_f,
                 "true_fraction": true_f,
                 "collapsed": bool(seeds) and pred_f < COLLAPSE_RATIO * true_f,
