@@ -21,9 +21,9 @@ import numpy as np
 
 from fewshot_transfer.config import load_toml
 from fewshot_transfer.harness.runner import reproduce_command
-from fewshot_transfer.learners.controls import control_row
 from fewshot_transfer.harness.stats import holm, mean_ci, paired_diff, rank_with_ties
 from fewshot_transfer.harness.store import atomic_write_text, write_csv
+from fewshot_transfer.learners.controls import control_row
 from fewshot_transfer.provenance import machines_of
 
 log = logging.getLogger(__name__)
