@@ -19,6 +19,7 @@ from fewshot_transfer.learners.ua_mt import binary_entropy
 from fewshot_transfer.learners.unimatch import channel_dropout, confident_bce
 from fewshot_transfer.metrics import evaluate
 from fewshot_transfer.training import Params, labeled_batches, train_steps
+from fewshot_transfer.tuning.space import searched_names
 
 from conftest import TINY
 
@@ -98,6 +99,8 @@ def test_search_space_resolves(name):
         assert "unlabeled_weight" in suggested
         params = cls.resolve_params(resolve_config(None, []) | {"learners": {name: suggested}})
         assert all(params[key] == pytest.approx(value) for key, value in suggested.items())
+    free, fixed = searched_names(cls, {})
+    assert "unlabeled_weight" in free and not fixed
 
 
 @pytest.mark.parametrize("name", SEMI)
