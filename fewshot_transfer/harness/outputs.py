@@ -66,7 +66,8 @@ def render(
         **header,
         **{k: v for k, v in (meta or {}).items() if k not in ("hyperparameters", "code versions", "scored at")},
     }
-    sections = render_sections(rows, records) + [t for name in shown if (t := metric_sets.markdown(rows, name))]
+    extra = {name: metric_sets.markdown(rows, name) for name in shown}
+    sections = render_sections(rows, records) + [text for text in extra.values() if text]
     paths = write_leaderboard(out_dir, rows, meta=meta, sections=sections)
     paths.append(transfer_gain_plot(rows, out_dir / "transfer_gain.png"))
     if console is not None:
@@ -78,8 +79,14 @@ def render(
         )
         if "code versions" in meta:
             console.print(f"[yellow]{meta['code versions']}[/yellow]")
-        for name in shown:
-            console.print(metric_sets.rich_table(rows, name))
+        for name, text in extra.items():
+            if text is None:
+                console.print(
+                    f"[yellow]no cell here stores the {name!r} metrics (scored before the set existed; "
+                    "the stored .pred.npz are binary gallery masks): rerun the cells to get them[/yellow]"
+                )
+            else:
+                console.print(metric_sets.rich_table(rows, name))
         console.print(power_summary(rows))
         console.print("wrote " + ", ".join(str(p) for p in paths))
     return rows
