@@ -285,11 +285,14 @@ print(json.dumps(out))
 
 def _kernel_paths() -> dict[str, dict[str, str]]:
     """numpy's SIMD dispatch levels this CPU has (AVX-512, AVX2, the x86-64-v2 baseline), plus torch's."""
-    from numpy._core._multiarray_umath import __cpu_dispatch__, __cpu_features__
+    try:
+        from numpy._core._multiarray_umath import __cpu_dispatch__, __cpu_features__
+    except ImportError:  # numpy 1.x
+        from numpy.core._multiarray_umath import __cpu_dispatch__, __cpu_features__
 
     present = [f for f in __cpu_dispatch__ if __cpu_features__.get(f)]
     paths = {"native": {}, "torch-default": {"ATEN_CPU_CAPABILITY": "default"}}
-    no_avx512 = [f for f in present if f not in ("X86_V3", "AVX2", "FMA3", "AVX")]
+    no_avx512 = [f for f in present if f.startswith("AVX512") or f == "X86_V4"]
     if no_avx512:
         paths["no-avx512"] = {"NPY_DISABLE_CPU_FEATURES": " ".join(no_avx512)}
     if present:
