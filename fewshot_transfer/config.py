@@ -82,6 +82,11 @@ DEFAULTS: dict[str, Any] = {
         "tune_episodes": 3,
         "jobs": 0,
         "plugins": [],
+        # Control arms added as rows (learners/controls.py): "" = none, "all" = every requested
+        # learner's, or a comma list of learners. The default adds dual-adv's (lambda_adv = 0);
+        # controls that are requested learners anyway (finetune's scratch, the meta-learners'
+        # finetune) give their mechanism-gain column at no cost.
+        "controls": "dual-adv",
     },
     # What is shown, not what is measured (no identity section): extra metric sets beside
     # Dice at 0.5 in the leaderboard; every cell stores all of them (METRIC_SETS).
