@@ -92,7 +92,14 @@ DEFAULTS: dict[str, Any] = {
         # R > 1 where training noise dominates the episode-to-episode spread (docs/protocol.md).
         "replicates": 1,
     },
+    # What is shown, not what is measured (no identity section): extra metric sets beside
+    # Dice at 0.5 in the leaderboard; every cell stores all of them (METRIC_SETS).
+    "eval": {"metrics": []},
 }
+
+#: Named metric sets ``eval.metrics`` / ``--metrics`` may show: "infnet" = the COVID-SemiSeg
+#: table's Inf-Net evaluation (meanDic, maxDic, adpDic, meanSen, meanSpe, MAE).
+METRIC_SETS = ("infnet",)
 
 
 #: Config sections that define *what* is measured: a run dir, a study and a grid refuse to mix two.
@@ -236,6 +243,9 @@ def apply_overrides(cfg: dict, overrides: list[str]) -> dict:
     _check_keys(out, DEFAULTS)
     _check_values(out, DEFAULTS)
     _check_folds(out)
+    unknown = sorted(set(out.get("eval", {}).get("metrics", [])) - set(METRIC_SETS))
+    if unknown:
+        raise ValueError(f"config key 'eval.metrics': unknown metric set(s) {unknown}; choose from {list(METRIC_SETS)}")
     return out
 
 

@@ -60,6 +60,11 @@ def test_every_learner_with_a_mechanism_names_its_control():
         "mean-teacher": "scratch",
         "pseudo-label-cap": "finetune",
         "mean-teacher-cap": "finetune",
+        "ua-mt": "scratch",
+        "fixmatch": "scratch",
+        "unimatch": "scratch",
+        "cps": "scratch",
+        "bcp": "scratch",
     }
     for name, row in expected.items():
         assert control_row(name, 2, cfg) == row, name

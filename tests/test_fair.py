@@ -24,7 +24,7 @@ from fewshot_transfer.harness.stats import holm, rank_with_ties
 from fewshot_transfer.harness.store import CellSpec
 from fewshot_transfer.learners.base import Learner
 from fewshot_transfer.losses import seg_loss
-from fewshot_transfer.metrics import evaluate
+from fewshot_transfer.metrics import evaluate, infnet_metrics
 from fewshot_transfer.training import ModelCache, slice_batches, source_rows
 
 from conftest import TINY
@@ -271,8 +271,10 @@ def _plain_loop_metrics(bench, learner: str, k: int, seed: int) -> dict:
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-    pred = ctx.segmenter(model.eval()).predict(bench.test_set.images)
-    return evaluate(pred, bench.test_set.masks, bench.test_set.spacing)[0]
+    proba = ctx.segmenter(model.eval()).predict_proba(bench.test_set.images)
+    pred = (proba >= ctx.train_cfg["threshold"]).astype(np.uint8)
+    summary = evaluate(pred, bench.test_set.masks, bench.test_set.spacing)[0]
+    return {**summary, **infnet_metrics(list(proba), list(bench.test_set.masks))}
 
 
 def test_controls_are_bit_identical(tmp_path):

@@ -16,6 +16,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("dirs", nargs="+", help="run directories")
     p.add_argument("--out", help="where to write (default: the first directory)")
+    p.add_argument(
+        "--metrics",
+        action="append",
+        metavar="SET",
+        help="also show this metric set beside Dice at 0.5 (repeatable; 'infnet': the COVID-SemiSeg table's "
+        "meanDic / maxDic / adpDic / meanSen / meanSpe / MAE; default: the runs' [eval] metrics)",
+    )
     p.set_defaults(func=main)
 
 
@@ -29,5 +36,5 @@ def main(args: argparse.Namespace) -> int:
     previous = dirs[0] / "leaderboard.json"
     if len(dirs) == 1 and previous.is_file():
         meta = json.loads(previous.read_text()).get("meta") or meta  # keep the run's own description
-    render(dirs, out, meta=meta, console=make_console())
+    render(dirs, out, meta=meta, console=make_console(), metrics=args.metrics)
     return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import time
 from pathlib import Path
@@ -109,6 +110,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--retry-failed", action="store_true", help="recompute cells recorded as failed")
     p.add_argument(
+        "--metrics",
+        action="append",
+        metavar="SET",
+        help="also show this metric set beside Dice at 0.5 (repeatable; 'infnet': the COVID-SemiSeg table's "
+        "meanDic / maxDic / adpDic / meanSen / meanSpe / MAE); sets eval.metrics",
+    )
+    p.add_argument(
         "--jobs",
         type=int,
         help="cells run side by side in this many worker processes, one thread each "
@@ -168,6 +176,8 @@ def build_config(args: argparse.Namespace) -> dict:
             overrides.append(f"{key}={int(getattr(args, attr))}")
     if getattr(args, "plots", False):
         overrides.append("run.plots=true")
+    if getattr(args, "metrics", None):
+        overrides.append("eval.metrics=" + json.dumps(list(dict.fromkeys(args.metrics))))
     return with_plugins(resolve_config(args.config, overrides), args)
 
 
@@ -235,7 +245,7 @@ def main(args: argparse.Namespace) -> int:
         "code (this render)": code_version(),
         "config": str(out / "config.toml"),
     }
-    render([out], out, meta=meta, console=console, shots=bench.shots)
+    render([out], out, meta=meta, console=console, shots=bench.shots, metrics=cfg["eval"]["metrics"])
     if run_cfg.get("plots"):
         extra = render_gallery(bench, records, out) + render_curves(out)
         console.print(f"plots: {len(extra)} PNGs (galleries in {out}, loss curves in {out / 'cells'})")

@@ -24,6 +24,7 @@ from fewshot_transfer.harness.runner import reproduce_command
 from fewshot_transfer.harness.stats import holm, mean_ci, paired_diff, rank_with_ties
 from fewshot_transfer.harness.store import atomic_write_text, write_csv
 from fewshot_transfer.learners.controls import control_row
+from fewshot_transfer.metrics import INFNET_KEYS
 from fewshot_transfer.provenance import machines_of
 
 log = logging.getLogger(__name__)
@@ -206,7 +207,14 @@ def _na_row(name: str, family: str, label: str, k: int) -> dict:
         "protocol": None,
         "command": "",
         "seeds": [],
+        **dict.fromkeys(INFNET_KEYS, nan),
     }
+
+
+def _seed_mean(cells: list[dict], key: str) -> float:
+    """Mean over seeds of an optional metric; NaN when a cell predates it (scored without it)."""
+    values = [float(r["metrics"].get(key, math.nan)) for r in cells]
+    return float(np.mean(values)) if values else math.nan
 
 
 def build_rows(records: list[dict], shots: list[tuple[str, int]] | None = None) -> list[dict]:
@@ -305,6 +313,7 @@ def build_rows(records: list[dict], shots: list[tuple[str, int]] | None = None) 
                     any_rec.get("provenance", {}).get("threads"),
                 ),
                 "seeds": seeds,
+                **{key: _seed_mean([ok[s] for s in seeds], key) for key in INFNET_KEYS},
             }
             k_rows.append(row)
             dice_by_learner[name] = dict(zip(seeds, dice))

@@ -27,10 +27,10 @@ from fewshot_transfer.harness.benchmark import Benchmark
 from fewshot_transfer.harness.parallel import producers_first, resolve_jobs, run_parallel
 from fewshot_transfer.harness.store import CellSpec, CellStore, write_csv
 from fewshot_transfer.learners.controls import control_row, with_controls
-from fewshot_transfer.metrics import evaluate, hd95_unit
+from fewshot_transfer.metrics import evaluate, hd95_unit, infnet_metrics
 from fewshot_transfer.provenance import code_version, machine
 from fewshot_transfer.training import ProgressCallback, TrainingDiverged
-from fewshot_transfer.training.segmenter import resample_to
+from fewshot_transfer.training.segmenter import resample_proba
 
 log = logging.getLogger(__name__)
 
@@ -306,22 +306,29 @@ def score(segmenter, test: SliceSet, threshold: float) -> tuple[dict, list[dict]
     original size: the probability map is resampled bilinearly to it and thresholded, and
     compared with the original mask, HD95 with the original spacing. Otherwise (and for a slice
     whose original size is the model size, e.g. every phantom slice) the model-size mask is
-    scored as it is. The model-size masks are returned for galleries.
+    scored as it is. The model-size masks are returned for galleries. The summary also holds
+    the Inf-Net metric set (:func:`~fewshot_transfer.metrics.infnet_metrics`, ``infnet_*``),
+    scored on the same probability maps at the same (native) resolution.
     """
     proba = segmenter.predict_proba(test.images)
     thr = float(getattr(segmenter, "threshold", threshold))
     pred = (proba >= thr).astype(np.uint8)
     if test.native is None:
         summary, per_slice = evaluate(pred, test.masks, test.spacing)
-        return summary, per_slice, pred, test.spacing
+        return _with_infnet(summary, list(proba), list(test.masks)), per_slice, pred, test.spacing
     spacing = np.array([s.spacing for s in test.native], dtype=np.float64).reshape(-1, 2)
+    gts = [s.mask for s in test.native]
     if all(s.shape == test.shape for s in test.native):
-        gt = np.stack([s.mask for s in test.native]) if len(test) else test.masks
+        gt = np.stack(gts) if len(test) else test.masks
         summary, per_slice = evaluate(pred, gt, spacing if len(test) else test.spacing)
-        return summary, per_slice, pred, spacing
-    native_pred = resample_to(proba, [s.shape for s in test.native], thr)
-    summary, per_slice = evaluate(native_pred, [s.mask for s in test.native], spacing)
-    return summary, per_slice, pred, spacing
+        return _with_infnet(summary, list(proba), gts), per_slice, pred, spacing
+    native_proba = resample_proba(proba, [s.shape for s in test.native])
+    summary, per_slice = evaluate([(p >= thr).astype(np.uint8) for p in native_proba], gts, spacing)
+    return _with_infnet(summary, native_proba, gts), per_slice, pred, spacing
+
+
+def _with_infnet(summary: dict, proba: list[np.ndarray], gts: list[np.ndarray]) -> dict:
+    return {**summary, **infnet_metrics(proba, gts)} if proba else summary
 
 
 def gallery_rows(bench: Benchmark) -> np.ndarray:
