@@ -106,7 +106,8 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
     "model.depth": (1, None),
     "model.dropout": (0.0, 0.99),
     "train.batch_size": (1, None),
-    "train.steps": (0, None),
+    # 0 target steps would score an untrained network as a learner's result.
+    "train.steps": (1, None),
     "train.pretrain_steps": (0, None),
     "train.eval_batch": (1, None),
     "train.threshold": (0.0, 1.0),

@@ -21,8 +21,16 @@ from fewshot_transfer.data.cache import cache_root
 from fewshot_transfer.data.loader import load_domain, native_slices
 from fewshot_transfer.data.samplers import labeled_fraction, resolve_shots, support_indices, support_pool_size
 from fewshot_transfer.data.slices import SliceSet
-from fewshot_transfer.data.splits import TargetSplit, load_split, save_split, split_source, split_target, verify_split
-from fewshot_transfer.training import LearnerContext, ModelCache, ProgressCallback
+from fewshot_transfer.data.splits import (
+    TargetSplit,
+    has_own_test_split,
+    load_split,
+    save_split,
+    split_source,
+    split_target,
+    verify_split,
+)
+from fewshot_transfer.training import LearnerContext, ModelCache, ProgressCallback, pretrained_source_model
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +139,7 @@ class Benchmark:
             device=self.device,
             cache=self.cache,
             callback=callback,
+            pretrainer=pretrained_source_model,
         )
 
 
@@ -138,6 +147,9 @@ def resolve_grid_shots(spec: str, pool_size: int) -> list[tuple[str, int]]:
     """``--shots`` with k = 0 allowed (the unsupervised setting): ``"0,1,5,20"`` ->
     ``[("0", 0), ("1", 1), ...]``; every other entry as :func:`resolve_shots` reads it."""
     items = [s.strip() for s in str(spec).split(",") if s.strip()]
+    for item in items:
+        if item.lstrip("-").isdigit() and int(item) < 0:
+            raise ValueError(f"shots entry {item!r}: k must be at least 0 (0 = no target labels)")
     zero = [s for s in items if s == "0"]
     rest = [s for s in items if s != "0"]
     if not items:
@@ -169,11 +181,13 @@ def prepare(config: dict, out_dir: Path, *, device: str | None = None) -> Benchm
 
     sp = data_cfg["split"]
     folds, fold = int(sp.get("folds", 0)), int(sp.get("fold", 0))
+    # A dataset's own test split replaces the fold protocol (split_target says so; fold must be 0).
+    own_test = bool(folds) and has_own_test_split(target)
     split_path = out_dir / "split.json"
     if split_path.is_file():
         split = load_split(split_path)
         verify_split(split, target)
-        if (len(split.folds), split.fold if split.folds else 0) != (folds, fold):
+        if (len(split.folds), split.fold if split.folds else 0) != ((0, 0) if own_test else (folds, fold)):
             raise ValueError(
                 f"{split_path} holds {f'fold {split.fold} of {len(split.folds)}' if split.folds else 'a split without folds'}"
                 f", but the config asks for {f'fold {fold} of {folds}' if folds else 'no folds'}; "

@@ -361,6 +361,7 @@ def run_grid(
                 bench.config,
                 bench.out_dir,
                 producers_first(todo),
+                run_cell=run_cell,
                 jobs=jobs,
                 device=str(bench.device),
                 threads=threads,
