@@ -77,7 +77,10 @@ DEFAULTS: dict[str, Any] = {
         # "defaults" = every learner's code defaults; "tuned" = each learner's best of
         # ``trials`` Optuna trials on the validation split of the support pool (tuning/protocol.py).
         "protocol": "defaults",
+        # Equal budget: this many random draws per learner and k (docs/protocol.md).
         "trials": 20,
+        # Which labels choose the hyperparameters: val, shots, source-val or oracle (harness/selection.py).
+        "selection": "val",
         "tune_shots": "",
         "tune_episodes": 3,
         "jobs": 0,

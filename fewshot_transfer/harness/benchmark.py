@@ -30,6 +30,7 @@ from fewshot_transfer.data.splits import (
     split_target,
     verify_split,
 )
+from fewshot_transfer.harness.selection import config_at_k
 from fewshot_transfer.training import LearnerContext, ModelCache, ProgressCallback, pretrained_source_model
 
 log = logging.getLogger(__name__)
@@ -94,6 +95,10 @@ class Benchmark:
             self._supports[key] = (idx, self.support_pool.subset(idx))
         return self._supports[key]
 
+    def shot_rows(self, k: int, seed: int) -> np.ndarray:
+        """Row indices in the support pool of the (k, seed) shots (see :meth:`support_set`)."""
+        return self._shots(k, seed)[0]
+
     def support_set(self, k: int, seed: int) -> SliceSet:
         """The k-shot support set of ``seed``: identical for every learner (paired), nested in k;
         empty at k = 0."""
@@ -135,7 +140,7 @@ class Benchmark:
             k=k if learner_cls.uses_target else 0,
             seed=seed,
             config=self.config,
-            params=learner_cls.resolve_params(self.config),
+            params=learner_cls.resolve_params(config_at_k(self.config, learner_cls.name, k)),
             device=self.device,
             cache=self.cache,
             callback=callback,
