@@ -23,7 +23,7 @@ from fewshot_transfer.harness.benchmark import prepare
 from fewshot_transfer.harness.latex import escape, spread, to_latex
 from fewshot_transfer.harness.selection import applied_rule, config_at_k
 from fewshot_transfer.learners.base import REGISTRY
-from fewshot_transfer.tuning.study import make_sampler, study_seed
+from fewshot_transfer.tuning.study import make_sampler, study_seed, trial_config
 from fewshot_transfer.tuning.validation import fold_of_shots, selection_split
 
 from conftest import TINY
@@ -197,6 +197,8 @@ def test_config_at_k_and_latex_formatting():
     cfg = {"learners": {"finetune": {"steps": 3}, "finetune@k=5": {"lr": 0.01}}}
     assert config_at_k(cfg, "finetune", 5)["learners"]["finetune"] == {"steps": 3, "lr": 0.01}
     assert config_at_k(cfg, "finetune", 1) is cfg
+    # A trial's draw is never overridden by the per-k table of an earlier tuned run's config.
+    assert trial_config(cfg, "finetune", {"lr": 0.5})["learners"] == {"finetune": {"steps": 3, "lr": 0.5}}
     learners.get("finetune").resolve_params({**resolve_config(None), **config_at_k(cfg, "finetune", 5)})
     assert escape("a_b 25% & {x}") == r"a\_b 25\% \& \{x\}"
     assert spread(0.4, 0.6, 5, "ci") == pytest.approx(0.1)

@@ -210,8 +210,10 @@ def open_study(spec: TuneSpec, storage, ident: dict):
 
 
 def trial_config(base: dict, learner: str, params: dict) -> dict:
+    """``base`` with ``params`` in ``[learners.NAME]``; per-k tables of an earlier tuned run
+    (``[learners."NAME@k=K"]``) are dropped, or they would override every trial's draw."""
     cfg = copy.deepcopy(base)
-    cfg.setdefault("learners", {})
+    cfg["learners"] = {k: v for k, v in cfg.get("learners", {}).items() if not k.startswith(f"{learner}@k=")}
     cfg["learners"][learner] = {**cfg["learners"].get(learner, {}), **params}
     return cfg
 
