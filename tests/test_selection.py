@@ -224,3 +224,82 @@ def test_config_at_k_and_latex_formatting():
     assert r"\label{tab:ftbench-k25pct}" in tex and "test set" in tex
     with pytest.raises(ValueError, match="--interval"):
         to_latex([row], interval="sd")
+
+
+SLOW_PLUGIN = '''
+import os
+import time
+from pathlib import Path
+
+from torch import nn
+
+from fewshot_transfer import Learner, register
+
+
+class _Threshold(nn.Module):
+    def __init__(self, t):
+        super().__init__()
+        self.t = t
+
+    def forward(self, x):
+        return (x - self.t) * 50.0
+
+
+@register
+class Slow(Learner):
+    """Lesion = pixels above t; its fit number FT_BLOCK_AT hangs, so the test can kill the study there."""
+
+    name = "test-slow"
+    uses_source = False
+    defaults = {"t": 0.5}
+
+    @staticmethod
+    def search_space(trial):
+        return {"t": trial.suggest_float("t", 0.0, 2.0)}
+
+    def fit(self, ctx):
+        marks = Path(os.environ["FT_MARKS"])
+        n = len(list(marks.iterdir()))
+        (marks / f"fit-{n}").write_text(repr(float(ctx.params["t"])))
+        if os.environ.get("FT_BLOCK_AT") and n >= int(os.environ["FT_BLOCK_AT"]):
+            time.sleep(600)
+        return ctx.segmenter(_Threshold(float(ctx.params["t"])))
+'''
+
+
+@pytest.mark.integration
+def test_sigkilled_tune_resumes_without_repeating_a_draw(tmp_path):
+    """A real kill: ``ftbench tune`` SIGKILLed inside its third trial, then the same command again."""
+    import time
+
+    plugin = tmp_path / "slow_learner.py"
+    plugin.write_text(SLOW_PLUGIN)
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    out = tmp_path / "tune"
+    argv = [sys.executable, "-m", "fewshot_transfer.cli", "tune", "test-slow", "--plugin", str(plugin), *TINY]
+    argv += ["--shots", "2", "--episodes", "1", "--trials", "4", "--heartbeat", "0", "--pruner", "none"]
+    argv += ["--no-progress", "--out", str(out)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "FT_MARKS": str(marks)}
+    proc = subprocess.Popen(argv, env={**env, "FT_BLOCK_AT": "2"}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 180
+        while not (marks / "fit-2").exists():
+            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+            assert time.monotonic() < deadline, "the study never reached its third trial"
+            time.sleep(0.2)
+    finally:
+        proc.kill()
+        proc.wait()
+    url = f"sqlite:///{out / 'study.db'}"
+    killed = optuna.load_study(study_name="test-slow-k2", storage=url)
+    running = [t for t in killed.trials if t.state == TrialState.RUNNING]
+    assert len(running) == 1 and len(_finished(killed)) == 2
+    done = subprocess.run(argv, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    study = optuna.load_study(study_name="test-slow-k2", storage=url)
+    finished = _finished(study)
+    assert len(finished) == 4 and len({t.params["t"] for t in finished}) == 4, "a resumed study repeated a draw"
+    assert {t.number: t for t in study.trials}[running[0].number].state == TrialState.FAIL
+    assert any(t.user_attrs.get("retry_of") == running[0].number for t in finished)
+    assert float((marks / "fit-2").read_text()) in {t.params["t"] for t in finished}, "the killed draw was lost"

@@ -119,7 +119,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--top", type=int, default=8, help="trials listed in the summary table (default 8)")
     p.add_argument(
-        "--heartbeat", type=int, default=60, help="seconds between heartbeats of a running trial (default 60)"
+        "--heartbeat",
+        type=int,
+        default=60,
+        help="seconds between heartbeats of a running trial (default 60); 0 = none, for a study one process "
+        "runs at a time: a trial a killed run left RUNNING is then failed and re-queued when the command is rerun",
     )
     p.add_argument(
         "--grace",
