@@ -1,19 +1,31 @@
-"""Positive controls of the adversarial learners (issue #11): scenarios built so that each mechanism is needed.
+"""Positive controls of the adversarial mechanisms: scenarios built so that each mechanism is needed.
 
-    python benchmarks/bench_controls.py scanner-shift        # adaptseg beats source-only at k = 0
-    python benchmarks/bench_controls.py imbalance            # adaptseg collapses, adaptseg-balanced does not (k = 0)
-    python benchmarks/bench_controls.py class-conditional    # dual-adv beats single-adv
-    python benchmarks/bench_controls.py imbalance --seeds 3 --set learners.adaptseg.lambda_adv=0.1
+    python benchmarks/bench_controls.py scanner-shift              # adaptseg beats its lambda = 0 control at k = 0
+    python benchmarks/bench_controls.py class-conditional          # dual-adv beats single-adv and its control
+    python benchmarks/bench_controls.py imbalance                  # adaptseg collapses, its control and the balanced one do not
+    python benchmarks/bench_controls.py scanner-shift --draw 1 --out results/controls/scanner-shift-replication
 
-Each scenario is a config preset (``configs/scenarios/<name>.toml``: phantom domains with
-acquisition / lesion settings, step budget, any hyperparameters shared by both learners).
-For every seed the two learners fit on the same episode (paired); k = 0 cells get an empty
-support set and, as unlabeled data, the unlabeled pool plus the whole support pool with its
-labels stripped (the fair protocol's unlabeled target data). The script prints each cell,
-the paired Dice difference with its 95% t-interval, the pred/true lesion fractions and the
-leaderboard's collapse flag, and a last line ``EXPECTED OUTCOME HOLDS: yes|no``. With
-``--out`` it writes ``cells.csv``, ``outcome.json`` and ``README.md`` (with the command)
-there. Runs single-threaded (``--threads``).
+A scenario is a frozen config preset (``configs/scenarios/<name>.toml``: phantom domains,
+step budget, the hyperparameters its learners share, and ``[control]``: the k values, the
+comparisons that make the claim, the preconditions' thresholds and every variant tried
+before the preset was frozen). The script
+
+1. measures the **preconditions** and prints them before any verdict: source-only's Dice in
+   its own domain (source validation) and on the target, its pred/true lesion fraction there,
+   a target-trained oracle (scratch on every support-pool label), and the per-class domain
+   probes of the source model at the aligned layer (lesion-only, background-only);
+2. runs the comparison's learners and their **control arms** (the same learner and stream,
+   mechanism off; ``learners/controls.py``) on paired episodes through the harness's own
+   ``run_cell`` (so every cell records its probes, budget and provenance);
+3. judges each comparison by its paired difference, Holm-corrected over every comparison
+   of every variant tried (the preset's ``variants_tried`` plus the one run): the claim holds
+   only when every comparison's corrected p < 0.05 with a positive mean. A scenario whose
+   preconditions fail gives no verdict (``holds: null``) and says which failed.
+
+``--draw D`` replicates on an independent data draw: every phantom seed and the split seed
+move, so the patients, the test set and the unlabeled pool are new. With ``--out`` it writes
+``cells.csv``, ``outcome.json`` (``holds``, ``preconditions``, the paired differences against
+the controls) and ``README.md`` (command, code and preset commit). Runs single-threaded.
 """
 
 from __future__ import annotations
@@ -21,156 +33,281 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import re
 import shlex
+import subprocess
 import sys
 import time
-from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from fewshot_transfer import learners
-from fewshot_transfer.config import resolve_config
-from fewshot_transfer.data.slices import SliceSet
+from fewshot_transfer.config import load_toml, resolve_config, to_toml
 from fewshot_transfer.harness.benchmark import Benchmark, prepare
 from fewshot_transfer.harness.leaderboard import COLLAPSE_RATIO
-from fewshot_transfer.harness.stats import paired_diff
+from fewshot_transfer.harness.runner import domain_probes, run_cell
+from fewshot_transfer.harness.stats import holm, paired_diff
+from fewshot_transfer.harness.store import CellSpec
 from fewshot_transfer.metrics import evaluate
 from fewshot_transfer.provenance import code_version
 
 ROOT = Path(__file__).resolve().parents[1]
+#: Seed offset of one data draw (phantom patients, test set, unlabeled pool, split).
+DRAW_STRIDE = 7919
+ALPHA = 0.05
 
 
-@dataclass(frozen=True)
-class Control:
-    learner: str
-    reference: str
-    #: "gain": learner - reference Dice, paired 95% CI above 0; "collapse": reference collapses, learner does not.
-    check: str
-    claim: str
+def with_draw(cfg: dict, draw: int) -> dict:
+    """The preset on data draw ``draw`` (0 = as written): every phantom seed and the split seed move."""
+    if not draw:
+        return cfg
+    data = cfg["data"]
+    shift = DRAW_STRIDE * draw
+
+    def move(spec: str) -> str:
+        if not spec.startswith("phantom:"):
+            raise ValueError(f"--draw needs phantom domains, got {spec!r}")
+        if re.search(r"[?&]seed=\d+", spec):
+            return re.sub(r"([?&]seed=)(\d+)", lambda m: f"{m.group(1)}{int(m.group(2)) + shift}", spec)
+        sep = "&" if "?" in spec else "?"
+        return f"{spec}{sep}seed={int(data['phantom']['seed']) + shift}"
+
+    data = {
+        **data,
+        "source": move(str(data["source"])),
+        "target": move(str(data["target"])),
+        "phantom": {**data["phantom"], "seed": int(data["phantom"]["seed"]) + shift},
+        "split": {**data["split"], "seed": int(data["split"]["seed"]) + draw},
+    }
+    return {**cfg, "data": data}
 
 
-CONTROLS = {
-    "scanner-shift": Control(
-        "adaptseg", "source-only", "gain", "adaptseg beats source-only at k = 0 (paired 95% CI above 0)"
-    ),
-    "imbalance": Control(
-        "adaptseg-balanced",
-        "adaptseg",
-        "collapse",
-        "adaptseg collapses (pred/true < 0.2), adaptseg-balanced does not, at k = 0",
-    ),
-    "class-conditional": Control("dual-adv", "single-adv", "gain", "dual-adv beats single-adv (paired 95% CI above 0)"),
-}
+def preset_commit(path: Path) -> str:
+    """The last commit that touched the preset (the replication must come after it)."""
+    out = subprocess.run(
+        ["git", "log", "-1", "--format=%h", "--", str(path)], cwd=ROOT, capture_output=True, text=True, check=False
+    )
+    return out.stdout.strip() or "uncommitted"
 
 
-def context(bench: Benchmark, name: str, k: int, seed: int):
-    """A cell's context; at k = 0 no shots, and every target training slice is unlabeled data."""
-    cls = learners.get(name)
-    ctx = bench.context(cls, max(k, 1), seed)
-    if k == 0:
-        ctx.k = 0
-        ctx.support = ctx.support.subset([])
-        if cls.uses_unlabeled:
-            pool = bench.support_pool
-            stripped = replace(pool, masks=np.zeros_like(pool.masks), labeled=np.zeros_like(pool.labeled))
-            ctx._unlabeled = SliceSet.concat([bench.unlabeled_pool, stripped], name="unlabeled+support")
-    return cls, ctx
+def cell(bench: Benchmark, learner: str, k: int, seed: int, label: str | None = None) -> dict:
+    record = run_cell(bench, CellSpec(seed=seed, k=k, k_label=label or str(k), learner=learner))
+    if record["status"] != "ok":
+        raise RuntimeError(f"{learner} k={k} seed {seed} failed: {record.get('reason')}")
+    return record
+
+
+def preconditions(bench: Benchmark, spec: dict, seeds: list[int]) -> dict:
+    """Measured facts the claim rests on, each with its threshold and whether it is met."""
+    out: dict[str, dict] = {}
+    own, tgt, ratio, lesion, background = [], [], [], [], []
+    probe_learner = learners.get(spec["probe_learner"])
+    for seed in seeds:
+        ctx = bench.context(probe_learner, 0, seed)
+        model = ctx.source_model().eval()
+        seg = ctx.segmenter(model)
+        own.append(evaluate(seg.predict(bench.source_val.images), bench.source_val.masks)[0]["dice"])
+        s = evaluate(seg.predict(bench.test_set.images), bench.test_set.masks)[0]
+        tgt.append(s["dice"])
+        ratio.append(s["pred_fraction"] / s["true_fraction"])
+        probe = domain_probes(bench, probe_learner(), ctx, model)["before"]
+        lesion.append(probe["lesion"] if probe["lesion"] is not None else np.nan)
+        background.append(probe["background"])
+    oracle = [cell(bench, "scratch", bench.eligible, s, "all")["metrics"]["dice"] for s in seeds]
+    facts = {
+        "source_only_in_domain": float(np.mean(own)),
+        "source_only_target": float(np.mean(tgt)),
+        "source_only_drop": float(np.mean(own) - np.mean(tgt)),
+        "source_only_pred_true": float(np.mean(ratio)),
+        "oracle_target": float(np.mean(oracle)),
+        "oracle_gap": float(np.mean(oracle) - np.mean(tgt)),
+        "probe_lesion_before": float(np.nanmean(lesion)),
+        "probe_background_before": float(np.mean(background)),
+    }
+    for name, rule in spec["preconditions"].items():
+        op, threshold = rule[:2], float(rule[2:])
+        value = facts[name]
+        met = value >= threshold if op == ">=" else value <= threshold
+        out[name] = {"value": round(value, 4), "rule": f"{op} {threshold:g}", "met": bool(met)}
+    return {"facts": {k: round(v, 4) for k, v in facts.items()}, "checks": out, "seeds": seeds}
+
+
+def parse_comparison(text: str) -> tuple[str, str, int]:
+    """``"dual-adv - single-adv @ 0"`` -> (learner, reference, k)."""
+    m = re.fullmatch(r"\s*([\w-]+)\s+-\s+([\w-]+)\s*@\s*(\d+)\s*", text)
+    if not m:
+        raise ValueError(f"comparison {text!r}: expected 'LEARNER - REFERENCE @ K'")
+    return m.group(1), m.group(2), int(m.group(3))
+
+
+def judge(spec: dict, rows: list[dict], pre: dict, draw: int = 0) -> dict:
+    """Paired differences of every comparison, Holm over comparisons x variants, collapse flags.
+
+    On the preset's own data (draw 0) every variant tried before freezing it counts in the
+    Holm family (untried variants count with p = 1, the most lenient bound that is still
+    honest about the search); a replication on a new draw tests the one frozen preset."""
+    dice = {(r["learner"], r["k"], r["seed"]): r["dice"] for r in rows}
+    comparisons = []
+    for text in spec["comparisons"]:
+        a, b, k = parse_comparison(text)
+        seeds = sorted(s for (n, kk, s) in dice if n == a and kk == k and (b, k, s) in dice)
+        d = paired_diff([dice[(a, k, s)] for s in seeds], [dice[(b, k, s)] for s in seeds])
+        comparisons.append({"comparison": text, **{key: d[key] for key in ("mean", "lo", "hi", "n", "p_value")}})
+    n_variants = 1 + len(spec.get("variants_tried", [])) if draw == 0 else 1
+    family = [c["p_value"] for c in comparisons] + [1.0] * (len(comparisons) * (n_variants - 1))
+    for c, p in zip(comparisons, holm(family)):
+        c["p_holm"] = p
+        c["supported"] = bool(p < ALPHA and c["mean"] > 0)
+    fractions = {}
+    for name, k in sorted({(r["learner"], r["k"]) for r in rows}):
+        rs = [r for r in rows if r["learner"] == name and r["k"] == k]
+        pred, true = float(np.mean([r["pred_fraction"] for r in rs])), float(np.mean([r["true_fraction"] for r in rs]))
+        fractions[f"{name} @ {k}"] = {
+            "dice": float(np.mean([r["dice"] for r in rs])),
+            "pred_true": pred / true,
+            "collapsed": pred < COLLAPSE_RATIO * true,
+        }
+    collapse_ok = all(fractions[f"{name} @ {k}"]["collapsed"] for name, k in _pairs(spec.get("must_collapse", [])))
+    collapse_ok &= not any(
+        fractions[f"{name} @ {k}"]["collapsed"] for name, k in _pairs(spec.get("must_not_collapse", []))
+    )
+    failed = [name for name, c in pre["checks"].items() if not c["met"]]
+    holds = None if failed else bool(all(c["supported"] for c in comparisons) and collapse_ok)
+    return {
+        "holds": holds,
+        "failed_preconditions": failed,
+        "comparisons": comparisons,
+        "holm_family": f"{len(comparisons)} comparisons x {n_variants} variants"
+        + (" (the run and every variant tried)" if draw == 0 else " (the frozen preset on a new draw)"),
+        "fractions": fractions,
+        "collapse_conditions_met": collapse_ok,
+    }
+
+
+def _pairs(items: list[str]) -> list[tuple[str, int]]:
+    return [(t.split("@")[0].strip(), int(t.split("@")[1])) for t in items]
+
+
+def report_lines(name: str, pre: dict, outcome: dict) -> list[str]:
+    lines = ["preconditions (measured on the source model and a target oracle):"]
+    lines += [
+        f"  {k} = {c['value']:.3f} (needs {c['rule']}): {'met' if c['met'] else 'NOT MET'}"
+        for k, c in pre["checks"].items()
+    ]
+    lines.append("arms (mean over seeds):")
+    lines += [
+        f"  {arm}: dice {f['dice']:.3f}, pred/true {f['pred_true']:.2f}{' (COLLAPSED)' if f['collapsed'] else ''}"
+        for arm, f in outcome["fractions"].items()
+    ]
+    lines.append(f"comparisons (paired 95% t-CI; Holm over {outcome['holm_family']}):")
+    lines += [
+        f"  {c['comparison']}: {c['mean']:+.3f} [{c['lo']:+.3f}, {c['hi']:+.3f}], n = {c['n']}, "
+        f"p = {c['p_value']:.3g}, Holm p = {c['p_holm']:.3g}{' supported' if c['supported'] else ''}"
+        for c in outcome["comparisons"]
+    ]
+    if outcome["holds"] is None:
+        lines.append(f"NO VERDICT: preconditions not met ({', '.join(outcome['failed_preconditions'])})")
+    return lines
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("scenario", choices=sorted(CONTROLS))
+    ap.add_argument("scenario", help="a preset in configs/scenarios/ (scanner-shift, class-conditional, imbalance)")
     ap.add_argument("--seeds", type=int, default=0, help="episodes (default: the preset's run.seeds)")
-    ap.add_argument(
-        "--first-seed", type=int, default=0, help="seeds first-seed .. first-seed + seeds - 1 (a held-out replication)"
-    )
+    ap.add_argument("--first-seed", type=int, default=0, help="seeds first-seed .. first-seed + seeds - 1")
+    ap.add_argument("--draw", type=int, default=0, help="independent data draw (0 = the preset's own data)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default="", help="write cells.csv, outcome.json and README.md here")
-    ap.add_argument("--work", default="", help="benchmark work dir (split.json); default runs/controls/<scenario>")
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config overrides")
+    ap.add_argument("--work", default="", help="benchmark work dir; default runs/controls/<scenario>-draw<D>")
+    ap.add_argument("--preconditions-only", action="store_true", help="measure and print the preconditions, run no arm")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config overrides (a variant)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    control = CONTROLS[args.scenario]
-    cfg = resolve_config(ROOT / "configs" / "scenarios" / f"{args.scenario}.toml", args.set)
-    k = int(str(cfg["run"]["shots"]).split(",")[0])
-    seeds = args.seeds or int(cfg["run"]["seeds"])
-    # the preset says k = 0 where it is the question; the pools do not depend on k, and a
-    # harness without k = 0 support still prepares them with k = 1
-    prep_cfg = {**cfg, "run": {**cfg["run"], "shots": str(max(k, 1))}}
-    bench = prepare(prep_cfg, Path(args.work or f"runs/controls/{args.scenario}"))
+    preset = ROOT / "configs" / "scenarios" / f"{args.scenario}.toml"
+    if not preset.is_file():
+        known = ", ".join(sorted(p.stem for p in preset.parent.glob("*.toml")))
+        raise SystemExit(f"no preset {preset}; known scenarios: {known}")
+    work = Path(args.work or f"runs/controls/{args.scenario}-draw{args.draw}")
+    work.mkdir(parents=True, exist_ok=True)
+    user = load_toml(preset)
+    spec = user.pop("control")
+    (work / "preset.toml").write_text(to_toml(user))  # the benchmark config without the [control] table
+    cfg = with_draw(resolve_config(work / "preset.toml", args.set), args.draw)
+    cfg["control"] = spec
+    seeds = list(range(args.first_seed, args.first_seed + (args.seeds or int(cfg["run"]["seeds"]))))
+    bench = prepare(cfg, work)
     print(
-        f"{args.scenario}: {control.claim}; k = {k}, seeds {args.first_seed}..{args.first_seed + seeds - 1}, "
-        f"{cfg['train']['steps']} steps, "
-        f"source {cfg['data']['source']}, target {cfg['data']['target']}",
+        f"{args.scenario} (draw {args.draw}): {spec['claim']}\n  seeds {seeds[0]}..{seeds[-1]}, "
+        f"{cfg['train']['steps']} steps, source {cfg['data']['source']}, target {cfg['data']['target']}",
         flush=True,
     )
+    pre = preconditions(bench, spec, seeds[: int(spec.get("precondition_seeds", 3))])
+    for line in report_lines(args.scenario, pre, {"fractions": {}, "comparisons": [], "holm_family": "", "holds": 0})[
+        : 1 + len(pre["checks"])
+    ]:
+        print(line, flush=True)
+    if args.preconditions_only:
+        print(json.dumps(pre["facts"]))
+        return
+    arms = sorted(
+        {(n, k) for text in spec["comparisons"] for n, _, k in [parse_comparison(text)]}
+        | {(b, k) for text in spec["comparisons"] for _, b, k in [parse_comparison(text)]}
+        | set(_pairs(spec.get("must_collapse", []) + spec.get("must_not_collapse", []))),
+        key=lambda t: (t[1], t[0]),
+    )
     rows = []
-    for seed in range(args.first_seed, args.first_seed + seeds):
-        for name in (control.reference, control.learner):
-            cls, ctx = context(bench, name, k, seed)
+    for seed in seeds:
+        for name, k in arms:
             t = time.perf_counter()
-            seg = cls().fit(ctx)
-            fit_s = time.perf_counter() - t
-            summary, _ = evaluate(seg.predict(bench.test_set.images), bench.test_set.masks)
-            row = {
-                "seed": seed,
-                "learner": name,
-                "k": k,
-                "dice": summary["dice"],
-                "pred_fraction": summary["pred_fraction"],
-                "true_fraction": summary["true_fraction"],
-                "fit_s": round(fit_s, 1),
-                "summary": json.dumps(ctx.summary.get("adversarial", {}), sort_keys=True),
-            }
-            rows.append(row)
-            adv = ctx.summary.get("adversarial", {})
-            extra = f"  probe {adv.get('probe_before')} -> {adv.get('probe_after')}" if adv else ""
+            rec = cell(bench, name, k, seed, "any" if learners.get(name).k_independent else None)
+            m, probe = rec["metrics"], rec.get("probe") or {}
+            rows.append(
+                {
+                    "seed": seed,
+                    "learner": name,
+                    "k": k,
+                    "dice": m["dice"],
+                    "pred_fraction": m["pred_fraction"],
+                    "true_fraction": m["true_fraction"],
+                    "fit_s": round(time.perf_counter() - t, 1),
+                    "probe": json.dumps(probe, sort_keys=True),
+                    "adversarial": json.dumps(rec.get("summary", {}).get("adversarial", {}), sort_keys=True),
+                }
+            )
+            extra = (
+                f"  probe lesion {probe['before']['lesion']} -> {probe['after']['lesion']}, "
+                f"background {probe['before']['background']} -> {probe['after']['background']}"
+                if probe
+                else ""
+            )
             print(
-                f"  seed {seed} {name:<18} dice {row['dice']:.3f}  pred/true {row['pred_fraction']:.4f}/"
-                f"{row['true_fraction']:.4f}  {fit_s:.0f}s{extra}",
+                f"  seed {seed} k={k} {name:<26} dice {m['dice']:.3f}  pred/true {m['pred_fraction']:.4f}/"
+                f"{m['true_fraction']:.4f}  {rows[-1]['fit_s']:.0f}s{extra}",
                 flush=True,
             )
-    outcome = judge(control, rows)
-    for line in outcome["lines"]:
+    outcome = judge(spec, rows, pre, args.draw)
+    lines = report_lines(args.scenario, pre, outcome)
+    for line in lines:
         print(line)
-    print(f"EXPECTED OUTCOME HOLDS: {'yes' if outcome['holds'] else 'no'}")
+    verdict = {True: "yes", False: "no", None: "no verdict (preconditions not met)"}[outcome["holds"]]
+    print(f"EXPECTED OUTCOME HOLDS: {verdict}")
     if args.out:
-        write(Path(args.out), args, control, rows, outcome)
+        write(Path(args.out), args, cfg, preset, rows, pre, outcome, lines, verdict)
 
 
-def judge(control: Control, rows: list[dict]) -> dict:
-    """Paired Dice difference with its CI, collapse flags, and whether the control's claim holds."""
-    by = {name: [r for r in rows if r["learner"] == name] for name in (control.learner, control.reference)}
-    dice = {n: [r["dice"] for r in rs] for n, rs in by.items()}
-    diff = paired_diff(dice[control.learner], dice[control.reference])
-    collapsed = {}
-    for n, rs in by.items():
-        pred, true = float(np.mean([r["pred_fraction"] for r in rs])), float(np.mean([r["true_fraction"] for r in rs]))
-        collapsed[n] = {
-            "pred_fraction": pred,
-            "true_fraction": true,
-            "ratio": pred / true,
-            "collapsed": pred < COLLAPSE_RATIO * true,
-        }
-    if control.check == "gain":
-        holds = diff["lo"] > 0
-    else:
-        holds = collapsed[control.reference]["collapsed"] and not collapsed[control.learner]["collapsed"]
-    lines = [
-        f"{n}: dice {np.mean(d):.3f}, pred/true lesion fraction {collapsed[n]['ratio']:.2f}"
-        f"{' (COLLAPSED)' if collapsed[n]['collapsed'] else ''}"
-        for n, d in dice.items()
-    ]
-    lines.append(
-        f"{control.learner} - {control.reference}: {diff['mean']:+.3f} [{diff['lo']:+.3f}, {diff['hi']:+.3f}] "
-        f"(paired 95% t-CI, n = {diff['n']}, p = {diff['p_value']:.3g})"
-    )
-    return {"claim": control.claim, "holds": bool(holds), "paired_diff": diff, "fractions": collapsed, "lines": lines}
-
-
-def write(out: Path, args: argparse.Namespace, control: Control, rows: list[dict], outcome: dict) -> None:
+def write(
+    out: Path,
+    args: argparse.Namespace,
+    cfg: dict,
+    preset: Path,
+    rows: list[dict],
+    pre: dict,
+    outcome: dict,
+    lines: list[str],
+    verdict: str,
+) -> None:
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "cells.csv", "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=list(rows[0]))
@@ -178,26 +315,52 @@ def write(out: Path, args: argparse.Namespace, control: Control, rows: list[dict
         w.writerows(rows)
     command = "python benchmarks/bench_controls.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     code = code_version()
-    (out / "outcome.json").write_text(
-        json.dumps({**outcome, "command": command, "code": code}, indent=2, default=float) + "\n"
-    )
+    frozen = preset_commit(preset)
+    spec = cfg["control"]
+    doc = {
+        **outcome,
+        "claim": spec["claim"],
+        "preconditions": pre,
+        "draw": args.draw,
+        "data": {
+            "source": cfg["data"]["source"],
+            "target": cfg["data"]["target"],
+            "split_seed": cfg["data"]["split"]["seed"],
+        },
+        "variants_tried": spec.get("variants_tried", []),
+        "overrides": args.set,
+        "command": command,
+        "code": code,
+        "preset_commit": frozen,
+    }
+    (out / "outcome.json").write_text(json.dumps(doc, indent=2, default=float) + "\n")
+    tried = spec.get("variants_tried", [])
     text = [
-        f"# Positive control: {args.scenario}",
+        f"# Positive control: {args.scenario}" + (f" — replication on data draw {args.draw}" if args.draw else ""),
         "",
-        f"Claim: {control.claim}.",
+        f"Claim: {spec['claim']}.",
         "",
         f"Command (from the repository root): `{command}`",
         "",
-        f"Code: git `{code.get('git')}`, source hash `{code.get('source_sha')}`.",
+        f"Code: git `{code.get('git')}`, source hash `{code.get('source_sha')}`; preset "
+        f"`configs/scenarios/{args.scenario}.toml` frozen in commit `{frozen}`"
+        + (f", overrides {args.set}" if args.set else "")
+        + ".",
         "",
-        f"Preset: `configs/scenarios/{args.scenario}.toml`" + (f", overrides {args.set}" if args.set else ""),
+        f"Data draw {args.draw}: source `{cfg['data']['source']}`, target `{cfg['data']['target']}`, split seed "
+        f"{cfg['data']['split']['seed']}.",
         "",
         "```",
-        *outcome["lines"],
-        f"EXPECTED OUTCOME HOLDS: {'yes' if outcome['holds'] else 'no'}",
+        *lines,
+        f"EXPECTED OUTCOME HOLDS: {verdict}",
         "```",
         "",
-        "Per-cell numbers (with each adversarial cell's D accuracies and linear-probe readings) are in `cells.csv`.",
+        "Variants tried before the preset was frozen (each counts in the Holm family):"
+        if tried
+        else "No other variant was tried before the preset was frozen.",
+        *[f"- {v}" for v in tried],
+        "",
+        "Per-cell numbers (per-class probes before/after, D accuracies) are in `cells.csv`.",
     ]
     (out / "README.md").write_text("\n".join(text) + "\n")
 

@@ -85,6 +85,11 @@ DEFAULTS: dict[str, Any] = {
         "tune_episodes": 3,
         "jobs": 0,
         "plugins": [],
+        # Control arms added as rows (learners/controls.py): "" = none, "all" = every requested
+        # learner's, or a comma list of learners. The default adds dual-adv's (lambda_adv = 0);
+        # controls that are requested learners anyway (finetune's scratch, the meta-learners'
+        # finetune) give their mechanism-gain column at no cost.
+        "controls": "dual-adv",
     },
 }
 
@@ -129,6 +134,21 @@ def run_identity(cfg: dict) -> dict:
     out = {s: cfg.get(s, {}) for s in IDENTITY_SECTIONS}
     out["learners"] = out["learners"] or {}
     return out
+
+
+def k_key(learner: str, k: int) -> str:
+    """``[learners."NAME@k=K"]``: the hyperparameters a study chose for the cells at k = K only."""
+    return f"{learner}@k={int(k)}"
+
+
+def config_at_k(config: dict, learner: str, k: int) -> dict:
+    """``config`` with ``[learners.NAME]`` updated by ``[learners."NAME@k=K"]`` (a study per k);
+    the same object when there is no such table."""
+    own = config.get("learners", {}).get(k_key(learner, k))
+    if not own:
+        return config
+    table = {**config.get("learners", {}).get(learner, {}), **own}
+    return {**config, "learners": {**config["learners"], learner: table}}
 
 
 def deep_merge(base: dict, override: dict) -> dict:

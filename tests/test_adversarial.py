@@ -380,7 +380,6 @@ def test_adversarial_learner_trains(bench, name):
     assert any(col.startswith("dacc_") for col in rows[-1])  # D accuracy in the loss curves
     summary = ctx.summary["adversarial"]
     assert summary["d_last"] and summary["d_after_warmup"]
-    assert 0.0 <= summary["probe_before"] <= 1.0 and 0.0 <= summary["probe_after"] <= 1.0
 
 
 def test_entropy_input_and_nan_divergence(bench):

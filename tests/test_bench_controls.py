@@ -1,4 +1,4 @@
-"""benchmarks/bench_controls.py: the verdict each positive control prints, and its presets."""
+"""benchmarks/bench_controls.py: verdicts against control arms, preconditions, data draws, presets."""
 
 from __future__ import annotations
 
@@ -9,50 +9,111 @@ from pathlib import Path
 import pytest
 
 from fewshot_transfer import learners
-from fewshot_transfer.config import resolve_config
+from fewshot_transfer.config import load_toml, resolve_config
 
 ROOT = Path(__file__).resolve().parents[1]
 spec = importlib.util.spec_from_file_location("bench_controls", ROOT / "benchmarks" / "bench_controls.py")
 bench_controls = importlib.util.module_from_spec(spec)
-sys.modules["bench_controls"] = bench_controls  # dataclasses resolve annotations through it
+sys.modules["bench_controls"] = bench_controls
 spec.loader.exec_module(bench_controls)
+SCENARIOS = sorted(p.stem for p in (ROOT / "configs" / "scenarios").glob("*.toml"))
+MET = {"checks": {"x": {"met": True}}}
 
 
-def _rows(name: str, dice: list[float], pred: float, true: float = 0.01) -> list[dict]:
+def _rows(name: str, dice: list[float], pred: float = 0.01, k: int = 0, true: float = 0.01) -> list[dict]:
     return [
-        {"seed": s, "learner": name, "dice": d, "pred_fraction": pred, "true_fraction": true}
+        {"seed": s, "learner": name, "k": k, "dice": d, "pred_fraction": pred, "true_fraction": true}
         for s, d in enumerate(dice)
     ]
 
 
-def test_gain_control_needs_the_paired_ci_above_zero():
-    control = bench_controls.CONTROLS["scanner-shift"]
-    ref = [0.50, 0.55, 0.60, 0.52, 0.58]
-    clear = _rows("source-only", ref, 0.01) + _rows("adaptseg", [d + 0.05 + 0.001 * i for i, d in enumerate(ref)], 0.01)
-    assert bench_controls.judge(control, clear)["holds"]
-    noisy = _rows("source-only", ref, 0.01) + _rows(
-        "adaptseg", [d + s for d, s in zip(ref, (0.1, -0.08, 0.09, -0.07, 0.0))], 0.01
+REF = [0.50, 0.55, 0.60, 0.52, 0.58, 0.51, 0.57, 0.54, 0.59, 0.53]
+GAIN = {"comparisons": ["adaptseg - adaptseg-control @ 0"], "variants_tried": []}
+
+
+def test_gain_needs_a_holm_corrected_positive_difference_against_the_control():
+    clear = _rows("adaptseg-control", REF) + _rows("adaptseg", [d + 0.05 + 0.001 * i for i, d in enumerate(REF)])
+    outcome = bench_controls.judge(GAIN, clear, MET)
+    assert outcome["holds"] and outcome["comparisons"][0]["supported"]
+    noisy = _rows("adaptseg-control", REF) + _rows(
+        "adaptseg", [d + s for d, s in zip(REF, (0.1, -0.08, 0.09, -0.07, 0.0) * 2)]
     )
-    verdict = bench_controls.judge(control, noisy)
-    assert not verdict["holds"] and verdict["paired_diff"]["lo"] < 0
+    assert bench_controls.judge(GAIN, noisy, MET)["holds"] is False
+    worse = _rows("adaptseg-control", REF) + _rows("adaptseg", [d - 0.05 - 0.001 * i for i, d in enumerate(REF)])
+    assert bench_controls.judge(GAIN, worse, MET)["holds"] is False  # significant, but the wrong way
 
 
-def test_collapse_control_needs_the_reference_collapsed_and_the_learner_not():
-    control = bench_controls.CONTROLS["imbalance"]
+def test_variants_tried_enter_the_holm_family_on_the_presets_own_draw_only():
+    marginal = _rows("adaptseg-control", REF) + _rows(
+        "adaptseg", [d + 0.012 + s for d, s in zip(REF, (0.03, -0.02, 0.025, -0.015, 0.01) * 2)]
+    )
+    alone = bench_controls.judge(GAIN, marginal, MET)
+    p = alone["comparisons"][0]["p_value"]
+    assert 0.01 < p < 0.05 and alone["holds"]
+    searched = {**GAIN, "variants_tried": ["a", "b", "c", "d", "e"]}
+    assert bench_controls.judge(searched, marginal, MET)["comparisons"][0]["p_holm"] == pytest.approx(min(1, 6 * p))
+    assert bench_controls.judge(searched, marginal, MET)["holds"] is False
+    assert bench_controls.judge(searched, marginal, MET, draw=1)["holds"]  # the replication tests one preset
+
+
+def test_failed_preconditions_give_no_verdict():
+    clear = _rows("adaptseg-control", REF) + _rows("adaptseg", [d + 0.05 + 0.001 * i for i, d in enumerate(REF)])
+    pre = {"checks": {"oracle_gap": {"met": False}, "source_only_drop": {"met": True}}}
+    outcome = bench_controls.judge(GAIN, clear, pre)
+    assert outcome["holds"] is None and outcome["failed_preconditions"] == ["oracle_gap"]
+    lines = bench_controls.report_lines("x", {"checks": {}}, outcome)
+    assert lines[-1].startswith("NO VERDICT")
+
+
+def test_collapse_conditions():
+    spec = {
+        "comparisons": [],
+        "must_collapse": ["adaptseg @ 0"],
+        "must_not_collapse": ["adaptseg-control @ 0", "adaptseg-balanced @ 0"],
+    }
     dice = [0.3, 0.4, 0.35]
-    holds = _rows("adaptseg", dice, pred=0.001) + _rows("adaptseg-balanced", dice, pred=0.008)
-    assert bench_controls.judge(control, holds)["holds"]
-    both_fine = _rows("adaptseg", dice, pred=0.009) + _rows("adaptseg-balanced", dice, pred=0.008)
-    verdict = bench_controls.judge(control, both_fine)
-    assert not verdict["holds"] and not verdict["fractions"]["adaptseg"]["collapsed"]
-    both_collapsed = _rows("adaptseg", dice, pred=0.001) + _rows("adaptseg-balanced", dice, pred=0.001)
-    assert not bench_controls.judge(control, both_collapsed)["holds"]
+    holds = (
+        _rows("adaptseg", dice, 0.001)
+        + _rows("adaptseg-control", dice, 0.009)
+        + _rows("adaptseg-balanced", dice, 0.008)
+    )
+    assert bench_controls.judge(spec, holds, MET)["holds"]
+    control_collapses_too = (
+        _rows("adaptseg", dice, 0.001)
+        + _rows("adaptseg-control", dice, 0.001)
+        + _rows("adaptseg-balanced", dice, 0.008)
+    )
+    assert bench_controls.judge(spec, control_collapses_too, MET)["holds"] is False
 
 
-@pytest.mark.parametrize("name", sorted(bench_controls.CONTROLS))
-def test_every_control_has_a_preset_naming_registered_learners(name):
-    cfg = resolve_config(ROOT / "configs" / "scenarios" / f"{name}.toml", [])
-    control = bench_controls.CONTROLS[name]
-    assert learners.get(control.learner) and learners.get(control.reference)
-    assert int(cfg["run"]["seeds"]) >= 3
-    assert cfg["data"]["source"] != cfg["data"]["target"]
+def test_a_draw_moves_every_phantom_seed_and_the_split():
+    cfg = resolve_config(None, ["data.source='phantom:cap?seed=1000&noise_sigma_hu=20'", "data.target='phantom:covid'"])
+    same = bench_controls.with_draw(cfg, 0)
+    assert same == cfg
+    moved = bench_controls.with_draw(cfg, 2)
+    step = 2 * bench_controls.DRAW_STRIDE
+    assert moved["data"]["source"] == f"phantom:cap?seed={1000 + step}&noise_sigma_hu=20"
+    assert moved["data"]["target"] == f"phantom:covid?seed={step}"
+    assert moved["data"]["split"]["seed"] == cfg["data"]["split"]["seed"] + 2
+    assert moved["data"]["phantom"]["seed"] == cfg["data"]["phantom"]["seed"] + step
+    with pytest.raises(ValueError, match="phantom"):
+        bench_controls.with_draw({**cfg, "data": {**cfg["data"], "target": "data/semiseg"}}, 1)
+
+
+@pytest.mark.parametrize("name", SCENARIOS)
+def test_every_preset_names_registered_learners_and_measurable_preconditions(name):
+    user = load_toml(ROOT / "configs" / "scenarios" / f"{name}.toml")
+    spec = user.pop("control")
+    cfg = resolve_config(None, [])
+    assert spec["claim"] and spec["comparisons"] or spec.get("must_collapse")
+    for text in spec["comparisons"]:
+        a, b, k = bench_controls.parse_comparison(text)
+        assert learners.get(a) and learners.get(b) and k >= 0
+    facts = {"source_only_in_domain", "source_only_target", "source_only_drop", "source_only_pred_true"}
+    facts |= {"oracle_target", "oracle_gap", "probe_lesion_before", "probe_background_before"}
+    for key, rule in spec["preconditions"].items():
+        assert key in facts and rule[:2] in (">=", "<=") and float(rule[2:]) == float(rule[2:])
+    assert int(user["run"]["seeds"]) >= 10  # a verdict needs power (issue #22)
+    assert user["data"]["source"] != user["data"]["target"]
+    assert learners.get(spec["probe_learner"]).family == "adversarial"
+    assert cfg

@@ -18,10 +18,10 @@ from test_tuning import ThresholdLearner, _overrides
 
 from fewshot_transfer import learners
 from fewshot_transfer.cli import main
-from fewshot_transfer.config import DEFAULT_LEARNERS, resolve_config
+from fewshot_transfer.config import DEFAULT_LEARNERS, config_at_k, resolve_config
 from fewshot_transfer.harness.benchmark import prepare
 from fewshot_transfer.harness.latex import escape, spread, to_latex
-from fewshot_transfer.harness.selection import applied_rule, config_at_k
+from fewshot_transfer.harness.selection import applied_rule
 from fewshot_transfer.learners.base import REGISTRY
 from fewshot_transfer.tuning.study import make_sampler, study_seed, trial_config
 from fewshot_transfer.tuning.validation import fold_of_shots, selection_split
@@ -303,3 +303,14 @@ def test_sigkilled_tune_resumes_without_repeating_a_draw(tmp_path):
     assert {t.number: t for t in study.trials}[running[0].number].state == TrialState.FAIL
     assert any(t.user_attrs.get("retry_of") == running[0].number for t in finished)
     assert float((marks / "fit-2").read_text()) in {t.params["t"] for t in finished}, "the killed draw was lost"
+
+
+def test_a_control_row_takes_its_learners_per_k_parameters(tmp_path):
+    """``NAME-control`` runs with NAME's parameters; under a study per k, NAME's at that k."""
+    cfg = resolve_config(None, _overrides(TINY) + ['run.shots="2"'])
+    cfg["learners"]["dual-adv@k=2"] = {"lr": 0.0042}  # as --protocol tuned writes it into config.toml
+    bench = prepare(cfg, tmp_path)
+    control = learners.get("dual-adv-control")
+    assert bench.context(control, 2, 0).params["lr"] == 0.0042
+    assert bench.context(learners.get("dual-adv"), 2, 0).params["lr"] == 0.0042
+    assert bench.context(control, 0, 0).params["lr"] == learners.get("dual-adv").defaults["lr"]

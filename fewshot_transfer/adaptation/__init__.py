@@ -39,7 +39,7 @@ from fewshot_transfer.adaptation.losses import (
     slice_level_prior,
     soft_lesion_fraction,
 )
-from fewshot_transfer.adaptation.probe import domain_probe, probe_accuracy
+from fewshot_transfer.adaptation.probe import class_probe, domain_probe, probe_accuracy
 
 __all__ = [
     "SOURCE_LABEL",
@@ -52,6 +52,7 @@ __all__ = [
     "class_balanced_weights",
     "confident_regions",
     "domain_accuracy",
+    "class_probe",
     "domain_probe",
     "entropy_map",
     "fraction_penalty",

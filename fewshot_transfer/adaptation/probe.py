@@ -7,6 +7,12 @@ slices of each domain and scored on the other half: the balanced accuracy on tho
 held-out slices is the probe's reading. 0.5 = the domains are linearly indistinguishable
 at that layer, 1.0 = perfectly separable. Alignment should lower it; a discriminator that
 learns nothing leaves it where it was.
+
+Lesions cover ~1 % of a slice, so positions drawn uniformly read the background only (a
+probe near 0.5 then says nothing about lesion features). :func:`class_probe` therefore
+reads the domains separately per class, with the positions of each class drawn in
+balance: lesion-only, background-only and both classes in equal shares. A class-conditional
+shift shows as a high lesion-only and a chance background-only reading.
 """
 
 from __future__ import annotations
@@ -72,3 +78,51 @@ def domain_probe(
         f_s, f_t = read(source), read(target)
     parts = [sample_positions(f[i::2], per_domain, gen) for f in (f_s, f_t) for i in (0, 1)]
     return probe_accuracy(parts[0], parts[2], parts[1], parts[3])
+
+
+def _class_positions(
+    features: torch.Tensor, masks: torch.Tensor, lesion: bool, n: int, gen: torch.Generator
+) -> torch.Tensor:
+    """At most ``n`` position vectors ``[n, C]`` of one class; ``masks`` ``[B, 1, H, W]`` is
+    resized to the feature map (a position is lesion when most of its area is)."""
+    m = torch.nn.functional.adaptive_avg_pool2d(masks.float(), features.shape[-2:]) > 0.5
+    m = m[:, 0] if lesion else ~m[:, 0]
+    vectors = features.permute(0, 2, 3, 1)[m]
+    if vectors.shape[0] > n:
+        vectors = vectors[torch.randperm(vectors.shape[0], generator=gen)[:n]]
+    return vectors
+
+
+def class_probe(
+    read: Callable[[torch.Tensor], torch.Tensor],
+    source: tuple[torch.Tensor, torch.Tensor],
+    target: tuple[torch.Tensor, torch.Tensor],
+    *,
+    per_domain: int = 1024,
+    seed: int = 0,
+    min_positions: int = 16,
+) -> dict[str, float | None]:
+    """Domain separability per class: ``{"lesion", "background", "balanced"}`` readings.
+
+    ``source`` and ``target`` are (images, masks) ``[B, 1, H, W]``; fit on the even-indexed
+    slices of each domain, scored on the odd-indexed ones. "balanced" draws half its
+    positions from each class. A class with fewer than ``min_positions`` positions in a
+    half reads None (no lesion at that layer's resolution)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        feats = [read(images) for images, _ in (source, target)]
+    masks = [m for _, m in (source, target)]
+
+    def parts(lesion: bool, n: int) -> list[torch.Tensor]:
+        return [_class_positions(f[i::2], m[i::2], lesion, n, gen) for f, m in zip(feats, masks) for i in (0, 1)]
+
+    les, bg = parts(True, per_domain), parts(False, per_domain)
+    out: dict[str, float | None] = {"lesion": None, "background": probe_accuracy(bg[0], bg[2], bg[1], bg[3])}
+    if min(len(v) for v in les) >= min_positions:
+        out["lesion"] = probe_accuracy(les[0], les[2], les[1], les[3])
+        n = min(min(len(v) for v in les), per_domain // 2)
+        bal = [torch.cat([les[i][:n], bg[i][:n]]) for i in range(4)]
+        out["balanced"] = probe_accuracy(bal[0], bal[2], bal[1], bal[3])
+    else:
+        out["balanced"] = None
+    return {k: None if v is None else round(float(v), 4) for k, v in out.items()}

@@ -97,6 +97,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--tune-shots", help="--protocol tuned: tune once at this k for every k (default: a study per k)")
     p.add_argument("--tune-episodes", type=int, help="--protocol tuned: paired episodes per trial (default 3)")
+    p.add_argument(
+        "--controls",
+        nargs="?",
+        const="all",
+        metavar="LEARNERS",
+        help="add each learner's control arm as its own row (the same learner and batch stream with its "
+        "mechanism off: adversarial lambda_adv = 0, meta_steps = 0, unlabeled weight 0, finetune -> scratch "
+        "init, joint -> source share 0) and a mechanism-gain column; a bare --controls = every requested "
+        "learner's, or a comma list, or 'none' (default run.controls: dual-adv's)",
+    )
     p.add_argument("--retry-failed", action="store_true", help="recompute cells recorded as failed")
     p.add_argument(
         "--jobs",
@@ -142,6 +152,7 @@ def build_config(args: argparse.Namespace) -> dict:
         "tune_shots": "run.tune_shots",
         "selection": "run.selection",
         "jobs": "run.jobs",
+        "controls": "run.controls",
     }
     for attr, key in flag_keys.items():
         value = getattr(args, attr, None)
@@ -165,7 +176,7 @@ def main(args: argparse.Namespace) -> int:
     from fewshot_transfer.harness.benchmark import prepare
     from fewshot_transfer.harness.outputs import render, render_curves, render_gallery
     from fewshot_transfer.harness.rundir import check_run_dir
-    from fewshot_transfer.harness.runner import plan_cells, resolve_learners, resolve_seeds, run_grid
+    from fewshot_transfer.harness.runner import control_rows, plan_cells, resolve_learners, resolve_seeds, run_grid
     from fewshot_transfer.harness.store import atomic_write_text
     from fewshot_transfer.provenance import code_version
     from fewshot_transfer.tuning.protocol import PROTOCOLS, tune_learners
@@ -198,10 +209,14 @@ def main(args: argparse.Namespace) -> int:
     check_run_dir(out, cfg)
     bench = prepare(cfg, out)
     atomic_write_text(out / "config.toml", to_toml(cfg))
-    cells = plan_cells(bench, names, seeds)
+    controls = control_rows(
+        names, run_cfg.get("controls", ""), [k for _, k in bench.shots], cfg, strict=args.controls is not None
+    )
+    cells = plan_cells(bench, [*names, *controls], seeds, only_at=controls)
     console.print(
-        f"[bold]ftbench run[/bold]: {len(names)} learners x k={','.join(lab for lab, _ in bench.shots)} "
-        f"x {len(seeds)} seeds = {len(cells)} cells -> {out}"
+        f"[bold]ftbench run[/bold]: {len(names)} learners"
+        + (f" + {len(controls)} control arms ({', '.join(controls)})" if controls else "")
+        + f" x k={','.join(lab for lab, _ in bench.shots)} x {len(seeds)} seeds = {len(cells)} cells -> {out}"
     )
     records = run_grid(
         bench, cells, retry_failed=args.retry_failed, show_progress=not args.no_progress, jobs=int(run_cfg["jobs"])

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fewshot_transfer.config import config_hash
+from fewshot_transfer.config import config_at_k, config_hash
 from fewshot_transfer.data.cache import cache_root
 from fewshot_transfer.data.loader import load_domain, native_slices
 from fewshot_transfer.data.samplers import labeled_fraction, resolve_shots, support_indices, support_pool_size
@@ -30,7 +30,6 @@ from fewshot_transfer.data.splits import (
     split_target,
     verify_split,
 )
-from fewshot_transfer.harness.selection import config_at_k
 from fewshot_transfer.training import LearnerContext, ModelCache, ProgressCallback, pretrained_source_model
 
 log = logging.getLogger(__name__)
@@ -140,7 +139,8 @@ class Benchmark:
             k=k if learner_cls.uses_target else 0,
             seed=seed,
             config=self.config,
-            params=learner_cls.resolve_params(config_at_k(self.config, learner_cls.name, k)),
+            # A control row takes its learner's parameters, so its learner's per-k table too.
+            params=learner_cls.resolve_params(config_at_k(self.config, learner_cls.control_of or learner_cls.name, k)),
             device=self.device,
             cache=self.cache,
             callback=callback,

@@ -115,6 +115,34 @@ def budget_text(budget: dict[str, dict] | None) -> str:
     return "; ".join(parts)
 
 
+#: The mechanism-gain fields of a row without a control arm in the run.
+_NO_MECHANISM = {
+    "control": "",
+    "mech": math.nan,
+    "mech_lo": math.nan,
+    "mech_hi": math.nan,
+    "mech_p": math.nan,
+    "mech_p_holm": math.nan,
+}
+
+
+def _mechanism_gains(rows: list[dict], by_cell: dict[tuple[str, str], dict[int, dict]]) -> None:
+    """Fill each row's mechanism gain: learner − its own control arm (``learners/controls.py``),
+    paired by seed, with a 95% t-CI; p-values Holm-corrected over every such test of the run."""
+    tested = []
+    for row in rows:
+        ctl = by_cell.get((row["control"], row["k_label"]), {}) if row.get("control") else {}
+        own = by_cell.get((row["learner"], row["k_label"]), {})
+        seeds = sorted(s for s, r in own.items() if r["status"] == "ok" and ctl.get(s, {}).get("status") == "ok")
+        if not seeds:
+            continue
+        d = paired_diff([own[s]["metrics"]["dice"] for s in seeds], [ctl[s]["metrics"]["dice"] for s in seeds])
+        row.update(mech=d["mean"], mech_lo=d["lo"], mech_hi=d["hi"], mech_p=d.get("p_value", math.nan))
+        tested.append(row)
+    for row, p in zip(tested, holm([r["mech_p"] for r in tested])):
+        row["mech_p_holm"] = p
+
+
 def _na_row(name: str, family: str, label: str, k: int) -> dict:
     """The row of a learner that needs target labels, in the k = 0 column: not a failure."""
     nan = math.nan
@@ -141,6 +169,7 @@ def _na_row(name: str, family: str, label: str, k: int) -> dict:
         "gain_p": nan,
         "gain_p_holm": nan,
         "gain_ref": _reference_of(name, k),
+        **_NO_MECHANISM,
         "pred_fraction": nan,
         "true_fraction": nan,
         "collapsed": False,
@@ -234,6 +263,8 @@ def build_rows(records: list[dict], shots: list[tuple[str, int]] | None = None) 
                 "gain_p": gain.get("p_value", math.nan),
                 "gain_p_holm": math.nan,
                 "gain_ref": ref_name,
+                **_NO_MECHANISM,
+                "control": any_rec.get("control") or "",
                 "pred_fraction": pred_f,
                 "true_fraction": true_f,
                 "collapsed": bool(seeds) and pred_f < COLLAPSE_RATIO * true_f,
@@ -266,6 +297,7 @@ def build_rows(records: list[dict], shots: list[tuple[str, int]] | None = None) 
             for row in k_rows:
                 row["rank"] = ranks[row["learner"]]
         rows.extend(k_rows)
+    _mechanism_gains(rows, by_cell)
     return rows
 
 
@@ -332,6 +364,17 @@ def fmt_ci(m: float, lo: float, hi: float, digits: int = 3) -> str:
     return f"{m:.{digits}f} ± {(hi - lo) / 2:.{digits}f}"
 
 
+def fmt_mechanism(row: dict, with_name: bool = True) -> str:
+    """``+0.012 ± 0.020 * (vs dual-adv-control)``: learner − its own control arm; empty without one."""
+    if math.isnan(row.get("mech", math.nan)):
+        return ""
+    s = fmt_ci(row["mech"], row["mech_lo"], row["mech_hi"])
+    s = s if s.startswith("-") else "+" + s
+    if row["mech_lo"] > 0 or row["mech_hi"] < 0:
+        s += " *"
+    return f"{s} (vs {row['control']})" if with_name else s
+
+
 def fmt_gain(row: dict) -> str:
     """``+0.052 ± 0.031 *`` (± = 95% CI half-width; ``*`` = the CI excludes 0)."""
     if not row.get("applicable", True):
@@ -368,9 +411,10 @@ def k_title(label: str, k: int) -> str:
 
 
 MD_HEADER = (
-    "| rank | learner | k | labeled frac | Dice (mean ± 95% CI) | gain (± 95% CI) | p | p (Holm) | global Dice | HD95 "
+    "| rank | learner | k | labeled frac | Dice (mean ± 95% CI) | gain (± 95% CI) | p | p (Holm) "
+    "| mechanism gain vs own control (± 95% CI) | p mech. (Holm) | global Dice | HD95 "
     "| pred / true lesion frac | seeds | s / cell | selection | target budget | notes |\n"
-    "|---:|---|---:|---:|---|---|---:|---:|---:|---:|---|---:|---:|---|---|---|\n"
+    "|---:|---|---:|---:|---|---|---:|---:|---|---:|---:|---:|---|---:|---:|---|---|---|\n"
 )
 
 
@@ -421,6 +465,11 @@ def to_markdown(
         f"Gain = learner − reference, paired by seed (same support set); the reference is {BASELINE} when there are "
         f"shots and {REFERENCE_K0} at k = 0 (no target labels); ± = 95% CI half-width, `*` = CI excludes 0; "
         "p = paired t-test, p (Holm) = Holm-corrected over the learners of that k. "
+        "Mechanism gain = learner − its own control arm (the same learner and batch stream with its mechanism "
+        "off: adversarial λ = 0, 0 meta-steps, unlabeled weight 0, finetune → scratch init, joint → source "
+        "share 0), paired by seed; p mech. (Holm) is corrected over every mechanism-gain test of the run. At "
+        "k = 0 it is the verdict on an adaptation method: continued source training alone moves the gain "
+        "over source-only. "
         f"Collapsed = predicted lesion fraction < {COLLAPSE_RATIO:.0%} of the true one. "
         "Rank = 1 + number of learners significantly better (paired t-tests over seeds, Holm-corrected over all "
         "pairs of learners at that k, α = 0.05). s / cell = seconds of the cell's target training plus the "
@@ -440,7 +489,8 @@ def to_markdown(
             out.append(
                 f"| {r.get('rank', '')} | {r['learner']} | {r['k']} | {r['labeled_fraction']:.3f} "
                 f"| {fmt_ci(r['dice'], r['dice_lo'], r['dice_hi'])} | {fmt_gain(r)} | {_p(r['gain_p'])} "
-                f"| {_p(r['gain_p_holm'])} | {_num(r['dice_global'], '.3f')} | {hd} | {frac} | {r['n_seeds']} "
+                f"| {_p(r['gain_p_holm'])} | {fmt_mechanism(r)} | {_p(r.get('mech_p_holm', math.nan))} "
+                f"| {_num(r['dice_global'], '.3f')} | {hd} | {frac} | {r['n_seeds']} "
                 f"| {fmt_seconds(r)} | {fmt_selection(r, markdown=True)} | {r['budget']} | {row_notes(r)} |\n"
             )
     out.append(f"\n**Power**: {power_summary(rows)}.\n")
@@ -526,7 +576,8 @@ def rich_table(rows: list[dict], title: str = "ftbench leaderboard"):
     table = Table(
         title=title,
         caption=f"± = 95% CI half-width over seeds; * = gain CI excludes 0; reference = {BASELINE} "
-        f"(k = 0: {REFERENCE_K0}); rank: paired t-tests, Holm-corrected; s/cell incl. charged pretraining / "
+        f"(k = 0: {REFERENCE_K0}); vs control = learner − its own control arm (mechanism off, same stream, "
+        "paired); rank: paired t-tests, Holm-corrected; s/cell incl. charged pretraining / "
         "meta-training (+? = not recorded by this model cache)",
     )
     for col, justify in (
@@ -535,6 +586,7 @@ def rich_table(rows: list[dict], title: str = "ftbench leaderboard"):
         ("learner", "left"),
         ("Dice", "right"),
         ("gain vs ref.", "right"),
+        ("vs control", "right"),
         ("pred/true %", "right"),
         ("n", "right"),
         ("s/cell", "right"),
@@ -552,6 +604,9 @@ def rich_table(rows: list[dict], title: str = "ftbench leaderboard"):
                 dice = f"[red]{dice} collapsed[/red]"
             elif r["n_failed"]:
                 dice = f"{dice} [yellow]({r['n_failed']} failed)[/yellow]"
+            mech = fmt_mechanism(r, with_name=False)
+            if mech.endswith("*"):
+                mech = f"[green]{mech}[/green]" if r["mech"] > 0 else f"[red]{mech}[/red]"
             gain = fmt_gain(r)
             if gain.endswith("*"):
                 gain = f"[green]{gain}[/green]" if r["gain"] > 0 else f"[red]{gain}[/red]"
@@ -566,6 +621,7 @@ def rich_table(rows: list[dict], title: str = "ftbench leaderboard"):
                 r["learner"] + (" [bold red]ORACLE[/bold red]" if is_oracle(str(r.get("selection_rule", ""))) else ""),
                 dice,
                 gain,
+                mech,
                 frac,
                 str(r["n_seeds"]),
                 fmt_seconds(r),

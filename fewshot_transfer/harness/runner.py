@@ -19,8 +19,9 @@ import numpy as np
 import torch
 
 from fewshot_transfer import learners
+from fewshot_transfer.adaptation.probe import class_probe
 from fewshot_transfer.atomic import atomic_open
-from fewshot_transfer.config import config_hash
+from fewshot_transfer.config import config_at_k, config_hash, k_key
 from fewshot_transfer.data.slices import SliceSet
 from fewshot_transfer.harness.benchmark import Benchmark
 from fewshot_transfer.harness.parallel import producers_first, resolve_jobs, run_parallel
@@ -29,12 +30,11 @@ from fewshot_transfer.harness.selection import (
     DEFAULTS,
     RULES,
     applied_rule,
-    config_at_k,
-    k_key,
     rule_label,
     study_name,
 )
 from fewshot_transfer.harness.store import CellSpec, CellStore, write_csv
+from fewshot_transfer.learners.controls import control_row, with_controls
 from fewshot_transfer.metrics import evaluate, hd95_unit
 from fewshot_transfer.provenance import code_version, machine
 from fewshot_transfer.training import ProgressCallback, TrainingDiverged
@@ -79,9 +79,32 @@ def resolve_seeds(spec: int | str | list) -> list[int]:
     return list(range(n))
 
 
-def plan_cells(bench: Benchmark, learner_names: list[str], seeds: list[int]) -> list[CellSpec]:
+def control_rows(names: list[str], spec: str, ks: list[int], config: dict, strict: bool = True) -> dict[str, set[int]]:
+    """The control-arm rows to add for ``run.controls`` = ``spec`` ("", "none", "all" or a comma
+    list of the requested learners): row -> the k it is needed at (``learners/controls.py``).
+
+    ``strict`` = False (the config's default, not the user's ``--controls``) skips listed
+    learners the run does not have instead of refusing."""
+    text = str(spec or "").strip()
+    if text in ("", "none"):
+        return {}
+    wanted = names if text == "all" else [s.strip() for s in text.split(",") if s.strip()]
+    unknown = [n for n in wanted if n not in names]
+    wanted = [n for n in wanted if n in names]
+    if unknown and strict:
+        raise ValueError(
+            f"run.controls names {', '.join(unknown)}, not among the run's learners ({', '.join(names)}); "
+            "use 'all', 'none' or a comma list of them"
+        )
+    return with_controls(wanted, ks, config)
+
+
+def plan_cells(
+    bench: Benchmark, learner_names: list[str], seeds: list[int], only_at: dict[str, set[int]] | None = None
+) -> list[CellSpec]:
     """All cells of the grid, seed-major. k-independent learners get one cell per seed; at
-    k = 0 only learners with ``supports_k0`` get a cell (the others are "n/a" there)."""
+    k = 0 only learners with ``supports_k0`` get a cell (the others are "n/a" there).
+    ``only_at`` restricts some rows (control arms) to the k they are needed at."""
     cells: list[CellSpec] = []
     for seed in seeds:
         for name in learner_names:
@@ -91,6 +114,8 @@ def plan_cells(bench: Benchmark, learner_names: list[str], seeds: list[int]) -> 
                 continue
             for label, k in bench.shots:
                 if k == 0 and not cls.supports_k0:
+                    continue
+                if only_at and name in only_at and k not in only_at[name]:
                     continue
                 cells.append(CellSpec(seed=seed, k=k, k_label=label, learner=name))
     order = {n: i for i, n in enumerate(learner_names)}
@@ -207,12 +232,14 @@ def run_cell(
     cls = learners.get(spec.learner)
     ctx = bench.context(cls, spec.k, spec.seed, callback)
     bench.cache.begin_cell()
-    tuned = tuned_from or _tuned_from(bench.config, spec.learner, spec.k, spec.k_label)
+    tuned = tuned_from or _tuned_from(bench.config, cls.control_of or spec.learner, spec.k, spec.k_label)
     record: dict = {
         "cell_id": spec.cell_id,
         "learner": spec.learner,
         "family": cls.family,
         "supports_k0": bool(cls.supports_k0 or cls.k_independent),
+        "control": control_row(spec.learner, spec.k, bench.config),
+        "control_of": cls.control_of,
         "selection": selection(bench.config),
         "selection_rule": cell_selection(bench.config, tuned, spec.k),
         "sampler_seed": _sampler_seed(tuned),
@@ -238,8 +265,9 @@ def run_cell(
     }
     torch.manual_seed(spec.seed)
     t0 = time.perf_counter()
+    learner = cls()
     try:
-        segmenter = cls().fit(ctx)
+        segmenter = learner.fit(ctx)
     except TrainingDiverged as exc:
         record.update(
             status="failed", reason=str(exc), timing={"fit_s": time.perf_counter() - t0, "train_s": ctx.train_seconds}
@@ -247,6 +275,9 @@ def run_cell(
         _save_curves(bench, spec, ctx.curves)
         return record
     fit_s = time.perf_counter() - t0
+    probe = domain_probes(bench, learner, ctx, segmenter.model)
+    if probe is not None:
+        record["probe"] = probe
     # A learner with shots whose training left no target phase trained outside train_steps:
     # its budget is unknown, not empty.
     budget: dict | None = target_budget(ctx)
@@ -272,6 +303,36 @@ def run_cell(
     _save_curves(bench, spec, ctx.curves)
     _save_gallery(bench, spec, pred)
     return record
+
+
+#: Slices per domain a domain probe reads (lesion-positive first; half fit it, half score it).
+PROBE_SLICES = 24
+
+
+def _probe_slices(data: SliceSet, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Up to :data:`PROBE_SLICES` slices as (images, masks) ``[B, 1, H, W]``, lesion-positive first."""
+    order = np.argsort(-(data.masks.reshape(len(data), -1).sum(1) > 0).astype(int), kind="stable")[:PROBE_SLICES]
+    to = lambda a: torch.from_numpy(np.ascontiguousarray(a[order])).unsqueeze(1).to(device, torch.float32)  # noqa: E731
+    return to(data.images), to(data.masks)
+
+
+def domain_probes(bench: Benchmark, learner, ctx, model: torch.nn.Module) -> dict | None:
+    """Per-class domain probes at the layer a learner aligns, before (the source model) and after
+    adaptation (``adaptation/probe.py``); None for learners that align nothing or ``probe = false``.
+
+    Source validation slices against test slices, with their masks: the masks only say which
+    positions are lesion for this diagnostic read-out, like Dice itself; no learner sees them."""
+    aligned = getattr(learner, "aligned", None)
+    if aligned is None or not ctx.params.get("probe", False):
+        return None
+    src, tgt = _probe_slices(bench.source_val, ctx.device), _probe_slices(bench.test_set, ctx.device)
+    layer, read_after = aligned(ctx, model.eval())
+    _, read_before = aligned(ctx, ctx.source_model().eval())
+    return {
+        "layer": layer,
+        "before": class_probe(read_before, src, tgt, seed=ctx.seed),
+        "after": class_probe(read_after, src, tgt, seed=ctx.seed),
+    }
 
 
 def score(segmenter, test: SliceSet, threshold: float) -> tuple[dict, list[dict], np.ndarray, np.ndarray]:

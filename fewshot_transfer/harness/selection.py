@@ -67,18 +67,3 @@ def study_name(learner: str, k_label: str, rule: str = DEFAULT_RULE) -> str:
     """``finetune-k5`` (rule ``val``, the name ``ftbench tune`` always used), ``finetune-k5-shots`` ..."""
     name = f"{learner}-k{str(k_label).replace('%', 'pct')}"
     return name if rule == DEFAULT_RULE else f"{name}-{rule}"
-
-
-def k_key(learner: str, k: int) -> str:
-    """``[learners."NAME@k=K"]``: the hyperparameters a study chose for the cells at k = K only."""
-    return f"{learner}@k={int(k)}"
-
-
-def config_at_k(config: dict, learner: str, k: int) -> dict:
-    """``config`` with ``[learners.NAME]`` updated by ``[learners."NAME@k=K"]`` (a study per k);
-    the same object when there is no such table."""
-    own = config.get("learners", {}).get(k_key(learner, k))
-    if not own:
-        return config
-    table = {**config.get("learners", {}).get(learner, {}), **own}
-    return {**config, "learners": {**config["learners"], learner: table}}

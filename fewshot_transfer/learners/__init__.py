@@ -19,11 +19,13 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from types import ModuleType
 
-from fewshot_transfer.learners.base import REGISTRY, Learner, register
+from fewshot_transfer.learners.base import REGISTRY, Control, Learner, register
+from fewshot_transfer.learners.controls import register_controls
 from fewshot_transfer.training import LearnerContext, Segmenter
 
 __all__ = [
     "ENTRY_POINT_GROUP",
+    "Control",
     "REGISTRY",
     "Learner",
     "LearnerContext",
@@ -75,6 +77,7 @@ def _discover() -> None:
             ep.load()
         except Exception as exc:
             raise _failure(f"entry point {ep.name} = {ep.value}{dist}", exc, None) from exc
+    register_controls()
     _loaded = True
 
 
@@ -129,11 +132,15 @@ def load_plugins(specs: Iterable[str]) -> list[ModuleType]:
                 what = str(origin) if is_file else f"module {spec!r}" + (f" ({origin})" if origin else "")
                 raise _failure(what, exc, origin) from exc
         modules.append(_plugins[key])
+    register_controls()
     return modules
 
 
-def available() -> list[str]:
-    """Registered learner names: baselines in canonical order, then others by family and name."""
+def available(controls: bool = False) -> list[str]:
+    """Registered learner names: baselines in canonical order, then others by family and name.
+
+    The derived ``NAME-control`` rows (``learners/controls.py``) only with ``controls``:
+    ``--learners all`` runs the learners, ``--controls`` adds their control arms."""
     _discover()
 
     def order(name: str) -> tuple:
@@ -141,12 +148,12 @@ def available() -> list[str]:
         base = _BASELINE_ORDER.index(name) if name in _BASELINE_ORDER else len(_BASELINE_ORDER)
         return (_FAMILY_ORDER.get(cls.family, 9), base, name)
 
-    return sorted(REGISTRY, key=order)
+    return sorted((n for n in REGISTRY if controls or not REGISTRY[n].control_of), key=order)
 
 
 def get(name: str) -> type[Learner]:
     """The learner class registered as ``name`` (clear error listing the valid names)."""
     _discover()
     if name not in REGISTRY:
-        raise ValueError(f"unknown learner {name!r}; available: {', '.join(available())}")
+        raise ValueError(f"unknown learner {name!r}; available: {', '.join(available(controls=True))}")
     return REGISTRY[name]

@@ -19,9 +19,10 @@ augmentation and optimizer: the fair-protocol controls hold by construction.
 Before the loop the discriminators are **warmed up** for ``d_warmup`` steps on the frozen
 pretrained model's features (its own streams, so the segmentor's are untouched): the game
 starts against a D that already tells the domains apart, instead of one at chance whose
-gradient points nowhere. A held-out linear probe of domain separability at the aligned
-layer is measured before and after adaptation (``probe``); both, with D's accuracies, go
-to ``ctx.summary["adversarial"]``.
+gradient points nowhere. D's accuracies go to ``ctx.summary["adversarial"]``; with
+``probe`` the harness reads held-out linear probes of domain separability at the aligned
+layer (:meth:`aligned`), per class, before and after adaptation (``harness/runner.py``,
+``record["probe"]``): the probe needs the target's lesion masks, which a learner never sees.
 
 At k = 0 (no shots) the labeled rows are ``batch_size`` source rows and the target domain
 is the unlabeled rows (unsupervised domain adaptation).
@@ -44,8 +45,7 @@ import torch
 from torch import nn
 
 from fewshot_transfer.adaptation.discriminators import set_requires_grad
-from fewshot_transfer.adaptation.probe import domain_probe
-from fewshot_transfer.learners.base import Learner
+from fewshot_transfer.learners.base import Control, Learner
 from fewshot_transfer.training import (
     LearnerContext,
     Segmenter,
@@ -58,8 +58,6 @@ from fewshot_transfer.training import (
 )
 
 Term = tuple[str, float, torch.Tensor]
-#: Slices per domain read by the linear probe (half to fit it, half to score it).
-PROBE_SLICES = 24
 
 
 @dataclass
@@ -195,6 +193,9 @@ class AdversarialLearner(Learner):
         "lambda_ramp": 0.25,
         "probe": True,
     }
+    #: The same stream (source, shot and unlabeled rows, D game and probe included) with the
+    #: segmentor's adversarial terms at weight 0.
+    control: ClassVar[Control | None] = Control(off={"lambda_adv": 0.0})
     bounds: ClassVar[dict[str, tuple[float | None, float | None]]] = {
         "source_share": (0.0, 0.9),
         "lambda_adv": (0.0, None),
@@ -242,14 +243,6 @@ class AdversarialLearner(Learner):
         raise NotImplementedError
 
     # -- pieces -------------------------------------------------------------------------
-    def _probe(self, ctx: LearnerContext, model: nn.Module) -> float:
-        model.eval()
-        _, read = self.aligned(ctx, model)
-        to = lambda a: torch.from_numpy(a[:PROBE_SLICES]).unsqueeze(1).to(ctx.device, torch.float32)  # noqa: E731
-        acc = domain_probe(read, to(ctx.source_val.images), to(ctx.unlabeled.images), seed=ctx.seed)
-        model.train()
-        return round(acc, 4)
-
     def _warm_up(
         self, ctx: LearnerContext, model: nn.Module, hooks: AdversarialHooks, n_src: int, n_unl: int
     ) -> dict[str, float]:
@@ -300,7 +293,6 @@ class AdversarialLearner(Learner):
         unl = unlabeled_batches(ctx, ctx.unlabeled, n_unl, salt=303) if n_unl else None
         hooks = AdversarialHooks(self, ctx, adversary, n_src, unl)
         layer, _ = self.aligned(ctx, model)
-        probe_before = self._probe(ctx, model) if p.probe else None
         warm = self._warm_up(ctx, model, hooks, n_src, n_unl)
         batches = labeled_batches(ctx, ctx.support, p.batch_size, source=ctx.source_train, n_source=n_src)
         adversary.train()
@@ -312,7 +304,5 @@ class AdversarialLearner(Learner):
             "d_after_warmup": warm,
             "d_first": _mean_stats(hooks.history[:tail]),
             "d_last": _mean_stats(hooks.history[-tail:]),
-            "probe_before": probe_before,
-            "probe_after": self._probe(ctx, model) if p.probe else None,
         }
         return ctx.segmenter(model.eval())

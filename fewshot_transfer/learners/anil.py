@@ -11,7 +11,7 @@ adaptation of the source model): ``anil`` − ``anil-control`` is what meta-trai
 
 from __future__ import annotations
 
-from fewshot_transfer.learners.base import Learner, register
+from fewshot_transfer.learners.base import Control, Learner, register
 from fewshot_transfer.learners.finetune import Finetune
 from fewshot_transfer.meta.training import META_DEFAULTS, MetaConfig, fit_meta, head_prefixes, meta_search_space
 from fewshot_transfer.training import LearnerContext, Segmenter
@@ -23,6 +23,7 @@ class ANIL(Learner):
     family = "meta"
     uses_source = True
     defaults = {**META_DEFAULTS, "lr": Finetune.defaults["lr"], "meta_steps": 60, "head": "head"}
+    control = Control(off={"meta_steps": 0})
 
     @staticmethod
     def search_space(trial) -> dict:

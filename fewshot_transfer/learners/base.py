@@ -10,6 +10,7 @@ did not declare. :func:`register` adds it to the registry under ``name``.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from fewshot_transfer.training.context import LearnerContext
@@ -18,6 +19,23 @@ from fewshot_transfer.training.segmenter import Segmenter
 
 #: The ``[train]`` keys every learner inherits as hyperparameters (the common budget).
 SCHEDULE_KEYS = ("steps", "lr", "batch_size")
+
+
+@dataclass(frozen=True)
+class Control:
+    """A learner's exact control arm: the same learner and batch stream with its mechanism off.
+
+    ``off`` are the parameter values that switch the mechanism off (``lambda_adv = 0``,
+    ``meta_steps = 0``, ``unlabeled_weight = 0``, ``source_share = 0``); every other
+    parameter is the learner's own (tuned values included). ``same_as`` names a learner
+    that computes exactly that (tested bit for bit) whenever the parameters it has agree:
+    then its row serves as the control, run once however many learners share it. With
+    ``off`` empty the control *is* ``same_as`` run with the learner's parameters
+    (finetune's control is scratch at finetune's lr).
+    """
+
+    off: dict[str, Any] = field(default_factory=dict)
+    same_as: str | None = None
 
 
 class Learner:
@@ -41,6 +59,10 @@ class Learner:
     supports_k0: ClassVar[bool] = False
     defaults: ClassVar[dict[str, Any]] = {}
     bounds: ClassVar[dict[str, tuple[float | None, float | None]]] = {}
+    #: The learner's control arm (``learners/controls.py`` derives its ``NAME-control`` row).
+    control: ClassVar[Control | None] = None
+    #: Set on a derived control row: the learner whose control it is.
+    control_of: ClassVar[str] = ""
 
     @classmethod
     def resolve_params(cls, config: dict) -> Params:

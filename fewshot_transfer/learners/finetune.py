@@ -11,7 +11,7 @@ meta-learners' common adaptation, the ``-cap`` semi-supervised learners) inherit
 
 from __future__ import annotations
 
-from fewshot_transfer.learners.base import Learner, register
+from fewshot_transfer.learners.base import Control, Learner, register
 from fewshot_transfer.training import LearnerContext, Segmenter, slice_batches, train_supervised
 
 
@@ -20,6 +20,8 @@ class Finetune(Learner):
     name = "finetune"
     uses_source = True
     defaults = {"lr": 0.006}
+    #: finetune without the CAP initialisation: scratch at finetune's lr
+    control = Control(same_as="scratch")
 
     def fit(self, ctx: LearnerContext) -> Segmenter:
         p = ctx.params

@@ -11,7 +11,7 @@ validation study ``joint-k5`` behind ``results/tuned`` (lr 0.008459, rounded).
 
 from __future__ import annotations
 
-from fewshot_transfer.learners.base import Learner, register
+from fewshot_transfer.learners.base import Control, Learner, register
 from fewshot_transfer.training import LearnerContext, Segmenter, labeled_batches, source_rows, train_supervised
 
 
@@ -21,6 +21,7 @@ class Joint(Learner):
     uses_source = True
     defaults = {"lr": 0.0085, "source_share": 0.25, "from_pretrained": True}
     bounds = {"source_share": (0.0, 0.9)}
+    control = Control(off={"source_share": 0.0})
 
     @staticmethod
     def search_space(trial) -> dict:

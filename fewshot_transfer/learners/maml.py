@@ -12,7 +12,7 @@ test time the meta-trained init runs exactly finetune's loop (``steps`` Adam ste
 
 from __future__ import annotations
 
-from fewshot_transfer.learners.base import Learner, register
+from fewshot_transfer.learners.base import Control, Learner, register
 from fewshot_transfer.learners.finetune import Finetune
 from fewshot_transfer.meta.training import META_DEFAULTS, MetaConfig, fit_meta, meta_search_space
 from fewshot_transfer.training import LearnerContext, Segmenter
@@ -24,6 +24,7 @@ class MAML(Learner):
     family = "meta"
     uses_source = True
     defaults = {**META_DEFAULTS, "lr": Finetune.defaults["lr"], "meta_steps": 30}
+    control = Control(off={"meta_steps": 0}, same_as="finetune")
 
     @staticmethod
     def search_space(trial) -> dict:

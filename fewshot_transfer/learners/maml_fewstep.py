@@ -8,7 +8,7 @@ is why this is its own row and not ``maml``.
 
 from __future__ import annotations
 
-from fewshot_transfer.learners.base import Learner, register
+from fewshot_transfer.learners.base import Control, Learner, register
 from fewshot_transfer.meta.training import META_DEFAULTS, MetaConfig, fit_meta, meta_search_space
 from fewshot_transfer.training import LearnerContext, Segmenter
 
@@ -19,6 +19,7 @@ class MAMLFewStep(Learner):
     family = "meta"
     uses_source = True
     defaults = {**META_DEFAULTS, "meta_steps": 30, "inner_lr": 0.01, "test_steps": 10}
+    control = Control(off={"meta_steps": 0})
 
     @staticmethod
     def search_space(trial) -> dict:

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fewshot_transfer.learners.base import register
+from fewshot_transfer.learners.base import Control, register
 from fewshot_transfer.learners.finetune import Finetune
 from fewshot_transfer.learners.scratch import Scratch
 from fewshot_transfer.learners.semi import SemiSupervisedLearner
@@ -135,4 +135,5 @@ class MeanTeacherCap(MeanTeacher):
     uses_source = True
     supports_k0 = True
     from_source = True
+    control = Control(off={"unlabeled_weight": 0.0}, same_as="finetune")
     defaults = {**MeanTeacher.defaults, "lr": Finetune.defaults["lr"]}

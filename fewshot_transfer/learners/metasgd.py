@@ -10,7 +10,7 @@ meta-steps α = ``lr`` and this is finetune. Rates are cached with the weights.
 
 from __future__ import annotations
 
-from fewshot_transfer.learners.base import Learner, register
+from fewshot_transfer.learners.base import Control, Learner, register
 from fewshot_transfer.learners.finetune import Finetune
 from fewshot_transfer.meta.training import META_DEFAULTS, MetaConfig, fit_meta, meta_search_space
 from fewshot_transfer.training import LearnerContext, Segmenter
@@ -22,6 +22,7 @@ class MetaSGD(Learner):
     family = "meta"
     uses_source = True
     defaults = {**META_DEFAULTS, "lr": Finetune.defaults["lr"], "meta_steps": 30}
+    control = Control(off={"meta_steps": 0}, same_as="finetune")
 
     @staticmethod
     def search_space(trial) -> dict:

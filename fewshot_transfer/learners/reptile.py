@@ -9,7 +9,7 @@ named variant). Tested at the common budget like ``maml``; 0 meta-steps is finet
 
 from __future__ import annotations
 
-from fewshot_transfer.learners.base import Learner, register
+from fewshot_transfer.learners.base import Control, Learner, register
 from fewshot_transfer.learners.finetune import Finetune
 from fewshot_transfer.meta.training import META_DEFAULTS, MetaConfig, fit_meta, meta_search_space
 from fewshot_transfer.training import LearnerContext, Segmenter
@@ -21,6 +21,7 @@ class Reptile(Learner):
     family = "meta"
     uses_source = True
     defaults = {**META_DEFAULTS, "lr": Finetune.defaults["lr"], "meta_steps": 40, "meta_opt": "sgd", "meta_lr": 0.5}
+    control = Control(off={"meta_steps": 0}, same_as="finetune")
     bounds = {"meta_lr": (0.0, 1.0)}
 
     @staticmethod

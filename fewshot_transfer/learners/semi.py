@@ -14,7 +14,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from fewshot_transfer.learners.base import Learner
+from fewshot_transfer.learners.base import Control, Learner
 from fewshot_transfer.training import LearnerContext, Segmenter, StepHooks, labeled_batches, train_steps
 
 
@@ -36,6 +36,8 @@ class SemiSupervisedLearner(Learner):
     uses_unlabeled = True
     #: Start from the CAP-pretrained backbone (the ``-cap`` variants) instead of a fresh one.
     from_source: ClassVar[bool] = False
+    #: With unlabeled weight 0 the learner is its supervised counterpart (``-cap``: finetune).
+    control: ClassVar[Control | None] = Control(off={"unlabeled_weight": 0.0}, same_as="scratch")
 
     def hooks(self, ctx: LearnerContext, model: nn.Module) -> StepHooks:
         """The hooks that add the unlabeled term to the shared loop."""

@@ -27,8 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fewshot_transfer import learners
+from fewshot_transfer.config import k_key
 from fewshot_transfer.harness.parallel import resolve_jobs
-from fewshot_transfer.harness.selection import DEFAULTS, applied_rule, check_rule, k_key, study_name
+from fewshot_transfer.harness.selection import DEFAULTS, applied_rule, check_rule, study_name
 from fewshot_transfer.tuning.space import searched_names
 from fewshot_transfer.tuning.storage import default_storage, make_storage
 from fewshot_transfer.tuning.study import TuneSpec, best_config, identity, open_study, run_study

@@ -1,0 +1,221 @@
+"""Control arms (issue #22): every learner beside the same learner and stream with its mechanism off.
+
+The identities are checked on the trained weights (every tensor of the state dict), not only
+on predictions; each comes with a non-vacuity check (the mechanism on gives other weights).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from fewshot_transfer import learners
+from fewshot_transfer.cli import main
+from fewshot_transfer.config import resolve_config
+from fewshot_transfer.harness.benchmark import prepare
+from fewshot_transfer.harness.leaderboard import build_rows
+from fewshot_transfer.harness.runner import control_rows, plan_cells
+from fewshot_transfer.learners.controls import control_row
+
+from conftest import TINY
+
+OVERRIDES = [TINY[i + 1] for i in range(0, len(TINY), 2)]
+#: A tiny-backbone lr at which the 5 steps visibly move the weights (shared by every learner pinned).
+LR = 0.002
+
+
+def _cfg(extra: list[str] | None = None) -> dict:
+    return resolve_config(None, [*OVERRIDES, "run.shots='0,2'", *(extra or [])])
+
+
+def _weights(bench, name: str, k: int, seed: int = 1) -> dict[str, torch.Tensor]:
+    torch.manual_seed(seed)
+    ctx = bench.context(learners.get(name), k, seed)
+    return {n: t.detach().clone() for n, t in learners.get(name)().fit(ctx).model.state_dict().items()}
+
+
+def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[n], b[n]) for n in a)
+
+
+def test_every_learner_with_a_mechanism_names_its_control():
+    learners.available()  # control_row reads the registry the package discovers
+    cfg = _cfg()
+    expected = {
+        "finetune": "scratch",
+        "joint": "joint-control",
+        "adaptseg": "adaptseg-control",
+        "adaptseg-balanced": "adaptseg-balanced-control",
+        "dual-adv": "dual-adv-control",
+        "single-adv": "single-adv-control",
+        "maml": "finetune",
+        "fomaml": "finetune",
+        "reptile": "finetune",
+        "metasgd": "finetune",
+        "anil": "anil-control",
+        "maml-fewstep": "maml-fewstep-control",
+        "pseudo-label": "scratch",
+        "mean-teacher": "scratch",
+        "pseudo-label-cap": "finetune",
+        "mean-teacher-cap": "finetune",
+    }
+    for name, row in expected.items():
+        assert control_row(name, 2, cfg) == row, name
+    assert control_row("scratch", 2, cfg) is None and control_row("source-only", 0, cfg) is None
+    # at k = 0 finetune has no cell: a k = 0 learner's control is its own derived row there
+    assert control_row("pseudo-label-cap", 0, cfg) == "pseudo-label-cap-control"
+    assert control_row("dual-adv", 0, cfg) == "dual-adv-control"
+    assert control_row("finetune", 0, cfg) is None
+    assert "adaptseg-control" not in learners.available()  # --learners all runs learners, --controls adds these
+    assert "adaptseg-control" in learners.available(controls=True)
+
+
+def test_a_control_takes_the_learners_own_tuned_parameters():
+    cfg = _cfg(["learners.adaptseg.lr=0.0042", "learners.adaptseg.lambda_adv=0.05", "learners.maml.lr=0.0031"])
+    p = learners.get("adaptseg-control").resolve_params(cfg)
+    assert p.lr == 0.0042 and p.lambda_adv == 0.0
+    assert dict(p) == {**dict(learners.get("adaptseg").resolve_params(cfg)), "lambda_adv": 0.0}
+    # maml tuned to another lr than finetune's: finetune's row is no longer its control
+    assert control_row("maml", 2, cfg) == "maml-control"
+    assert learners.get("maml-control").resolve_params(cfg).meta_steps == 0
+    with pytest.raises(ValueError, match=r"\[learners.adaptseg-control\] is not read"):
+        learners.get("adaptseg-control").resolve_params(_cfg(["learners.adaptseg-control.lr=0.1"]))
+    with pytest.raises(ValueError, match="is not tuned"):
+        learners.get("adaptseg-control").search_space(None)
+
+
+def test_control_rows_are_added_once_and_only_where_needed(tmp_path):
+    cfg = _cfg()
+    bench = prepare(cfg, tmp_path)
+    names = ["finetune", "maml", "reptile", "pseudo-label-cap", "dual-adv"]
+    extra = control_rows(names, "all", [0, 2], cfg)
+    # the meta-learners and pseudo-label-cap share finetune (requested) at k = 2; scratch serves finetune
+    assert extra == {"scratch": {2}, "pseudo-label-cap-control": {0}, "dual-adv-control": {0, 2}}
+    cells = plan_cells(bench, [*names, *extra], [0], only_at=extra)
+    assert [(c.learner, c.k) for c in cells if c.learner == "pseudo-label-cap-control"] == [
+        ("pseudo-label-cap-control", 0)
+    ]
+    assert control_rows(names, "dual-adv", [0, 2], cfg) == {"dual-adv-control": {0, 2}}
+    assert control_rows(names, "none", [0, 2], cfg) == {}
+    with pytest.raises(ValueError, match="not among the run's learners"):
+        control_rows(names, "adaptseg", [0, 2], cfg)
+
+
+@pytest.mark.integration
+def test_shared_controls_are_their_row_bit_for_bit(tmp_path):
+    """A control served by another learner's row computes exactly that row's weights."""
+    torch.set_num_threads(1)
+    pins = [f"learners.{n}.lr={LR}" for n in ("scratch", "finetune", "maml", "pseudo-label", "pseudo-label-cap")]
+    cfg = _cfg([*pins, "learners.maml.meta_steps=1"])
+    bench = prepare(cfg, tmp_path)
+    for name, row in (
+        ("finetune", "scratch"),
+        ("maml", "finetune"),
+        ("pseudo-label", "scratch"),
+        ("pseudo-label-cap", "finetune"),
+    ):
+        assert control_row(name, 2, cfg) == row
+        derived = _weights(bench, f"{name}-control", 2)
+        assert _same(derived, _weights(bench, row, 2)), f"{name}-control is not {row}"
+        assert not _same(_weights(bench, name, 2), derived), f"{name}: the mechanism changes nothing"
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("k", [0, 2])
+def test_adversarial_control_is_the_same_stream_with_lambda_zero(tmp_path, k):
+    """lambda_adv = 0 on the learner's own stream; with no source or unlabeled rows it is finetune."""
+    torch.set_num_threads(1)
+    cfg = _cfg([f"learners.adaptseg.lr={LR}", f"learners.finetune.lr={LR}", "learners.adaptseg.lambda_adv=0.5"])
+    bench = prepare(cfg, tmp_path)
+    control = _weights(bench, "adaptseg-control", k)
+    assert not _same(_weights(bench, "adaptseg", k), control)  # non-vacuity: the adversary moves the weights
+    if k:
+        bare = _cfg(
+            [
+                f"learners.adaptseg.lr={LR}",
+                f"learners.finetune.lr={LR}",
+                "learners.adaptseg.source_share=0.0",
+                "learners.adaptseg.unlabeled_share=0.0",
+                "learners.adaptseg.aux_seg_weight=0.0",
+            ]
+        )
+        bench = prepare(bare, tmp_path / "bare")
+        assert _same(_weights(bench, "adaptseg-control", k), _weights(bench, "finetune", k))
+
+
+@pytest.mark.integration
+def test_run_with_controls_shows_the_mechanism_gain(tmp_path, capsys):
+    out = tmp_path / "run"
+    rc = main(
+        [
+            "run",
+            *TINY,
+            "--shots",
+            "1",
+            "--seeds",
+            "2",
+            "--learners",
+            "finetune,joint",
+            "--controls",
+            "--jobs",
+            "1",
+            "--no-progress",
+            "--out",
+            str(out),
+        ]
+    )
+    assert rc == 0
+    assert "2 control arms (scratch, joint-control)" in capsys.readouterr().out
+    records = [json.loads(p.read_text()) for p in sorted((out / "cells").glob("*.json"))]
+    by = {(r["learner"], r["seed"]): r for r in records}
+    assert by[("joint", 0)]["control"] == "joint-control" and by[("joint-control", 0)]["control_of"] == "joint"
+    rows = {r["learner"]: r for r in build_rows(records)}
+    for name, ctl in (("joint", "joint-control"), ("finetune", "scratch")):
+        diffs = [by[(name, s)]["metrics"]["dice"] - by[(ctl, s)]["metrics"]["dice"] for s in (0, 1)]
+        assert math.isclose(rows[name]["mech"], sum(diffs) / 2, abs_tol=1e-12)
+        assert rows[name]["control"] == ctl and math.isfinite(rows[name]["mech_p_holm"])
+    md = (out / "leaderboard.md").read_text()
+    assert "mechanism gain vs own control" in md and "(vs joint-control)" in md
+
+
+def test_class_probe_reads_a_class_conditional_shift():
+    """Lesion features shifted between domains, background identical: the lesion-only probe
+    separates them, the background-only one is at chance, and a uniform draw misses the lesions."""
+    from fewshot_transfer.adaptation.probe import class_probe, domain_probe
+
+    gen = torch.Generator().manual_seed(0)
+
+    def domain(shift: float) -> tuple[torch.Tensor, torch.Tensor]:
+        masks = torch.zeros(8, 1, 16, 16)
+        masks[:, :, 4:7, 4:7] = 1.0  # ~3.5 % lesion, as in CT
+        images = torch.randn(8, 1, 16, 16, generator=gen) + masks * (2.0 + shift)
+        return images, masks
+
+    (xs, ms), (xt, mt) = domain(0.0), domain(3.0)
+    read = lambda x: torch.cat([x, x.abs()], 1)  # noqa: E731
+    out = class_probe(read, (xs, ms), (xt, mt), seed=0)
+    assert out["lesion"] > 0.75, out
+    assert abs(out["background"] - 0.5) < 0.1, out
+    assert out["balanced"] > 0.6, out
+    assert domain_probe(read, xs, xt, seed=0) < 0.6  # uniform positions: ~97 % background, near chance
+    # no lesion at the read-out resolution: no lesion reading rather than a meaningless one
+    empty = class_probe(read, (xs, torch.zeros_like(ms)), (xt, mt), seed=0)
+    assert empty["lesion"] is None and empty["balanced"] is None
+
+
+@pytest.mark.integration
+def test_every_adversarial_cell_records_per_class_probes(tmp_path):
+    from fewshot_transfer.harness.runner import run_cell
+    from fewshot_transfer.harness.store import CellSpec
+
+    torch.set_num_threads(1)
+    bench = prepare(_cfg(), tmp_path)
+    record = run_cell(bench, CellSpec(seed=0, k=0, k_label="0", learner="dual-adv-control"))
+    probe = record["probe"]
+    assert probe["layer"]
+    for when in ("before", "after"):
+        assert 0.0 <= probe[when]["background"] <= 1.0
+    assert "probe" not in run_cell(bench, CellSpec(seed=0, k=2, k_label="2", learner="finetune"))
