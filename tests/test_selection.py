@@ -314,3 +314,16 @@ def test_a_control_row_takes_its_learners_per_k_parameters(tmp_path):
     assert bench.context(control, 2, 0).params["lr"] == 0.0042
     assert bench.context(learners.get("dual-adv"), 2, 0).params["lr"] == 0.0042
     assert bench.context(control, 0, 0).params["lr"] == learners.get("dual-adv").defaults["lr"]
+
+
+@pytest.mark.integration
+def test_tune_selection_oracle_is_marked_in_best_toml(tmp_path, threshold_learner, capsys):
+    out = tmp_path / "tune"
+    args = ["tune", "test-threshold", *TINY, "--shots", "2", "--episodes", "1", "--trials", "2", "--top", "1"]
+    assert main([*args, "--selection", "oracle", "--no-progress", "--out", str(out)]) == 0
+    best = (out / "best.toml").read_text()
+    assert "# ORACLE: these values were selected on the TEST SET" in best and "Selection rule: oracle" in best
+    assert resolve_config(out / "best.toml")["run"]["selection"] == "oracle"
+    assert "ORACLE" in capsys.readouterr().out
+    study = optuna.load_study(study_name="test-threshold-k2-oracle", storage=f"sqlite:///{out / 'study.db'}")
+    assert study.user_attrs["ftbench_tune"]["selection"] == "oracle"
