@@ -231,31 +231,15 @@ import os
 import time
 from pathlib import Path
 
-from torch import nn
-
-from fewshot_transfer import Learner, register
-
-
-class _Threshold(nn.Module):
-    def __init__(self, t):
-        super().__init__()
-        self.t = t
-
-    def forward(self, x):
-        return (x - self.t) * 50.0
+from fewshot_transfer import register
+from test_tuning import ThresholdLearner
 
 
 @register
-class Slow(Learner):
-    """Lesion = pixels above t; its fit number FT_BLOCK_AT hangs, so the test can kill the study there."""
+class Slow(ThresholdLearner):
+    """The threshold learner whose fit number FT_BLOCK_AT hangs, so the test can kill the study there."""
 
     name = "test-slow"
-    uses_source = False
-    defaults = {"t": 0.5}
-
-    @staticmethod
-    def search_space(trial):
-        return {"t": trial.suggest_float("t", 0.0, 2.0)}
 
     def fit(self, ctx):
         marks = Path(os.environ["FT_MARKS"])
@@ -263,7 +247,7 @@ class Slow(Learner):
         (marks / f"fit-{n}").write_text(repr(float(ctx.params["t"])))
         if os.environ.get("FT_BLOCK_AT") and n >= int(os.environ["FT_BLOCK_AT"]):
             time.sleep(600)
-        return ctx.segmenter(_Threshold(float(ctx.params["t"])))
+        return super().fit(ctx)
 '''
 
 
@@ -280,7 +264,8 @@ def test_sigkilled_tune_resumes_without_repeating_a_draw(tmp_path):
     argv = [sys.executable, "-m", "fewshot_transfer.cli", "tune", "test-slow", "--plugin", str(plugin), *TINY]
     argv += ["--shots", "2", "--episodes", "1", "--trials", "4", "--heartbeat", "0", "--pruner", "none"]
     argv += ["--no-progress", "--out", str(out)]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "FT_MARKS": str(marks)}
+    path = os.pathsep.join([str(ROOT), str(ROOT / "tests")])  # the plugin reuses test_tuning's learner
+    env = {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1", "FT_MARKS": str(marks)}
     proc = subprocess.Popen(argv, env={**env, "FT_BLOCK_AT": "2"}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 180
