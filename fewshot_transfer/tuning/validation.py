@@ -1,4 +1,10 @@
-"""The validation split a study scores on, carved by patient from the target support pool.
+"""What a study scores on, per selection rule (``harness/selection.py``): :func:`selection_split`.
+
+``val`` scores the validation split carved by patient from the target support pool (below);
+``shots`` the two folds of the k shots (:func:`shot_folds`); ``source-val`` the source
+validation split; ``oracle`` the test set.
+
+The ``val`` split:
 
 The target **support pool** (the patients the benchmark draws shots from) is split once,
 by patient, into a *tuning-support* part and a *validation* part (seeded, lesion-burden
