@@ -77,7 +77,10 @@ DEFAULTS: dict[str, Any] = {
         # "defaults" = every learner's code defaults; "tuned" = each learner's best of
         # ``trials`` Optuna trials on the validation split of the support pool (tuning/protocol.py).
         "protocol": "defaults",
+        # Equal budget: this many random draws per learner and k (docs/protocol.md).
         "trials": 20,
+        # Which labels choose the hyperparameters: val, shots, source-val or oracle (harness/selection.py).
+        "selection": "val",
         "tune_shots": "",
         "tune_episodes": 3,
         "jobs": 0,
@@ -122,7 +125,8 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
     "model.depth": (1, None),
     "model.dropout": (0.0, 0.99),
     "train.batch_size": (1, None),
-    "train.steps": (0, None),
+    # 0 target steps would score an untrained network as a learner's result.
+    "train.steps": (1, None),
     "train.pretrain_steps": (0, None),
     "train.eval_batch": (1, None),
     "train.threshold": (0.0, 1.0),
@@ -141,6 +145,21 @@ def run_identity(cfg: dict) -> dict:
     out = {s: cfg.get(s, {}) for s in IDENTITY_SECTIONS}
     out["learners"] = out["learners"] or {}
     return out
+
+
+def k_key(learner: str, k: int) -> str:
+    """``[learners."NAME@k=K"]``: the hyperparameters a study chose for the cells at k = K only."""
+    return f"{learner}@k={int(k)}"
+
+
+def config_at_k(config: dict, learner: str, k: int) -> dict:
+    """``config`` with ``[learners.NAME]`` updated by ``[learners."NAME@k=K"]`` (a study per k);
+    the same object when there is no such table."""
+    own = config.get("learners", {}).get(k_key(learner, k))
+    if not own:
+        return config
+    table = {**config.get("learners", {}).get(learner, {}), **own}
+    return {**config, "learners": {**config["learners"], learner: table}}
 
 
 def deep_merge(base: dict, override: dict) -> dict:

@@ -42,6 +42,7 @@ def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
 
 
 def test_every_learner_with_a_mechanism_names_its_control():
+    learners.available()  # control_row reads the registry the package discovers
     cfg = _cfg()
     expected = {
         "finetune": "scratch",

@@ -325,30 +325,36 @@ def test_tuned_protocol_gives_every_learner_the_same_budget(tmp_path, capsys):
         "--no-progress",
     ]
     assert main(argv) == 0
-    header = "tuned, 2 trials per learner, validation split of the support pool"
+    header = "tuned, 2 random draws per learner and k, selection rule val"
     assert f"**hyperparameters**: {header}" in (out / "leaderboard.md").read_text()
     assert header in " ".join(capsys.readouterr().out.split())
     saved = load_toml(out / "config.toml")
-    assert set(saved["learners"]) == {"scratch", "finetune"}
-    assert saved["learners"]["finetune"]["steps"] == 10 and saved["learners"]["finetune"]["lr"] != 0.003
+    # A study per learner and k (scratch and finetune need shots: no k = 0 study).
+    assert set(saved["learners"]) == {
+        "scratch",
+        "finetune",
+        *(f"{n}@k={k}" for n in ("scratch", "finetune") for k in (1, 3)),
+    }
+    assert saved["learners"]["finetune@k=3"]["steps"] == 10 and saved["learners"]["finetune@k=3"]["lr"] != 0.003
     with sqlite3.connect(out / "tuning" / "study.db") as db:
         counts = dict(
             db.execute(
                 "select s.study_name, count(*) from trials t join studies s using (study_id) group by s.study_name"
             ).fetchall()
         )
-    assert counts == {"scratch-k3": 2, "finetune-k3": 2}  # the grid's middle k >= 1
+    assert counts == {"scratch-k1": 2, "scratch-k3": 2, "finetune-k1": 2, "finetune-k3": 2}
     split = json.loads((out / "tuning" / "split.json").read_text())
     assert split == json.loads((out / "split.json").read_text())
-    cell = json.loads((out / "cells" / "finetune__k-3__seed-0.json").read_text())
-    assert cell["params"]["lr"] == saved["learners"]["finetune"]["lr"]
-    assert cell["tuned_from"].startswith("finetune-k3 @ ")
+    for k in (1, 3):
+        cell = json.loads((out / "cells" / f"finetune__k-{k}__seed-0.json").read_text())
+        assert cell["params"]["lr"] == saved["learners"][f"finetune@k={k}"]["lr"]
+        assert cell["tuned_from"].startswith(f"finetune-k{k} @ ") and cell["selection_rule"] == "val"
     # A rerun resumes: no new trials, no recomputed cells, the same parameters.
     before = {p.name: p.stat().st_mtime_ns for p in (out / "cells").glob("*.json")}
     assert main(argv) == 0
     assert {p.name: p.stat().st_mtime_ns for p in (out / "cells").glob("*.json")} == before
     with sqlite3.connect(out / "tuning" / "study.db") as db:
-        assert db.execute("select count(*) from trials").fetchone()[0] == 4
+        assert db.execute("select count(*) from trials").fetchone()[0] == 8
     # The default (--jobs 0 = one process per core, a study each) and one process find the same parameters.
     par = tmp_path / "serial"
     argv_par = [a if a != str(out) else str(par) for a in argv] + ["--jobs", "1"]

@@ -89,7 +89,10 @@ def test_cli_run_writes_leaderboard(tmp_path, capsys):
     assert {p.name: p.stat().st_mtime_ns for p in (out / "cells").glob("*.json")} == before
     # Re-render / merge.
     assert main(["leaderboard", str(out), "--out", str(tmp_path / "merged")]) == 0
-    assert (tmp_path / "merged" / "leaderboard.md").read_text().count("| scratch |") == 2
+    tables, listing = (tmp_path / "merged" / "leaderboard.md").read_text().split("## Selected hyperparameters")
+    assert tables.count("| scratch |") == 2
+    # The listing of the hyperparameters each learner ran with, per k (here: code defaults).
+    assert listing.count("| scratch |") == 2 and "| defaults | lr 0.006 | code defaults |" in listing
 
 
 def test_support_sets_are_paired_and_nested(tmp_path):

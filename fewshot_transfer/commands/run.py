@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from fewshot_transfer.config import DEFAULT_LEARNERS, resolve_config, to_toml
+from fewshot_transfer.harness.selection import RULES, check_rule, is_oracle
 
 log = logging.getLogger(__name__)
 
@@ -27,10 +28,14 @@ learners that can run without labels (supports_k0) get a cell there, the others 
 unlabeled pool plus the support-pool slices not drawn as its shots (labels stripped).
 
 Hyperparameters (--protocol): "defaults" runs every learner with its code defaults;
-"tuned" first gives every learner the same Optuna budget (--trials trials, --tune-episodes
-episodes each, at --tune-shots) on a validation split of the support pool (never the test
-set; studies in OUT/tuning/study.db, resumed on rerun), then runs the grid with each
-learner's best parameters. The leaderboard header names the protocol.
+"tuned" first gives every learner, at every k of the grid it runs at (k = 0 included), the
+same Optuna budget (--trials random draws, --tune-episodes episodes each), then runs each
+k's cells with that k's best draw (--tune-shots K: one study at K serves every k). The
+draws are scored by --selection: val (a labeled validation split of the support pool: more
+labels than k), shots (2-fold over the k shots only; defaults at k = 1, source-val at
+k = 0), source-val (the source domain's validation split) or oracle (the TEST SET: an
+upper bound, marked ORACLE everywhere). Studies in OUT/tuning/study.db, resumed on rerun.
+The leaderboard header and every row name the rule.
 
 Cells run single-threaded by default (run.threads = 1), so their numbers do not depend on
 the machine's core count.
@@ -87,10 +92,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--protocol", choices=("defaults", "tuned"), help="how hyperparameters are chosen (default: defaults)"
     )
-    p.add_argument("--trials", type=int, help="--protocol tuned: Optuna trials per learner (default 20)")
     p.add_argument(
-        "--tune-shots", help="--protocol tuned: the k the studies tune at (default: the grid's middle k >= 1)"
+        "--trials", type=int, help="--protocol tuned: random draws per learner and k, the same for all (default 20)"
     )
+    p.add_argument(
+        "--selection",
+        choices=RULES,
+        help="--protocol tuned: which labels choose the hyperparameters: val (default), shots, source-val, oracle",
+    )
+    p.add_argument("--tune-shots", help="--protocol tuned: tune once at this k for every k (default: a study per k)")
     p.add_argument("--tune-episodes", type=int, help="--protocol tuned: paired episodes per trial (default 3)")
     p.add_argument(
         "--controls",
@@ -158,6 +168,7 @@ def build_config(args: argparse.Namespace) -> dict:
         "source": "data.source",
         "protocol": "run.protocol",
         "tune_shots": "run.tune_shots",
+        "selection": "run.selection",
         "jobs": "run.jobs",
         "controls": "run.controls",
     }
@@ -206,10 +217,15 @@ def main(args: argparse.Namespace) -> int:
         raise ValueError(f"run.protocol must be one of {', '.join(PROTOCOLS)}, got {run_cfg.get('protocol')!r}")
     names = resolve_learners(run_cfg["learners"], cfg)
     seeds = resolve_seeds(run_cfg["seeds"])
+    if getattr(args, "selection", None) and run_cfg["protocol"] != "tuned":
+        raise ValueError("--selection chooses how --protocol tuned selects hyperparameters; add --protocol tuned")
     if run_cfg["protocol"] == "tuned":
+        rule = check_rule(str(run_cfg["selection"]))
         console.print(
-            f"[bold]--protocol tuned[/bold]: {run_cfg['trials']} Optuna trials per learner on the validation split "
-            f"of the support pool (studies in {out / 'tuning'})"
+            f"[bold]--protocol tuned[/bold]: {run_cfg['trials']} random draws per learner and "
+            f"{'k = ' + str(run_cfg['tune_shots']) if run_cfg.get('tune_shots') else 'k'}, selection rule {rule}"
+            + (" [bold red](ORACLE: selected on the test set)[/bold red]" if is_oracle(rule) else "")
+            + f" (studies in {out / 'tuning'})"
         )
         cfg, outcome = tune_learners(cfg, names, out, console=console, show_progress=not args.no_progress)
         for name, text in outcome.items():

@@ -9,6 +9,7 @@ recorded as failed with its reason, and the grid continues.
 from __future__ import annotations
 
 import logging
+import re
 import shlex
 import time
 from collections.abc import Callable, Iterable
@@ -21,10 +22,18 @@ import torch
 from fewshot_transfer import learners
 from fewshot_transfer.adaptation.probe import class_probe
 from fewshot_transfer.atomic import atomic_open
-from fewshot_transfer.config import config_hash
+from fewshot_transfer.config import config_at_k, config_hash, k_key
 from fewshot_transfer.data.slices import SliceSet
 from fewshot_transfer.harness.benchmark import Benchmark
 from fewshot_transfer.harness.parallel import producers_first, resolve_jobs, run_parallel
+from fewshot_transfer.harness.selection import (
+    DEFAULT_RULE,
+    DEFAULTS,
+    RULES,
+    applied_rule,
+    rule_label,
+    study_name,
+)
 from fewshot_transfer.harness.store import CellSpec, CellStore, write_csv
 from fewshot_transfer.learners.controls import control_row, with_controls
 from fewshot_transfer.metrics import evaluate, hd95_unit, infnet_metrics
@@ -52,6 +61,9 @@ def resolve_learners(spec: str | list[str], config: dict | None = None) -> list[
         cls = learners.get(n)
         if config is not None:
             cls.resolve_params(config)
+            for key in config.get("learners", {}):
+                if key.startswith(f"{n}@k="):
+                    cls.resolve_params(config_at_k(config, n, int(key.split("=", 1)[1])))
     return names
 
 
@@ -141,12 +153,21 @@ def reproduce_command(
     )
 
 
-def _tuned_from(config: dict, learner: str) -> str | None:
-    """The study a learner's hyperparameters came from (only learners the tuned config sets);
-    of several studies (``--protocol tuned``), the ones named ``LEARNER-k...``."""
-    if not (config.get("tuned_from") and learner in config.get("learners", {})):
+def _tuned_from(config: dict, learner: str, k: int, k_label: str) -> str | None:
+    """The study a learner's hyperparameters at this k came from: with a study per k
+    (``[learners."NAME@k=K"]``) that k's own study, else (one study for every k, or a
+    ``best.toml``) the learner's studies named ``LEARNER-k...``; None when it was not tuned."""
+    parts = [p for p in str(config.get("tuned_from") or "").split("; ") if p]
+    tables = config.get("learners", {})
+    if not parts:
         return None
-    parts = str(config["tuned_from"]).split("; ")
+    if any(key.startswith(f"{learner}@k=") for key in tables):
+        if k_key(learner, k) not in tables:
+            return None
+        names = {study_name(learner, k_label, rule) for rule in RULES}
+        return "; ".join(p for p in parts if p.split(" @ ")[0] in names) or None
+    if learner not in tables:
+        return None
     own = [part for part in parts if part.startswith(f"{learner}-k")]
     return "; ".join(own or parts)
 
@@ -155,8 +176,29 @@ def selection(config: dict) -> str:
     """How the hyperparameters of a run were chosen, in words (the leaderboard header shows it)."""
     run = config.get("run", {})
     if run.get("protocol") == "tuned":
-        return f"tuned, {int(run['trials'])} trials per learner, validation split of the support pool"
+        rule = run.get("selection", DEFAULT_RULE)
+        where = f"one study at k = {run['tune_shots']} for every k" if run.get("tune_shots") else "a study per k"
+        return (
+            f"tuned, {int(run['trials'])} random draws per learner and k, selection rule {rule} "
+            f"({rule_label(rule)}; {where})"
+        )
     return "defaults"
+
+
+def cell_selection(config: dict, tuned_from: str | None, k: int) -> str:
+    """The selection token of one cell (a rule of ``harness/selection.py`` or ``defaults``)."""
+    if not tuned_from:
+        return DEFAULTS
+    rule = str(config.get("run", {}).get("selection") or DEFAULT_RULE)
+    if config.get("run", {}).get("protocol") == "tuned" and not config["run"].get("tune_shots"):
+        return applied_rule(rule, k)
+    return rule
+
+
+def _sampler_seed(tuned_from: str | None) -> int | None:
+    """The sampler seed a study's provenance names (``..., sampler seed S)``), if any."""
+    match = re.search(r"sampler seed (\d+)", tuned_from or "")
+    return int(match.group(1)) if match else None
 
 
 #: The ``train_steps`` phase of source pretraining: a cached, k-independent cost charged
@@ -198,6 +240,7 @@ def run_cell(
     cls = learners.get(spec.learner)
     ctx = bench.context(cls, spec.k, spec.seed, callback, replicate=spec.replicate)
     bench.cache.begin_cell()
+    tuned = tuned_from or _tuned_from(bench.config, cls.control_of or spec.learner, spec.k, spec.k_label)
     record: dict = {
         "cell_id": spec.cell_id,
         "learner": spec.learner,
@@ -206,6 +249,8 @@ def run_cell(
         "control": control_row(spec.learner, spec.k, bench.config),
         "control_of": cls.control_of,
         "selection": selection(bench.config),
+        "selection_rule": cell_selection(bench.config, tuned, spec.k),
+        "sampler_seed": _sampler_seed(tuned),
         "k": spec.k,
         "k_label": spec.k_label,
         "seed": spec.seed,
@@ -215,7 +260,7 @@ def run_cell(
         "support_pool_size": bench.eligible,
         "support_patients": sorted(set(ctx.support.patients.tolist())),
         "params": dict(ctx.params),
-        "tuned_from": tuned_from or _tuned_from(bench.config, cls.control_of or spec.learner),
+        "tuned_from": tuned,
         "protocol": PROTOCOL_VERSION,
         "provenance": {
             "config_hash": config_hash(bench.config),
@@ -440,6 +485,7 @@ def run_grid(
                 bench.config,
                 bench.out_dir,
                 producers_first(todo),
+                run_cell=run_cell,
                 jobs=jobs,
                 device=str(bench.device),
                 threads=threads,
