@@ -152,6 +152,23 @@ def test_adversarial_control_is_the_same_stream_with_lambda_zero(tmp_path, k):
 
 
 @pytest.mark.integration
+def test_the_control_skips_a_discriminator_that_could_not_reach_the_segmentor(tmp_path, monkeypatch):
+    """lambda_adv = 0 trains no discriminator; a game played at weight 0 every step leaves the
+    segmentor exactly where the control does (D never touches its streams)."""
+    from fewshot_transfer.learners.adversarial import AdversarialHooks
+
+    torch.set_num_threads(1)
+    cfg = _cfg([f"learners.dual-adv.lr={LR}", "learners.dual-adv.lambda_adv=0.5"])
+    bench = prepare(cfg, tmp_path)
+    for k in (0, 2):
+        control = _weights(bench, "dual-adv-control", k)
+        monkeypatch.setattr(AdversarialHooks, "lam", lambda self, step: 0.0)
+        played = _weights(bench, "dual-adv", k)  # D warmed up and stepped, its term weighted 0
+        monkeypatch.undo()
+        assert _same(control, played), k
+
+
+@pytest.mark.integration
 def test_run_with_controls_shows_the_mechanism_gain(tmp_path, capsys):
     out = tmp_path / "run"
     rc = main(
