@@ -312,3 +312,12 @@ def test_tune_selection_oracle_is_marked_in_best_toml(tmp_path, threshold_learne
     assert "ORACLE" in capsys.readouterr().out
     study = optuna.load_study(study_name="test-threshold-k2-oracle", storage=f"sqlite:///{out / 'study.db'}")
     assert study.user_attrs["ftbench_tune"]["selection"] == "oracle"
+
+
+def test_a_control_row_is_never_tuned_itself():
+    from fewshot_transfer.tuning.protocol import plan_studies
+
+    cfg = resolve_config(None, _overrides(TINY) + ['run.shots="0,2"'])
+    tasks, skipped = plan_studies(cfg, ["dual-adv", "dual-adv-control"], [("0", 0), ("2", 2)])
+    assert {t.learner for t in tasks} == {"dual-adv"}
+    assert "control arm of dual-adv" in skipped["dual-adv-control"]

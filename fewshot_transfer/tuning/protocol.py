@@ -75,6 +75,9 @@ def plan_studies(config: dict, names: list[str], shots: list[tuple[str, int]]) -
     skipped: dict[str, str] = {}
     for name in names:
         cls = learners.get(name)
+        if cls.control_of:  # a control arm runs with its learner's tuned draw, mechanism off
+            skipped[name] = f"not tuned (the control arm of {cls.control_of} takes its parameters)"
+            continue
         try:
             searched_names(cls, dict(config.get("learners", {}).get(name, {})))
         except ValueError as exc:  # nothing left to search: the learner runs as configured
