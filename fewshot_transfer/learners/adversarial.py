@@ -107,7 +107,7 @@ class AdversarialHooks(StepHooks):
         self.history: list[dict[str, float]] = []
         #: With lambda_adv = 0 (the control arm) no discriminator is trained or read: it could
         #: not reach the segmentor, so the control is the same segmentor at a finetune-like cost.
-        self.game = p.lambda_adv > 0
+        self.game = p.lambda_adv != 0  # a NaN lambda plays (and diverges loudly)
 
     def lam(self, step: int) -> float:
         p = self.ctx.params
