@@ -16,6 +16,7 @@ from fewshot_transfer.config import resolve_config, run_identity
 from fewshot_transfer.harness.benchmark import prepare
 from fewshot_transfer.harness.runner import plan_cells, resolve_seeds
 from fewshot_transfer.metrics import INFNET_KEYS
+from fewshot_transfer.provenance import code_version
 
 from conftest import TINY
 
@@ -93,6 +94,12 @@ def test_cli_run_writes_leaderboard(tmp_path, capsys):
     assert tables.count("| scratch |") == 2
     # The listing of the hyperparameters each learner ran with, per k (here: code defaults).
     assert listing.count("| scratch |") == 2 and "| defaults | lr 0.006 | code defaults |" in listing
+    # Re-rendering in place keeps the run's description but names the code that rendered it.
+    meta = json.loads((out / "leaderboard.json").read_text())["meta"]
+    meta["code (this render)"] = {"git": "an-older-commit"}
+    (out / "leaderboard.json").write_text(json.dumps({"meta": meta, "rows": []}))
+    assert main(["leaderboard", str(out)]) == 0
+    assert json.loads((out / "leaderboard.json").read_text())["meta"]["code (this render)"] == code_version()
 
 
 def test_support_sets_are_paired_and_nested(tmp_path):

@@ -51,6 +51,10 @@ def main(args: argparse.Namespace) -> int:
     previous = dirs[0] / "leaderboard.json"
     if len(dirs) == 1 and previous.is_file():
         meta = json.loads(previous.read_text()).get("meta") or meta  # keep the run's own description
+    if "code (this render)" in meta:
+        from fewshot_transfer.provenance import code_version
+
+        meta["code (this render)"] = code_version()  # the cells keep their own code versions
     console = make_console()
     rows = render(dirs, out, meta=meta, console=console, metrics=args.metrics)
     if args.latex:
