@@ -221,9 +221,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default="", help="write cells.csv, outcome.json and README.md here")
     ap.add_argument("--work", default="", help="benchmark work dir; default runs/controls/<scenario>-draw<D>")
-    ap.add_argument(
-        "--preconditions-only", action="store_true", help="measure and print the preconditions, run no arm"
-    )
+    ap.add_argument("--preconditions-only", action="store_true", help="measure and print the preconditions, run no arm")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config overrides (a variant)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -245,7 +243,9 @@ def main() -> None:
         f"{cfg['train']['steps']} steps, source {cfg['data']['source']}, target {cfg['data']['target']}",
         flush=True,
     )
-    pre = preconditions(bench, spec, seeds[: int(spec.get("precondition_seeds", 3))])
+    progress = Progress(Path(args.out) if args.out else None, args, cfg)
+    pre = progress.preconditions or preconditions(bench, spec, seeds[: int(spec.get("precondition_seeds", 3))])
+    progress.save_preconditions(pre)
     for line in report_lines(args.scenario, pre, {"fractions": {}, "comparisons": [], "holm_family": "", "holds": 0})[
         : 1 + len(pre["checks"])
     ]:
@@ -259,9 +259,14 @@ def main() -> None:
         | set(_pairs(spec.get("must_collapse", []) + spec.get("must_not_collapse", []))),
         key=lambda t: (t[1], t[0]),
     )
-    rows = []
+    rows = [r for r in progress.rows if r["seed"] in seeds]
+    done = {(r["seed"], r["learner"], r["k"]) for r in rows}
+    if done:
+        print(f"  resuming: {len(done)} cells already in {progress.path}", flush=True)
     for seed in seeds:
         for name, k in arms:
+            if (seed, name, k) in done:
+                continue
             t = time.perf_counter()
             rec = cell(bench, name, k, seed, "any" if learners.get(name).k_independent else None)
             m, probe = rec["metrics"], rec.get("probe") or {}
@@ -278,6 +283,7 @@ def main() -> None:
                     "adversarial": json.dumps(rec.get("summary", {}).get("adversarial", {}), sort_keys=True),
                 }
             )
+            progress.add(rows[-1])
             extra = (
                 f"  probe lesion {probe['before']['lesion']} -> {probe['after']['lesion']}, "
                 f"background {probe['before']['background']} -> {probe['after']['background']}"
@@ -297,6 +303,52 @@ def main() -> None:
     print(f"EXPECTED OUTCOME HOLDS: {verdict}")
     if args.out:
         write(Path(args.out), args, cfg, preset, rows, pre, outcome, lines, verdict)
+
+
+class Progress:
+    """Finished cells and measured preconditions of an ``--out`` run, kept as they come
+    (``OUT/progress.jsonl``), so a rerun of the same command resumes; a different command
+    (scenario, draw, overrides, preset) refuses the directory instead of mixing two runs."""
+
+    def __init__(self, out: Path | None, args: argparse.Namespace, cfg: dict) -> None:
+        self.path = out / "progress.jsonl" if out else None
+        self.identity = {
+            "scenario": args.scenario,
+            "draw": args.draw,
+            "overrides": args.set,
+            "config": {key: cfg[key] for key in ("data", "model", "train", "learners", "control")},
+        }
+        self.rows: list[dict] = []
+        self.preconditions: dict | None = None
+        if self.path is None:
+            return
+        if self.path.is_file():
+            lines = [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+            if lines and json.dumps(lines[0], sort_keys=True, default=str) != json.dumps(
+                {"identity": self.identity}, sort_keys=True, default=str
+            ):
+                raise SystemExit(f"{self.path} belongs to another run (scenario, draw, overrides or preset differ)")
+            for item in lines[1:]:
+                if "preconditions" in item:
+                    self.preconditions = item["preconditions"]
+                else:
+                    self.rows.append(item["cell"])
+        else:
+            out.mkdir(parents=True, exist_ok=True)
+            self._append({"identity": self.identity})
+
+    def _append(self, item: dict) -> None:
+        if self.path is not None:
+            with open(self.path, "a") as fh:
+                fh.write(json.dumps(item, default=str) + "\n")
+
+    def save_preconditions(self, pre: dict) -> None:
+        if self.preconditions is None:
+            self.preconditions = pre
+            self._append({"preconditions": pre})
+
+    def add(self, row: dict) -> None:
+        self._append({"cell": row})
 
 
 def write(

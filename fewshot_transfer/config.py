@@ -77,7 +77,10 @@ DEFAULTS: dict[str, Any] = {
         # "defaults" = every learner's code defaults; "tuned" = each learner's best of
         # ``trials`` Optuna trials on the validation split of the support pool (tuning/protocol.py).
         "protocol": "defaults",
+        # Equal budget: this many random draws per learner and k (docs/protocol.md).
         "trials": 20,
+        # Which labels choose the hyperparameters: val, shots, source-val or oracle (harness/selection.py).
+        "selection": "val",
         "tune_shots": "",
         "tune_episodes": 3,
         "jobs": 0,
@@ -87,8 +90,19 @@ DEFAULTS: dict[str, Any] = {
         # controls that are requested learners anyway (finetune's scratch, the meta-learners'
         # finetune) give their mechanism-gain column at no cost.
         "controls": "dual-adv",
+        # Training replicates per episode (another initialisation, batch order and
+        # augmentation on the same shots and pools), averaged per seed before pairing; use
+        # R > 1 where training noise dominates the episode-to-episode spread (docs/protocol.md).
+        "replicates": 1,
     },
+    # What is shown, not what is measured (no identity section): extra metric sets beside
+    # Dice at 0.5 in the leaderboard; every cell stores all of them (METRIC_SETS).
+    "eval": {"metrics": []},
 }
+
+#: Named metric sets ``eval.metrics`` / ``--metrics`` may show: "infnet" = the COVID-SemiSeg
+#: table's Inf-Net evaluation (meanDic, maxDic, adpDic, meanSen, meanSpe, MAE).
+METRIC_SETS = ("infnet",)
 
 
 #: Config sections that define *what* is measured: a run dir, a study and a grid refuse to mix two.
@@ -111,7 +125,8 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
     "model.depth": (1, None),
     "model.dropout": (0.0, 0.99),
     "train.batch_size": (1, None),
-    "train.steps": (0, None),
+    # 0 target steps would score an untrained network as a learner's result.
+    "train.steps": (1, None),
     "train.pretrain_steps": (0, None),
     "train.eval_batch": (1, None),
     "train.threshold": (0.0, 1.0),
@@ -130,6 +145,21 @@ def run_identity(cfg: dict) -> dict:
     out = {s: cfg.get(s, {}) for s in IDENTITY_SECTIONS}
     out["learners"] = out["learners"] or {}
     return out
+
+
+def k_key(learner: str, k: int) -> str:
+    """``[learners."NAME@k=K"]``: the hyperparameters a study chose for the cells at k = K only."""
+    return f"{learner}@k={int(k)}"
+
+
+def config_at_k(config: dict, learner: str, k: int) -> dict:
+    """``config`` with ``[learners.NAME]`` updated by ``[learners."NAME@k=K"]`` (a study per k);
+    the same object when there is no such table."""
+    own = config.get("learners", {}).get(k_key(learner, k))
+    if not own:
+        return config
+    table = {**config.get("learners", {}).get(learner, {}), **own}
+    return {**config, "learners": {**config["learners"], learner: table}}
 
 
 def deep_merge(base: dict, override: dict) -> dict:
@@ -232,6 +262,9 @@ def apply_overrides(cfg: dict, overrides: list[str]) -> dict:
     _check_keys(out, DEFAULTS)
     _check_values(out, DEFAULTS)
     _check_folds(out)
+    unknown = sorted(set(out.get("eval", {}).get("metrics", [])) - set(METRIC_SETS))
+    if unknown:
+        raise ValueError(f"config key 'eval.metrics': unknown metric set(s) {unknown}; choose from {list(METRIC_SETS)}")
     return out
 
 

@@ -198,3 +198,93 @@ def _aggregate(m: dict[str, np.ndarray], total_pix: float, n: int) -> tuple[dict
     }
     rows = [{k: float(m[k][i]) for k in PER_SLICE_KEYS} for i in range(n)]
     return agg, rows
+
+
+# ------------------------------------------------------------------ the Inf-Net metric set
+
+#: The Inf-Net evaluation's 256 thresholds, ``1:-1/255:0`` in its MATLAB ``main.m``.
+INFNET_THRESHOLDS = 1.0 - np.arange(256, dtype=np.float64) / 255.0
+#: Keys of :func:`infnet_metrics` (stored in a cell's ``metrics``), with the names of the
+#: published COVID-SemiSeg table (Inf-Net ``EvaluationTool``).
+INFNET_KEYS = {
+    "infnet_mean_dice": "meanDic",
+    "infnet_max_dice": "maxDic",
+    "infnet_adp_dice": "adpDic",
+    "infnet_mean_sen": "meanSen",
+    "infnet_mean_spe": "meanSpe",
+    "infnet_mae": "MAE",
+}
+
+
+def minmax_normalise(proba: np.ndarray) -> np.ndarray:
+    """A map rescaled to [0, 1] as MATLAB's ``mapminmax(x, 0, 1)`` does: a constant map is left as it is."""
+    p = np.asarray(proba, dtype=np.float64)
+    lo, hi = float(p.min()), float(p.max())
+    return (p - lo) / (hi - lo) if hi > lo else p.copy()
+
+
+def _infnet_counts(pmap: np.ndarray, gt: np.ndarray, thresholds: np.ndarray) -> tuple[np.ndarray, ...]:
+    """(TP, predicted, gt, pixels) of ``pmap >= t`` for every ``t``, by sorting once instead of 256 passes."""
+    values = np.sort(pmap.ravel())
+    positive = np.sort(pmap[gt])
+    n_pred = values.size - np.searchsorted(values, thresholds, side="left")
+    tp = positive.size - np.searchsorted(positive, thresholds, side="left")
+    return tp.astype(np.float64), n_pred.astype(np.float64), float(positive.size), float(values.size)
+
+
+def _infnet_rates(tp: np.ndarray, n_pred: np.ndarray, n_gt: float, npix: float) -> tuple[np.ndarray, ...]:
+    """Dice, sensitivity and specificity as the Inf-Net ``Fmeasure_calu.m`` defines them: all 0 without a TP.
+
+    With a TP, specificity is ``TN / (TN + FP)``, NaN (MATLAB's 0/0) on an image that is lesion everywhere.
+    """
+    hit = tp > 0
+    fp = n_pred - tp
+    tn = npix - n_pred - (n_gt - tp)
+    dice, sen = np.zeros_like(tp), np.zeros_like(tp)
+    np.divide(2 * tp, n_gt + n_pred, out=dice, where=hit)
+    np.divide(tp, n_gt, out=sen, where=hit)
+    spe = np.where(hit & (tn + fp == 0), np.nan, 0.0)
+    np.divide(tn, tn + fp, out=spe, where=hit & (tn + fp > 0))
+    return dice, sen, spe
+
+
+def infnet_metrics(proba: Sequence[np.ndarray], gt: Sequence[np.ndarray]) -> dict[str, float]:
+    """The COVID-SemiSeg table's metric set (Inf-Net ``EvaluationTool/main.m`` + ``Fmeasure_calu.m``).
+
+    Per image: the probability map is min-max normalised to [0, 1]; at each of the 256
+    thresholds ``t`` = 1, 254/255, ..., 0 the mask is ``map >= t``; Dice, sensitivity and
+    specificity are 0 when the mask has no true positive (also on a lesion-free image: it
+    scores 0 at every threshold); MAE = mean |gt - map|. Over images: each rate is averaged
+    over images at each threshold, then ``mean*`` averages over thresholds and ``max_dice``
+    takes the best threshold. ``adp_dice`` thresholds each map at ``2 x`` its mean (capped at
+    1) and averages Dice over images. Maps may have different sizes (native resolution).
+    """
+    if len(proba) != len(gt) or not len(proba):
+        raise ValueError(
+            f"infnet_metrics needs the same non-zero number of maps and masks, got {len(proba)} and {len(gt)}"
+        )
+    dice, sen, spe, adp, mae = [], [], [], [], []
+    for p, g in zip(proba, gt):
+        g = np.asarray(g).astype(bool)
+        if np.shape(p) != g.shape or g.ndim != 2:
+            raise ValueError(
+                f"each map and mask must be one [H, W] pair of the same shape, got {np.shape(p)} and {g.shape}"
+            )
+        m = minmax_normalise(p)
+        thr = np.array([min(2.0 * float(m.mean()), 1.0)])
+        tp, n_pred, n_gt, npix = _infnet_counts(m, g, np.concatenate([INFNET_THRESHOLDS, thr]))
+        d, s, sp = _infnet_rates(tp, n_pred, n_gt, npix)
+        dice.append(d[:-1])
+        sen.append(s[:-1])
+        spe.append(sp[:-1])
+        adp.append(d[-1])
+        mae.append(float(np.abs(g - m).mean()))
+    column_dice = np.mean(dice, axis=0)
+    return {
+        "infnet_mean_dice": float(column_dice.mean()),
+        "infnet_max_dice": float(column_dice.max()),
+        "infnet_adp_dice": float(np.mean(adp)),
+        "infnet_mean_sen": float(np.mean(sen, axis=0).mean()),
+        "infnet_mean_spe": float(np.mean(spe, axis=0).mean()),
+        "infnet_mae": float(np.mean(mae)),
+    }

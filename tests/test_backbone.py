@@ -6,6 +6,7 @@ from torch.func import functional_call, grad, vmap
 
 from fewshot_transfer.losses import seg_loss, soft_dice_loss
 from fewshot_transfer.models import UNet, build_unet
+from fewshot_transfer.models.unet import UNetConfig
 
 
 @pytest.mark.parametrize("depth,size", [(3, 32), (4, 64), (4, 40)])
@@ -75,3 +76,18 @@ def test_seg_loss_prefers_correct_prediction():
     assert seg_loss(good, y) < seg_loss(empty, y) < seg_loss(bad, y) + 1e-6
     # Dice term: predicting nothing on a lesion slice costs ~1, not ~0 as BCE alone would suggest.
     assert soft_dice_loss(empty, y) > 0.9
+
+
+def test_encoder_transform_hook_leaves_the_network_unchanged():
+    """The feature-perturbation hook: identity = the plain forward bit for bit (features too);
+    a transform changes only what the decoder reads, never the parameters."""
+    torch.manual_seed(0)
+    net = UNet(UNetConfig(base=4, depth=3))
+    x = torch.randn(2, 1, 32, 32)
+    plain, feats = net(x, return_features=True)
+    same, same_feats = net(x, return_features=True, encoder_transform=lambda t: t)
+    assert torch.equal(plain, same) and all(torch.equal(feats[k], same_feats[k]) for k in feats)
+    assert torch.equal(net(x), plain)
+    dropped = net(x, encoder_transform=lambda t: torch.nn.functional.dropout2d(t, 0.5, training=True))
+    assert dropped.shape == plain.shape and not torch.equal(dropped, plain)
+    assert not any(b for b in net.buffers())

@@ -117,3 +117,19 @@ def test_every_preset_names_registered_learners_and_measurable_preconditions(nam
     assert user["data"]["source"] != user["data"]["target"]
     assert learners.get(spec["probe_learner"]).family == "adversarial"
     assert cfg
+
+
+def test_progress_resumes_the_same_run_and_refuses_another(tmp_path):
+    import argparse
+
+    cfg = resolve_config(None, [])
+    cfg["control"] = {"claim": "x"}
+    args = argparse.Namespace(scenario="scanner-shift", draw=0, set=[])
+    first = bench_controls.Progress(tmp_path, args, cfg)
+    first.save_preconditions({"checks": {}, "facts": {"a": 1.0}})
+    first.add({"seed": 0, "learner": "adaptseg", "k": 0, "dice": 0.5})
+    again = bench_controls.Progress(tmp_path, args, cfg)
+    assert again.preconditions == {"checks": {}, "facts": {"a": 1.0}}
+    assert again.rows == [{"seed": 0, "learner": "adaptseg", "k": 0, "dice": 0.5}]
+    with pytest.raises(SystemExit, match="belongs to another run"):
+        bench_controls.Progress(tmp_path, argparse.Namespace(scenario="scanner-shift", draw=1, set=[]), cfg)

@@ -50,6 +50,7 @@ def test_round_trip_toml(tmp_path):
         ("data.split.folds=1", "'data.split.folds' must be 0 .no folds. or >= 2"),
         ("data.split.fold=2", "'data.split.fold' = 2 needs 'data.split.folds' >= 2"),
         ("data.split.folds=-1", "'data.split.folds' must be >= 0"),
+        ("train.steps=0", "'train.steps' must be >= 1"),
     ],
 )
 def test_bad_overrides(override, match):
@@ -71,3 +72,15 @@ def test_fold_keys():
     assert (cfg["data"]["split"]["folds"], cfg["data"]["split"]["fold"]) == (5, 4)
     with pytest.raises(ValueError, match=r"'data.split.fold' must be in 0..4"):
         resolve_config(None, ["data.split.folds=5", "data.split.fold=5"])
+
+
+def test_cli_refuses_zero_steps_and_negative_shots(capsys):
+    """k = 0 is valid (no target labels), a negative k is not; 0 target steps would score an untrained net."""
+    from fewshot_transfer.cli import main
+    from fewshot_transfer.harness.benchmark import resolve_grid_shots
+
+    assert resolve_grid_shots("0,2", 10) == [("0", 0), ("2", 2)]
+    with pytest.raises(ValueError, match="k must be at least 0"):
+        resolve_grid_shots("0,-3", 10)
+    assert main(["run", "--set", "train.steps=0", "--out", "unused"]) == 1
+    assert "config key 'train.steps' must be >= 1, got 0" in capsys.readouterr().err

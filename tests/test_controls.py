@@ -42,6 +42,7 @@ def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
 
 
 def test_every_learner_with_a_mechanism_names_its_control():
+    learners.available()  # control_row reads the registry the package discovers
     cfg = _cfg()
     expected = {
         "finetune": "scratch",
@@ -60,6 +61,11 @@ def test_every_learner_with_a_mechanism_names_its_control():
         "mean-teacher": "scratch",
         "pseudo-label-cap": "finetune",
         "mean-teacher-cap": "finetune",
+        "ua-mt": "scratch",
+        "fixmatch": "scratch",
+        "unimatch": "scratch",
+        "cps": "scratch",
+        "bcp": "scratch",
     }
     for name, row in expected.items():
         assert control_row(name, 2, cfg) == row, name
@@ -146,6 +152,23 @@ def test_adversarial_control_is_the_same_stream_with_lambda_zero(tmp_path, k):
 
 
 @pytest.mark.integration
+def test_the_control_skips_a_discriminator_that_could_not_reach_the_segmentor(tmp_path, monkeypatch):
+    """lambda_adv = 0 trains no discriminator; a game played at weight 0 every step leaves the
+    segmentor exactly where the control does (D never touches its streams)."""
+    from fewshot_transfer.learners.adversarial import AdversarialHooks
+
+    torch.set_num_threads(1)
+    cfg = _cfg([f"learners.dual-adv.lr={LR}", "learners.dual-adv.lambda_adv=0.5"])
+    bench = prepare(cfg, tmp_path)
+    for k in (0, 2):
+        control = _weights(bench, "dual-adv-control", k)
+        monkeypatch.setattr(AdversarialHooks, "lam", lambda self, step: 0.0)
+        played = _weights(bench, "dual-adv", k)  # D warmed up and stepped, its term weighted 0
+        monkeypatch.undo()
+        assert _same(control, played), k
+
+
+@pytest.mark.integration
 def test_run_with_controls_shows_the_mechanism_gain(tmp_path, capsys):
     out = tmp_path / "run"
     rc = main(
@@ -218,3 +241,52 @@ def test_every_adversarial_cell_records_per_class_probes(tmp_path):
     for when in ("before", "after"):
         assert 0.0 <= probe[when]["background"] <= 1.0
     assert "probe" not in run_cell(bench, CellSpec(seed=0, k=2, k_label="2", learner="finetune"))
+
+
+def test_training_replicates_share_the_episode_and_average_before_pairing(tmp_path):
+    from fewshot_transfer.harness.leaderboard import average_replicates
+    from fewshot_transfer.harness.runner import run_cell
+    from fewshot_transfer.harness.store import CellSpec, training_seed
+
+    torch.set_num_threads(1)
+    assert training_seed(3, 0) == 3 and training_seed(3, 1) != training_seed(4, 1)
+    bench = prepare(_cfg([f"learners.scratch.lr={LR}"]), tmp_path)
+    cells = plan_cells(bench, ["scratch"], [0], replicates=3)
+    assert sorted((c.k, c.replicate) for c in cells) == [(2, 0), (2, 1), (2, 2)]
+    assert cells[1].cell_id.endswith("__rep-1") and "__rep" not in cells[0].cell_id  # replicate 0 keeps its name
+    ctx0 = bench.context(learners.get("scratch"), 2, 0, replicate=0)
+    ctx1 = bench.context(learners.get("scratch"), 2, 0, replicate=1)
+    assert ctx0.support.patients.tolist() == ctx1.support.patients.tolist()  # same shots
+    assert not torch.equal(ctx0.new_model().head.weight, ctx1.new_model().head.weight)  # other initialisation
+    recs = [run_cell(bench, CellSpec(seed=0, k=2, k_label="2", learner="scratch", replicate=r)) for r in (0, 1)]
+    assert recs[0]["replicate"] == 0 and recs[1]["replicate"] == 1
+    assert recs[0]["support_patients"] == recs[1]["support_patients"]
+    (avg,) = average_replicates(recs)
+    assert avg["replicates"] == 2
+    assert math.isclose(avg["metrics"]["dice"], (recs[0]["metrics"]["dice"] + recs[1]["metrics"]["dice"]) / 2)
+
+
+def test_cells_written_before_control_arms_get_their_control_from_the_runs_config(tmp_path):
+    from fewshot_transfer.config import to_toml
+
+    (tmp_path / "config.toml").write_text(to_toml(_cfg()))
+
+    def rec(name: str, seed: int, dice: float) -> dict:
+        return {
+            "learner": name,
+            "k": 2,
+            "k_label": "2",
+            "seed": seed,
+            "status": "ok",
+            "family": "meta",
+            "run_dir": str(tmp_path),
+            "metrics": {"dice": dice, "dice_global": dice, "pred_fraction": 0.01, "true_fraction": 0.01, "hd95": 1.0},
+        }
+
+    records = [rec("finetune", s, 0.5 + 0.01 * s) for s in range(3)] + [
+        rec("maml", s, 0.52 + 0.01 * s + 0.001 * s * s) for s in range(3)
+    ]
+    rows = {r["learner"]: r for r in build_rows(records)}
+    assert rows["maml"]["control"] == "finetune"
+    assert math.isclose(rows["maml"]["mech"], 0.02 + 0.001 * (0 + 1 + 4) / 3)
+    assert rows["finetune"]["control"] == "scratch" and math.isnan(rows["finetune"]["mech"])  # no scratch cells

@@ -24,7 +24,7 @@ from fewshot_transfer.harness.stats import holm, rank_with_ties
 from fewshot_transfer.harness.store import CellSpec
 from fewshot_transfer.learners.base import Learner
 from fewshot_transfer.losses import seg_loss
-from fewshot_transfer.metrics import evaluate
+from fewshot_transfer.metrics import evaluate, infnet_metrics
 from fewshot_transfer.training import ModelCache, slice_batches, source_rows
 
 from conftest import TINY
@@ -150,7 +150,8 @@ def test_source_only_alone_renders_every_k_without_warnings(tmp_path):
         rows = json.loads((out / "leaderboard.json").read_text())["rows"]
         assert sorted(r["k_label"] for r in rows) == ["0", "1", "3"]
         assert main(["leaderboard", str(out), "--out", str(tmp_path / "again")]) == 0
-    assert (tmp_path / "again" / "leaderboard.md").read_text().count("| source-only |") == 3
+    md = (tmp_path / "again" / "leaderboard.md").read_text()
+    assert md.count("| 1 | source-only |") == 3  # one leaderboard row per k (the listing section adds its own)
 
 
 def test_charged_cache_costs_enter_the_cell_cost(bench):
@@ -271,8 +272,10 @@ def _plain_loop_metrics(bench, learner: str, k: int, seed: int) -> dict:
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-    pred = ctx.segmenter(model.eval()).predict(bench.test_set.images)
-    return evaluate(pred, bench.test_set.masks, bench.test_set.spacing)[0]
+    proba = ctx.segmenter(model.eval()).predict_proba(bench.test_set.images)
+    pred = (proba >= ctx.train_cfg["threshold"]).astype(np.uint8)
+    summary = evaluate(pred, bench.test_set.masks, bench.test_set.spacing)[0]
+    return {**summary, **infnet_metrics(list(proba), list(bench.test_set.masks))}
 
 
 def test_controls_are_bit_identical(tmp_path):
@@ -323,30 +326,36 @@ def test_tuned_protocol_gives_every_learner_the_same_budget(tmp_path, capsys):
         "--no-progress",
     ]
     assert main(argv) == 0
-    header = "tuned, 2 trials per learner, validation split of the support pool"
+    header = "tuned, 2 random draws per learner and k, selection rule val"
     assert f"**hyperparameters**: {header}" in (out / "leaderboard.md").read_text()
     assert header in " ".join(capsys.readouterr().out.split())
     saved = load_toml(out / "config.toml")
-    assert set(saved["learners"]) == {"scratch", "finetune"}
-    assert saved["learners"]["finetune"]["steps"] == 10 and saved["learners"]["finetune"]["lr"] != 0.003
+    # A study per learner and k (scratch and finetune need shots: no k = 0 study).
+    assert set(saved["learners"]) == {
+        "scratch",
+        "finetune",
+        *(f"{n}@k={k}" for n in ("scratch", "finetune") for k in (1, 3)),
+    }
+    assert saved["learners"]["finetune@k=3"]["steps"] == 10 and saved["learners"]["finetune@k=3"]["lr"] != 0.003
     with sqlite3.connect(out / "tuning" / "study.db") as db:
         counts = dict(
             db.execute(
                 "select s.study_name, count(*) from trials t join studies s using (study_id) group by s.study_name"
             ).fetchall()
         )
-    assert counts == {"scratch-k3": 2, "finetune-k3": 2}  # the grid's middle k >= 1
+    assert counts == {"scratch-k1": 2, "scratch-k3": 2, "finetune-k1": 2, "finetune-k3": 2}
     split = json.loads((out / "tuning" / "split.json").read_text())
     assert split == json.loads((out / "split.json").read_text())
-    cell = json.loads((out / "cells" / "finetune__k-3__seed-0.json").read_text())
-    assert cell["params"]["lr"] == saved["learners"]["finetune"]["lr"]
-    assert cell["tuned_from"].startswith("finetune-k3 @ ")
+    for k in (1, 3):
+        cell = json.loads((out / "cells" / f"finetune__k-{k}__seed-0.json").read_text())
+        assert cell["params"]["lr"] == saved["learners"][f"finetune@k={k}"]["lr"]
+        assert cell["tuned_from"].startswith(f"finetune-k{k} @ ") and cell["selection_rule"] == "val"
     # A rerun resumes: no new trials, no recomputed cells, the same parameters.
     before = {p.name: p.stat().st_mtime_ns for p in (out / "cells").glob("*.json")}
     assert main(argv) == 0
     assert {p.name: p.stat().st_mtime_ns for p in (out / "cells").glob("*.json")} == before
     with sqlite3.connect(out / "tuning" / "study.db") as db:
-        assert db.execute("select count(*) from trials").fetchone()[0] == 4
+        assert db.execute("select count(*) from trials").fetchone()[0] == 8
     # The default (--jobs 0 = one process per core, a study each) and one process find the same parameters.
     par = tmp_path / "serial"
     argv_par = [a if a != str(out) else str(par) for a in argv] + ["--jobs", "1"]

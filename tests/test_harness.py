@@ -12,9 +12,11 @@ import time
 import pytest
 
 from fewshot_transfer.cli import main
-from fewshot_transfer.config import resolve_config
+from fewshot_transfer.config import resolve_config, run_identity
 from fewshot_transfer.harness.benchmark import prepare
 from fewshot_transfer.harness.runner import plan_cells, resolve_seeds
+from fewshot_transfer.metrics import INFNET_KEYS
+from fewshot_transfer.provenance import code_version
 
 from conftest import TINY
 
@@ -88,7 +90,16 @@ def test_cli_run_writes_leaderboard(tmp_path, capsys):
     assert {p.name: p.stat().st_mtime_ns for p in (out / "cells").glob("*.json")} == before
     # Re-render / merge.
     assert main(["leaderboard", str(out), "--out", str(tmp_path / "merged")]) == 0
-    assert (tmp_path / "merged" / "leaderboard.md").read_text().count("| scratch |") == 2
+    tables, listing = (tmp_path / "merged" / "leaderboard.md").read_text().split("## Selected hyperparameters")
+    assert tables.count("| scratch |") == 2
+    # The listing of the hyperparameters each learner ran with, per k (here: code defaults).
+    assert listing.count("| scratch |") == 2 and "| defaults | lr 0.006 | code defaults |" in listing
+    # Re-rendering in place keeps the run's description but names the code that rendered it.
+    meta = json.loads((out / "leaderboard.json").read_text())["meta"]
+    meta["code (this render)"] = {"git": "an-older-commit"}
+    (out / "leaderboard.json").write_text(json.dumps({"meta": meta, "rows": []}))
+    assert main(["leaderboard", str(out)]) == 0
+    assert json.loads((out / "leaderboard.json").read_text())["meta"]["code (this render)"] == code_version()
 
 
 def test_support_sets_are_paired_and_nested(tmp_path):
@@ -200,3 +211,35 @@ def test_bad_run_arguments(tmp_path, capsys, argv, match):
     rc = main(["run", *TINY, "--seeds", "1", "--out", str(tmp_path / "r"), "--no-progress", *argv])
     assert rc == 1
     assert match in capsys.readouterr().err
+
+
+def test_infnet_metric_set_is_stored_and_shown_when_asked(tmp_path, capsys):
+    """Every cell stores the Inf-Net set; `--metrics infnet` (run or leaderboard) shows it beside Dice at 0.5."""
+    out = tmp_path / "run"
+    base = ["run", *TINY, "--shots", "2", "--learners", "scratch", "--seeds", "1", "--no-progress"]
+    assert main([*base, "--out", str(out)]) == 0
+    assert "Inf-Net evaluation" not in capsys.readouterr().out
+    assert "Inf-Net evaluation" not in (out / "leaderboard.md").read_text()
+    (cell,) = [json.loads(p.read_text()) for p in (out / "cells").glob("*.json")]
+    for key in INFNET_KEYS:
+        assert 0.0 <= cell["metrics"][key] <= 1.0, key
+    row = json.loads((out / "leaderboard.json").read_text())["rows"][0]
+    assert row["infnet_mean_dice"] == cell["metrics"]["infnet_mean_dice"]
+
+    assert main(["leaderboard", str(out), "--metrics", "infnet"]) == 0
+    printed = capsys.readouterr().out
+    assert "Inf-Net evaluation" in printed and "meanDic" in printed
+    md = (out / "leaderboard.md").read_text()
+    assert "| learner | Dice@0.5 | meanDic | maxDic | adpDic | meanSen | meanSpe | MAE | n |" in md
+    assert f"{cell['metrics']['infnet_mean_dice']:.3f}" in md
+
+    other = tmp_path / "with-key"
+    assert main([*base, "--out", str(other), "--metrics", "infnet"]) == 0
+    assert "Inf-Net evaluation" in (other / "leaderboard.md").read_text()
+    assert resolve_config(other / "config.toml")["eval"]["metrics"] == ["infnet"]
+    # Shown metrics are no part of what a run measures: the same run directory accepts both.
+    assert run_identity(resolve_config(other / "config.toml")) == run_identity(resolve_config(out / "config.toml"))
+    assert main([*base, "--out", str(out), "--metrics", "infnet"]) == 0
+    capsys.readouterr()
+    assert main(["leaderboard", str(out), "--metrics", "nope"]) == 1
+    assert "unknown metric set(s) ['nope']" in capsys.readouterr().err

@@ -112,6 +112,73 @@ def violations(root: Path = ROOT) -> list[str]:
     return problems
 
 
+def import_graph(root: Path = ROOT) -> dict[str, set[str]]:
+    """module -> the package modules it imports (anywhere in its body), the facade excluded."""
+    graph: dict[str, set[str]] = {}
+    for path in sorted(root.rglob("*.py")):
+        rel = path.relative_to(root.parent)
+        if rel == Path(PACKAGE, "__init__.py"):
+            continue
+        is_package = path.name == "__init__.py"
+        parts = rel.with_suffix("").parts
+        module = ".".join(parts[:-1] if is_package else parts)
+        tree = ast.parse(path.read_text(), filename=str(path))
+        graph[module] = {t for _, t in imported_modules(tree, module, is_package, root) if t not in (PACKAGE, module)}
+    return graph
+
+
+def import_cycles(root: Path = ROOT) -> list[list[str]]:
+    """Every circle of imports between modules of the package (strongly connected components
+    of more than one module, Tarjan's algorithm), each sorted; a lazy import counts too."""
+    graph = import_graph(root)
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    cycles: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(graph[v] & graph.keys()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                cycles.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return sorted(cycles)
+
+
+def test_no_import_cycles_between_modules():
+    """The layer rule orders folders; inside a folder, modules must not import each other in a circle."""
+    cycles = import_cycles()
+    assert not cycles, "import circles:\n" + "\n".join(" <-> ".join(c) for c in cycles)
+
+
+def test_cycle_checker_finds_a_lazy_circle(tmp_path):
+    _write(tmp_path, "__init__.py", "")
+    _write(tmp_path, "harness/__init__.py", "")
+    _write(tmp_path, "harness/a.py", "from fewshot_transfer.harness.b import f\n")
+    _write(tmp_path, "harness/b.py", "def f():\n    from fewshot_transfer.harness import a\n")
+    _write(tmp_path, "harness/c.py", "from fewshot_transfer.harness import a\n")
+    assert import_cycles(tmp_path / PACKAGE) == [["fewshot_transfer.harness.a", "fewshot_transfer.harness.b"]]
+
+
 def test_imports_point_down_the_layers():
     problems = violations()
     assert not problems, "imports against the layer order:\n" + "\n".join(problems)

@@ -19,8 +19,8 @@ from fewshot_transfer.data.slices import SliceSet
 from fewshot_transfer.harness.benchmark import prepare
 from fewshot_transfer.harness.leaderboard import header_meta
 from fewshot_transfer.harness.runner import score
-from fewshot_transfer.metrics import evaluate
-from fewshot_transfer.training.segmenter import resample_to
+from fewshot_transfer.metrics import INFNET_KEYS, evaluate, infnet_metrics
+from fewshot_transfer.training.segmenter import resample_proba, resample_to
 
 from fixtures_datasets import build_semiseg, write_manifest, write_png, write_spec
 
@@ -108,6 +108,9 @@ def test_prediction_is_scored_at_100x80_against_the_original_mask(tmp_path):
     assert per_slice[1]["dice"] == pytest.approx(expected) and expected < 0.9
     assert summary["true_fraction"] == pytest.approx((masks[0].sum() + masks[1].sum()) / (2 * 100 * 80))
     np.testing.assert_allclose(spacing, [[0.5, 0.6]] * 2)  # HD95 in mm, at the original spacing
+    # The Inf-Net set is scored on the same maps, resampled to 100x80 (not thresholded), vs the original masks.
+    native_proba = resample_proba(test.masks.astype(np.float32), [(100, 80)] * 2)
+    assert {k: summary[k] for k in INFNET_KEYS} == infnet_metrics(native_proba, masks)
 
 
 def test_model_size_slices_score_exactly_as_before(tmp_path):
@@ -124,7 +127,8 @@ def test_model_size_slices_score_exactly_as_before(tmp_path):
     new = score(Noisy(test), test, 0.5)
     pred = (Noisy(test).predict_proba(test.images) >= 0.5).astype(np.uint8)
     old = evaluate(pred, test.masks, test.spacing)
-    assert new[0] == old[0] and new[1] == old[1]
+    assert {k: new[0][k] for k in old[0]} == old[0] and new[1] == old[1]
+    assert {k: new[0][k] for k in INFNET_KEYS} == infnet_metrics(list(Noisy(test).predict_proba(test.images)), masks)
 
 
 def test_ragged_evaluate_matches_per_slice_and_rejects_mismatch():

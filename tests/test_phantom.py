@@ -263,3 +263,58 @@ def test_nonsensical_counts():
         generate_patient("cap", -1)
     with pytest.raises(ValueError, match="at least one"):
         volumes_to_slices([], name="x")
+
+
+#: Content hash of patients 0-2 of each domain at 128 px (HU, lesion and lung arrays). Pinned
+#: so that a machine with another CPU checks itself against this one: before the float64
+#: evaluation of the angle / exp fields, CAP at 128 px hashed differently on AVX2 and AVX-512.
+PINNED_128 = {"cap": "65b97d854cf6d195", "covid": "c95359d4da9c8ef1"}
+_HASH_SCRIPT = """
+import hashlib, json, numpy as np
+from fewshot_transfer.data.phantom import generate_volumes
+out = {}
+for domain in ("cap", "covid"):
+    h = hashlib.sha256()
+    for v in generate_volumes(domain, 3, size=128, n_slices=12, seed=0):
+        for a in (v.hu, v.lesion, v.lung):
+            h.update(np.ascontiguousarray(a).tobytes())
+    out[domain] = h.hexdigest()[:16]
+print(json.dumps(out))
+"""
+
+
+def _kernel_paths() -> dict[str, dict[str, str]]:
+    """numpy's SIMD dispatch levels this CPU has (AVX-512, AVX2, the x86-64-v2 baseline), plus torch's."""
+    try:
+        from numpy._core._multiarray_umath import __cpu_dispatch__, __cpu_features__
+    except ImportError:  # numpy 1.x
+        from numpy.core._multiarray_umath import __cpu_dispatch__, __cpu_features__
+
+    present = [f for f in __cpu_dispatch__ if __cpu_features__.get(f)]
+    paths = {"native": {}, "torch-default": {"ATEN_CPU_CAPABILITY": "default"}}
+    no_avx512 = [f for f in present if f.startswith("AVX512") or f == "X86_V4"]
+    if no_avx512:
+        paths["no-avx512"] = {"NPY_DISABLE_CPU_FEATURES": " ".join(no_avx512)}
+    if present:
+        paths["baseline"] = {"NPY_DISABLE_CPU_FEATURES": " ".join(present), "ATEN_CPU_CAPABILITY": "default"}
+    return paths
+
+
+def test_128px_phantom_is_the_same_on_every_kernel_path():
+    """Generated under each numpy / torch kernel path this CPU offers, the 128 px phantom has one content hash."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = str(Path(__file__).resolve().parents[1])
+    hashes = {}
+    for name, env in _kernel_paths().items():
+        full = {**os.environ, "PYTHONPATH": root, "OMP_NUM_THREADS": "1", **env}
+        done = subprocess.run(
+            [sys.executable, "-c", _HASH_SCRIPT], env=full, capture_output=True, text=True, check=True, cwd=root
+        )
+        hashes[name] = json.loads(done.stdout)
+    assert all(h == hashes["native"] for h in hashes.values()), hashes
+    assert hashes["native"] == PINNED_128

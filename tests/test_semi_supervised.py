@@ -10,30 +10,51 @@ import pytest
 import torch
 
 from fewshot_transfer import learners
+from fewshot_transfer.augment import StrongConfig, cutmix_boxes, strong_ct
 from fewshot_transfer.config import resolve_config
 from fewshot_transfer.harness.benchmark import prepare
+from fewshot_transfer.learners.bcp import box_mask, largest_component, region_loss
 from fewshot_transfer.learners.pseudo_label import masked_seg_loss
+from fewshot_transfer.learners.ua_mt import binary_entropy
+from fewshot_transfer.learners.unimatch import channel_dropout, confident_bce
 from fewshot_transfer.metrics import evaluate
-from fewshot_transfer.training import Params
+from fewshot_transfer.training import Params, labeled_batches, train_steps
+from fewshot_transfer.tuning.space import searched_names
 
 from conftest import TINY
 
 STEPS = 60
-SEMI = ("pseudo-label", "pseudo-label-cap", "mean-teacher", "mean-teacher-cap")
+NEW = ("bcp", "unimatch", "fixmatch", "cps", "ua-mt")
+SEMI = ("pseudo-label", "pseudo-label-cap", "mean-teacher", "mean-teacher-cap", *NEW)
 #: Each semi-supervised learner with its unlabeled weight at 0 is this supervised learner.
 COUNTERPART = {
     "pseudo-label": "scratch",
     "pseudo-label-cap": "finetune",
     "mean-teacher": "scratch",
     "mean-teacher-cap": "finetune",
+    **dict.fromkeys(NEW, "scratch"),
 }
-TERM = {"pseudo-label": "pseudo", "mean-teacher": "consistency"}
+TERM = {
+    "pseudo-label": "pseudo",
+    "mean-teacher": "consistency",
+    "bcp": "bcp",
+    "unimatch": "feature",
+    "fixmatch": "strong",
+    "cps": "cps",
+    "ua-mt": "consistency",
+}
 SHORT = 12
 
 
 def _short(name: str) -> dict:
-    """A 12-step schedule in which the unlabeled term is active (pseudo-label: warm-up of 3 steps)."""
-    return {"steps": SHORT, "warmup_share": 0.25} if name.startswith("pseudo") else {"steps": SHORT}
+    """A 12-step schedule in which the unlabeled term is active: pseudo-label warms up for 3 steps,
+    bcp pre-trains for 3; the weak-to-strong learners trust 0.6-confident pixels (a 12-step model
+    has none at 0.95, and a term over no pixel has no gradient)."""
+    if name.startswith("pseudo"):
+        return {"steps": SHORT, "warmup_share": 0.25}
+    if name in ("unimatch", "fixmatch"):
+        return {"steps": SHORT, "confidence": 0.6}
+    return {"steps": SHORT}
 
 
 @pytest.fixture(scope="module")
@@ -78,20 +99,24 @@ def test_search_space_resolves(name):
         assert "unlabeled_weight" in suggested
         params = cls.resolve_params(resolve_config(None, []) | {"learners": {name: suggested}})
         assert all(params[key] == pytest.approx(value) for key, value in suggested.items())
+    free, fixed = searched_names(cls, {})
+    assert "unlabeled_weight" in free and not fixed
 
 
 @pytest.mark.parametrize("name", SEMI)
 def test_unlabeled_weight_zero_is_the_supervised_counterpart(bench, name):
-    """Weight 0 reproduces scratch / finetune bit for bit; weight 1 does not (the term is live)."""
+    """Weight 0 reproduces scratch / finetune bit for bit (every tensor of the state dict); weight 1
+    does not (the term is live)."""
     base = COUNTERPART[name]
     reference = _ctx(bench, base, steps=SHORT)
     off = _ctx(bench, name, **_short(name), unlabeled_weight=0.0)
     on = _ctx(bench, name, **_short(name), unlabeled_weight=1.0)
     assert off.params.lr == reference.params.lr
-    images = bench.test_set.images
-    expected = learners.get(base)().fit(reference).predict_proba(images)
-    assert np.array_equal(learners.get(name)().fit(off).predict_proba(images), expected)
-    assert not np.array_equal(learners.get(name)().fit(on).predict_proba(images), expected)
+    expected = learners.get(base)().fit(reference).model.state_dict()
+    got = learners.get(name)().fit(off).model.state_dict()
+    assert got.keys() == expected.keys() and all(torch.equal(got[k], expected[k]) for k in expected)
+    live = learners.get(name)().fit(on).model.state_dict()
+    assert not all(torch.equal(live[k], expected[k]) for k in expected)
     assert any(_term(name) in row for row in on.curves.rows)
 
 
@@ -107,7 +132,7 @@ def test_semi_learner_learns(bench, name):
     assert any(_term(name) in row for row in ctx.curves.rows)
 
 
-@pytest.mark.parametrize("name", ["pseudo-label", "mean-teacher-cap"])
+@pytest.mark.parametrize("name", ["pseudo-label", "mean-teacher-cap", *NEW])
 def test_unlabeled_masks_are_never_read(bench, name):
     """The same unlabeled images with every mask set to lesion (and flagged labeled) give the same model."""
     ctx = _ctx(bench, name, **_short(name))
@@ -132,7 +157,7 @@ def test_cap_variants_run_at_k0(bench, name):
     assert any(_term(name) in row for row in ctx.curves.rows)
 
 
-@pytest.mark.parametrize("name", ["pseudo-label", "mean-teacher"])
+@pytest.mark.parametrize("name", ["pseudo-label", "mean-teacher", *NEW])
 def test_plain_variants_refuse_k0(bench, name):
     ctx = _ctx(bench, name)
     ctx = dataclasses.replace(ctx, support=ctx.support.subset([]), k=0)
@@ -152,3 +177,86 @@ def test_ignored_pixels_do_not_reach_the_pseudo_label_loss():
     flipped = torch.where(keep.bool(), target, 1 - target)
     assert torch.allclose(masked_seg_loss(logits.detach(), flipped, keep), loss.detach())
     assert masked_seg_loss(logits.detach(), target, torch.zeros_like(keep)) == 0
+
+
+def test_bcp_mask_and_largest_component():
+    """M is all ones but a zero box of int(2/3 H) x int(2/3 W); pseudo-labels keep their largest 8-connected piece."""
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(5):
+        m = box_mask(torch.Size([4, 1, 30, 21]), 2 / 3, gen)
+        zero = (m[0, 0] == 0).nonzero()
+        assert m.shape == (1, 1, 30, 21) and set(m.unique().tolist()) == {0.0, 1.0}
+        assert len(zero) == 20 * 14 and np.ptp(zero[:, 0].numpy()) == 19 and np.ptp(zero[:, 1].numpy()) == 13
+    mask = torch.zeros(2, 1, 8, 8)
+    mask[0, 0, :2, :2] = 1  # 4 pixels
+    mask[0, 0, 4:7, 4:7] = 1  # 9 pixels: kept
+    mask[0, 0, 3, 3] = 1  # touches the 9-pixel block diagonally: part of it
+    kept = largest_component(mask)
+    assert kept[0, 0, :2, :2].sum() == 0 and kept[0].sum() == 10 and kept[1].sum() == 0
+
+
+def test_bcp_region_loss_weights_each_region():
+    """Pseudo-labeled pixels count ``pseudo_weight``; a region's loss ignores the labels outside it."""
+    gen = torch.Generator().manual_seed(1)
+    logits = torch.randn(2, 1, 6, 6, generator=gen)
+    a, b = (torch.rand(2, 1, 6, 6, generator=gen) > 0.5).float(), (torch.rand(2, 1, 6, 6, generator=gen) > 0.5).float()
+    m = box_mask(logits.shape, 2 / 3, gen).expand_as(logits)
+    whole = region_loss(logits, [(a, m, 0.5), (b, 1 - m, 1.0)])
+    assert whole == pytest.approx(0.5 * float(masked_seg_loss(logits, a, m)) + float(masked_seg_loss(logits, b, 1 - m)))
+    assert region_loss(logits, [(a * m, m, 1.0)]) == pytest.approx(float(region_loss(logits, [(a, m, 1.0)])))
+
+
+def test_strong_ct_view_and_cutmix_boxes():
+    """Strong views stay in the window, keep the geometry (a lesion-free flat slice stays flat without
+    blur / noise) and differ per row; CutMix boxes cover 2-40 % of the slice or nothing."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(6, 1, 32, 32, generator=gen)
+    view = strong_ct(x, StrongConfig(), gen)
+    assert view.shape == x.shape and view.min() >= 0 and view.max() <= 1 and not torch.equal(view, x)
+    flat = strong_ct(torch.full((3, 1, 16, 16), 0.3), StrongConfig(noise_hu=0.0, blur_p=0.0), gen)
+    assert all(torch.allclose(row, row.flatten()[0].expand_as(row)) for row in flat)
+    boxes = cutmix_boxes(torch.Size([200, 1, 32, 32]), StrongConfig(), gen)
+    share = boxes.mean(dim=(1, 2, 3))
+    drawn = share[share > 0]
+    assert 0.3 < len(drawn) / 200 < 0.7 and drawn.min() >= 0.015 and drawn.max() <= 0.42
+
+
+def test_weak_to_strong_pieces():
+    """UniMatch's loss counts confident pixels over all pixels; channel dropout drops whole channels."""
+    logits = torch.zeros(1, 1, 2, 2)
+    target = torch.ones(1, 1, 2, 2)
+    keep = torch.tensor([[[[1.0, 0.0], [0.0, 0.0]]]])
+    assert confident_bce(logits, target, keep) == pytest.approx(np.log(2) / 4)
+    feats = torch.ones(8, 16, 4, 4)
+    dropped = channel_dropout(0.5, torch.Generator().manual_seed(0))(feats)
+    per_channel = dropped.amax(dim=(2, 3))
+    assert set(per_channel.unique().tolist()) == {0.0, 2.0} and (dropped == per_channel[..., None, None]).all()
+
+
+def test_ua_mt_entropy_is_the_two_class_entropy():
+    p = torch.tensor([0.5, 0.0, 1.0, 0.9])
+    got = binary_entropy(p)
+    assert got[0] == pytest.approx(np.log(2), abs=1e-5) and got[1] < 1e-4 and got[2] < 1e-4
+    assert got[3] == pytest.approx(-(0.9 * np.log(0.9) + 0.1 * np.log(0.1)), abs=1e-5)
+
+
+def test_cps_evaluates_segmentor_a_and_b_starts_elsewhere(bench):
+    """The returned model is A (scratch's initialisation); B is initialised differently and trains too."""
+    ctx = _ctx(bench, "cps", steps=2)
+    model = ctx.new_model()
+    hooks = learners.get("cps")().hooks(ctx, model)
+    a0 = {k: v.clone() for k, v in model.state_dict().items()}
+    b0 = {k: v.clone() for k, v in hooks.other.state_dict().items()}
+    assert not all(torch.equal(a0[k], b0[k]) for k in a0)
+    scratch = _ctx(bench, "scratch").new_model().state_dict()
+    assert all(torch.equal(a0[k], scratch[k]) for k in a0)
+    train_steps(
+        ctx,
+        model,
+        labeled_batches(ctx, ctx.support, ctx.params.batch_size),
+        steps=2,
+        lr=0.01,
+        phase="target",
+        hooks=hooks,
+    )
+    assert not all(torch.equal(b0[k], v) for k, v in hooks.other.state_dict().items())

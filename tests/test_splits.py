@@ -10,6 +10,7 @@ from fewshot_transfer.data.splits import (
     LeakageError,
     TargetSplit,
     check_disjoint,
+    has_own_test_split,
     load_split,
     save_split,
     split_source,
@@ -258,7 +259,12 @@ def test_fold_errors_are_clear(folds, fold, match) -> None:
         split_target(_all_positive(9), seed=0, folds=folds, fold=fold)
 
 
-def test_folds_refuse_a_dataset_with_its_own_test_split() -> None:
+def test_a_dataset_with_its_own_test_split_uses_it_instead_of_folds() -> None:
+    """configs/real.toml sets folds for the semiseg dev set; a dataset with a test split keeps its own."""
     col = {f"p{i:02d}": ("test" if i < 2 else "train") for i in range(8)}
-    with pytest.raises(ValueError, match="has its own test split.*data.split.folds = 0"):
-        split_target(_all_positive(8, splits=col), seed=0, folds=3, fold=0)
+    data = _all_positive(8, splits=col)
+    assert has_own_test_split(data) and not has_own_test_split(_all_positive(8))
+    s = split_target(data, seed=0, folds=3, fold=0)
+    assert s == split_target(data, seed=0) and set(s.test) == {"p00", "p01"} and s.folds == ()
+    with pytest.raises(ValueError, match="has its own test split.*data.split.fold = 2 has no meaning"):
+        split_target(data, seed=0, folds=3, fold=2)

@@ -155,7 +155,10 @@ def test_tune_prunes_a_trial_and_writes_best_toml(tmp_path, threshold_learner, c
     assert best["learners"]["test-threshold"]["t"] == study.best_trial.params["t"]
     assert best["tuned_from"] == (
         f"test-threshold-k2 @ sqlite:///{out / 'study.db'} trial #{study.best_trial.number} "
-        f"(val Dice {study.best_trial.value:.4f})"
+        f"(val Dice {study.best_trial.value:.4f}, sampler seed 0)"
+    )
+    assert (
+        best["run"]["selection"] == "val" and "# Selection rule: val; sampler seed 0" in (out / "best.toml").read_text()
     )
     split = json.loads((out / "validation_split.json").read_text())
     assert not set(split["validation"]) & set(split["excluded_test"])

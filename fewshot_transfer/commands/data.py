@@ -4,8 +4,15 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.table import Table
+
+    from fewshot_transfer.data.registry import DatasetEntry
 
 _FORMAT = (
     "A dataset is a folder with dataset.json (intensity convention, lesion labels, spacing) and "
@@ -32,6 +39,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sub = parser.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
     _register_info(sub)
     _register_import(sub)
+    _register_download(sub)
     _register_preview(sub)
     _register_phantom(sub)
 
@@ -88,6 +96,37 @@ def _register_import(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--size", type=int, default=64, help="slice size for --check (default 64)")
     p.add_argument("--cache-dir", type=Path, help=_CACHE_HELP)
     p.set_defaults(func=_cmd_import)
+
+
+def _register_download(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "download",
+        help="download a public dataset (checksums, license, resume) and import it",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=(
+            "Download NAME into DIR (default datasets/NAME): DIR/downloads/ holds the published files "
+            "(resumed after an interruption), DIR/raw/ the unpacked files, DIR/dataset/ the imported dataset "
+            "folder to give to ftbench run --target / --source. The license and citation are shown first. "
+            "Every file is checked against its published checksum; a file without one gets its sha256 pinned "
+            "in DIR/checksums.lock.json on the first download. Where a file needs a login or a form, the "
+            "command says what to do and where to save the file; run it again afterwards.\n\n"
+            "ftbench data download --list shows every dataset with size, checksum and license."
+        ),
+    )
+    p.add_argument("name", nargs="?", metavar="NAME", help="dataset name (see --list)")
+    p.add_argument("--list", action="store_true", help="print the table of downloadable datasets and exit")
+    p.add_argument("--to", type=Path, metavar="DIR", help="download folder (default datasets/NAME)")
+    p.add_argument("--no-import", action="store_true", help="download, verify and unpack only")
+    p.add_argument(
+        "--mirror",
+        action="append",
+        default=[],
+        metavar="BASE_URL",
+        help="try BASE_URL/<file name> before the published addresses (repeatable); checksums still apply",
+    )
+    p.add_argument("--force", action="store_true", help="unpack and import again even if DIR/dataset exists")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_download)
 
 
 def _register_preview(sub: argparse._SubParsersAction) -> None:
@@ -204,6 +243,92 @@ def _cmd_import(args: argparse.Namespace) -> int:
     else:
         console.print(f"next: ftbench data info {report.out_dir}")
     return 0
+
+
+def _cmd_download(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from fewshot_transfer.data.download import ManualStepRequired, download_dataset, progress_bar
+    from fewshot_transfer.data.registry import ENTRIES, get_entry
+
+    console = Console()
+    if args.list:
+        console.print(download_table(ENTRIES.values()))
+        return 0
+    if not args.name:
+        raise ValueError("give a dataset NAME (ftbench data download --list shows them)")
+    entry = get_entry(args.name)
+    root = args.to or Path("datasets") / entry.name
+    _print_terms(console, entry)
+    try:
+        with progress_bar(not args.no_progress) as bar:
+            report = download_dataset(
+                entry, root, do_import=not args.no_import, mirrors=tuple(args.mirror), force=args.force, progress=bar
+            )
+    except ManualStepRequired as step:
+        console.print(f"[bold yellow]manual step needed[/bold yellow]\n{step}", highlight=False)
+        return 3
+    for name, status in report.files.items():
+        console.print(f"  {name}: {status}")
+    for name, digest in report.pinned.items():
+        console.print(
+            f"[yellow]{name} has no published checksum:[/yellow] pinned sha256 {digest} in "
+            f"{root / 'checksums.lock.json'}; later downloads into this folder must match it"
+        )
+    if report.imported is not None:
+        imp = report.imported
+        console.print(
+            f"imported {imp.kind}: {imp.rows} manifest rows ({imp.labeled_rows} labeled), {imp.patients} patient "
+            f"groups -> {imp.out_dir}"
+        )
+    if report.dataset_dir is not None:
+        console.print(f"ready: ftbench data info {report.dataset_dir}   |   ftbench run --target {report.dataset_dir}")
+    else:
+        console.print(f"unpacked into {root / 'raw'} (not imported: --no-import)")
+    return 0
+
+
+def download_table(entries: Iterable[DatasetEntry]) -> Table:
+    """The ``--list`` table: name, size, checksum (or that none is published), license, access."""
+    from rich.table import Table
+
+    from fewshot_transfer.data.registry import format_size
+
+    table = Table(
+        title="ftbench data download --list",
+        title_justify="left",
+        show_lines=True,
+        caption="checksums abbreviated; the full values are in fewshot_transfer/data/registry.py and are "
+        "verified on every download",
+    )
+    for col in ("name", "dataset", "size", "checksum", "license", "access"):
+        table.add_column(col, overflow="fold")
+    for e in entries:
+        sums = []
+        for f in e.files:
+            if f.checksum:
+                algo, _, digest = f.checksum.partition(":")
+                sums.append(f"{f.name}: {algo}:{digest[:12]}… (from {f.checksum_source.split(' (')[0]})")
+            else:
+                sums.append(f"{f.name}: none published (sha256 pinned on first download)")
+        license_text = e.license + (f"\n[bold red]{'; '.join(e.restrictions)}[/bold red]" if e.restrictions else "")
+        drive = any("drive.google" in u for f in e.files for u in f.urls)
+        access = (
+            "manual step" if e.manual else "direct" + (" (Google Drive may ask for a manual step)" if drive else "")
+        )
+        table.add_row(e.name, e.title, format_size(e.size), "\n".join(sums), license_text, access)
+    return table
+
+
+def _print_terms(console: Console, entry: DatasetEntry) -> None:
+    """License, restrictions and citation, shown before any byte is fetched."""
+    console.print(f"[bold]{entry.title}[/bold]  ({entry.homepage})")
+    console.print(f"license: {entry.license}", highlight=False)
+    for item in entry.restrictions:
+        console.print(f"[bold red]license restriction: {item}[/bold red]")
+    console.print(f"cite: {entry.citation}", highlight=False)
+    if entry.notes:
+        console.print(f"note: {entry.notes}", highlight=False)
 
 
 def _cmd_preview(args: argparse.Namespace) -> int:

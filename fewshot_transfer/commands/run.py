@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import time
 from pathlib import Path
 
 from fewshot_transfer.config import DEFAULT_LEARNERS, resolve_config, to_toml
+from fewshot_transfer.harness.selection import RULES, check_rule, is_oracle
 
 log = logging.getLogger(__name__)
 
@@ -26,10 +28,14 @@ learners that can run without labels (supports_k0) get a cell there, the others 
 unlabeled pool plus the support-pool slices not drawn as its shots (labels stripped).
 
 Hyperparameters (--protocol): "defaults" runs every learner with its code defaults;
-"tuned" first gives every learner the same Optuna budget (--trials trials, --tune-episodes
-episodes each, at --tune-shots) on a validation split of the support pool (never the test
-set; studies in OUT/tuning/study.db, resumed on rerun), then runs the grid with each
-learner's best parameters. The leaderboard header names the protocol.
+"tuned" first gives every learner, at every k of the grid it runs at (k = 0 included), the
+same Optuna budget (--trials random draws, --tune-episodes episodes each), then runs each
+k's cells with that k's best draw (--tune-shots K: one study at K serves every k). The
+draws are scored by --selection: val (a labeled validation split of the support pool: more
+labels than k), shots (2-fold over the k shots only; defaults at k = 1, source-val at
+k = 0), source-val (the source domain's validation split) or oracle (the TEST SET: an
+upper bound, marked ORACLE everywhere). Studies in OUT/tuning/study.db, resumed on rerun.
+The leaderboard header and every row name the rule.
 
 Cells run single-threaded by default (run.threads = 1), so their numbers do not depend on
 the machine's core count.
@@ -70,7 +76,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help="output directory (default runs/quick)")
     p.add_argument("--device", help="cpu, cuda or cuda:N (default cpu)")
     p.add_argument("--target", help="target dataset folder (default: phantom:covid)")
-    p.add_argument("--source", help="source dataset folder (default: phantom:cap)")
+    p.add_argument(
+        "--source",
+        help="source dataset folder (default: phantom:cap); A,B = the union of several, patient ids "
+        "prefixed with each dataset's name, each slice keeping its dataset of origin",
+    )
     p.add_argument("--plots", action="store_true", help="also write prediction galleries per k and loss-curve PNGs")
     p.add_argument(
         "--set",
@@ -82,10 +92,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--protocol", choices=("defaults", "tuned"), help="how hyperparameters are chosen (default: defaults)"
     )
-    p.add_argument("--trials", type=int, help="--protocol tuned: Optuna trials per learner (default 20)")
     p.add_argument(
-        "--tune-shots", help="--protocol tuned: the k the studies tune at (default: the grid's middle k >= 1)"
+        "--trials", type=int, help="--protocol tuned: random draws per learner and k, the same for all (default 20)"
     )
+    p.add_argument(
+        "--selection",
+        choices=RULES,
+        help="--protocol tuned: which labels choose the hyperparameters: val (default), shots, source-val, oracle",
+    )
+    p.add_argument("--tune-shots", help="--protocol tuned: tune once at this k for every k (default: a study per k)")
     p.add_argument("--tune-episodes", type=int, help="--protocol tuned: paired episodes per trial (default 3)")
     p.add_argument(
         "--controls",
@@ -97,7 +112,20 @@ def register(sub: argparse._SubParsersAction) -> None:
         "init, joint -> source share 0) and a mechanism-gain column; a bare --controls = every requested "
         "learner's, or a comma list, or 'none' (default run.controls: dual-adv's)",
     )
+    p.add_argument(
+        "--replicates",
+        type=int,
+        help="train every cell R times on its episode (same shots and pools, other initialisation, batch "
+        "order and augmentation) and average them per seed before pairing (default run.replicates = 1)",
+    )
     p.add_argument("--retry-failed", action="store_true", help="recompute cells recorded as failed")
+    p.add_argument(
+        "--metrics",
+        action="append",
+        metavar="SET",
+        help="also show this metric set beside Dice at 0.5 (repeatable; 'infnet': the COVID-SemiSeg table's "
+        "meanDic / maxDic / adpDic / meanSen / meanSpe / MAE); sets eval.metrics",
+    )
     p.add_argument(
         "--jobs",
         type=int,
@@ -140,6 +168,7 @@ def build_config(args: argparse.Namespace) -> dict:
         "source": "data.source",
         "protocol": "run.protocol",
         "tune_shots": "run.tune_shots",
+        "selection": "run.selection",
         "jobs": "run.jobs",
         "controls": "run.controls",
     }
@@ -149,11 +178,17 @@ def build_config(args: argparse.Namespace) -> dict:
             overrides.append(
                 f"{key}={value}" if attr == "jobs" or (attr == "seeds" and "," not in value) else f'{key}="{value}"'
             )
-    for attr, key in (("trials", "run.trials"), ("tune_episodes", "run.tune_episodes")):
+    for attr, key in (
+        ("trials", "run.trials"),
+        ("tune_episodes", "run.tune_episodes"),
+        ("replicates", "run.replicates"),
+    ):
         if getattr(args, attr, None) is not None:
             overrides.append(f"{key}={int(getattr(args, attr))}")
     if getattr(args, "plots", False):
         overrides.append("run.plots=true")
+    if getattr(args, "metrics", None):
+        overrides.append("eval.metrics=" + json.dumps(list(dict.fromkeys(args.metrics))))
     return with_plugins(resolve_config(args.config, overrides), args)
 
 
@@ -182,10 +217,15 @@ def main(args: argparse.Namespace) -> int:
         raise ValueError(f"run.protocol must be one of {', '.join(PROTOCOLS)}, got {run_cfg.get('protocol')!r}")
     names = resolve_learners(run_cfg["learners"], cfg)
     seeds = resolve_seeds(run_cfg["seeds"])
+    if getattr(args, "selection", None) and run_cfg["protocol"] != "tuned":
+        raise ValueError("--selection chooses how --protocol tuned selects hyperparameters; add --protocol tuned")
     if run_cfg["protocol"] == "tuned":
+        rule = check_rule(str(run_cfg["selection"]))
         console.print(
-            f"[bold]--protocol tuned[/bold]: {run_cfg['trials']} Optuna trials per learner on the validation split "
-            f"of the support pool (studies in {out / 'tuning'})"
+            f"[bold]--protocol tuned[/bold]: {run_cfg['trials']} random draws per learner and "
+            f"{'k = ' + str(run_cfg['tune_shots']) if run_cfg.get('tune_shots') else 'k'}, selection rule {rule}"
+            + (" [bold red](ORACLE: selected on the test set)[/bold red]" if is_oracle(rule) else "")
+            + f" (studies in {out / 'tuning'})"
         )
         cfg, outcome = tune_learners(cfg, names, out, console=console, show_progress=not args.no_progress)
         for name, text in outcome.items():
@@ -196,11 +236,16 @@ def main(args: argparse.Namespace) -> int:
     controls = control_rows(
         names, run_cfg.get("controls", ""), [k for _, k in bench.shots], cfg, strict=args.controls is not None
     )
-    cells = plan_cells(bench, [*names, *controls], seeds, only_at=controls)
+    replicates = int(run_cfg.get("replicates", 1))
+    if replicates < 1:
+        raise ValueError(f"run.replicates must be >= 1, got {replicates}")
+    cells = plan_cells(bench, [*names, *controls], seeds, only_at=controls, replicates=replicates)
     console.print(
         f"[bold]ftbench run[/bold]: {len(names)} learners"
         + (f" + {len(controls)} control arms ({', '.join(controls)})" if controls else "")
-        + f" x k={','.join(lab for lab, _ in bench.shots)} x {len(seeds)} seeds = {len(cells)} cells -> {out}"
+        + f" x k={','.join(lab for lab, _ in bench.shots)} x {len(seeds)} seeds"
+        + (f" x {replicates} training replicates" if replicates > 1 else "")
+        + f" = {len(cells)} cells -> {out}"
     )
     records = run_grid(
         bench, cells, retry_failed=args.retry_failed, show_progress=not args.no_progress, jobs=int(run_cfg["jobs"])
@@ -216,7 +261,7 @@ def main(args: argparse.Namespace) -> int:
         "code (this render)": code_version(),
         "config": str(out / "config.toml"),
     }
-    render([out], out, meta=meta, console=console, shots=bench.shots)
+    render([out], out, meta=meta, console=console, shots=bench.shots, metrics=cfg["eval"]["metrics"])
     if run_cfg.get("plots"):
         extra = render_gallery(bench, records, out) + render_curves(out)
         console.print(f"plots: {len(extra)} PNGs (galleries in {out}, loss curves in {out / 'cells'})")

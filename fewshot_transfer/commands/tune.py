@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from fewshot_transfer.commands.run import add_plugin_flag, with_plugins
+from fewshot_transfer.harness.selection import DEFAULT_RULE, RULES, is_oracle, study_name
 
 log = logging.getLogger(__name__)
 
@@ -16,13 +17,19 @@ HELP = """\
 Tune one learner's hyperparameters (the search space its class declares in
 search_space()) with Optuna, at one k.
 
-Objective: the mean validation Dice over --episodes paired episodes (seeds 0..E-1). The
-validation set is carved from the target SUPPORT POOL, never from the test set: the
-support pool's patients are split (seeded, by patient, lesion-burden stratified, checked by
-the leakage guard) into a tuning-support part, from which the k shots are drawn, and a
-validation part, whose labeled slices are scored. The test set is not touched. Note that
-this validation set holds more labeled slices than a real k-shot user would have; tuned
-rows are marked "tuned (...)" in the leaderboard.
+Objective: the mean Dice over --episodes paired episodes (seeds 0..E-1), scored on the
+labels --selection names:
+  val         (default) a validation split carved from the target SUPPORT POOL: its patients
+              are split (seeded, by patient, lesion-burden stratified, checked by the leakage
+              guard) into a tuning-support part, from which the k shots are drawn, and a
+              validation part, whose labeled slices are scored. It holds more labeled slices
+              than a real k-shot user has; rows say so.
+  shots       only the k shots (k >= 2): 2-fold over them, by patient where possible.
+  source-val  the source domain's validation split (no target labels; the rule for k = 0).
+  oracle      the TEST SET: an upper bound, marked ORACLE in every output, never a default.
+Search: random draws (--trials of them), the sampler seeded by a stable hash of the learner
+and k (--sampler-seed overrides), trial n's draw fixed by (seed, n), so a resumed study goes
+on where it stopped instead of repeating draws.
 
 Pruning: after each episode the trial reports to Optuna at step = episode index; median
 (default) reports the running mean validation Dice, wilcoxon the episode's Dice (a paired
@@ -32,7 +39,7 @@ Hyperparameters already set in [learners.NAME] (via --config or --set, e.g.
 --set learners.finetune.steps=100) are held fixed; the rest are searched.
 
 The study lives in --storage (default sqlite:///OUT/study.db) under --study (default
-LEARNER-kSHOTS). --trials counts the whole study, so rerunning the same command resumes
+LEARNER-kSHOTS, plus -RULE for a rule other than val). --trials counts the whole study, so rerunning the same command resumes
 after an interruption, and several processes or machines given the same --storage URL
 (e.g. postgresql://user:pw@host/db) share one study; heartbeats mark trials of a dead
 worker as failed and re-queue them. At the end OUT/best.toml holds the resolved config with
@@ -100,10 +107,23 @@ def register(sub: argparse._SubParsersAction) -> None:
         "e.g. --enqueue lr=0.0005,steps=150 to make sure the defaults are among the candidates",
     )
     p.add_argument(
-        "--sampler-seed", type=int, help="seed of the TPE sampler (leave unset when several workers share a study)"
+        "--selection",
+        choices=RULES,
+        default=DEFAULT_RULE,
+        help="which labels score the trials: val (default), shots, source-val or oracle (the test set)",
     )
     p.add_argument(
-        "--heartbeat", type=int, default=60, help="seconds between heartbeats of a running trial (default 60)"
+        "--sampler-seed",
+        type=int,
+        help="seed of the random-search sampler (default: a stable hash of the learner and k)",
+    )
+    p.add_argument("--top", type=int, default=8, help="trials listed in the summary table (default 8)")
+    p.add_argument(
+        "--heartbeat",
+        type=int,
+        default=60,
+        help="seconds between heartbeats of a running trial (default 60); 0 = none, for a study one process "
+        "runs at a time: a trial a killed run left RUNNING is then failed and re-queued when the command is rerun",
     )
     p.add_argument(
         "--grace",
@@ -158,12 +178,12 @@ def main(args: argparse.Namespace) -> int:
     from fewshot_transfer.tuning.space import searched_names
     from fewshot_transfer.tuning.storage import default_storage, make_storage, redact
     from fewshot_transfer.tuning.study import TuneSpec, identity, open_study, run_study, summary_table, write_best
-    from fewshot_transfer.tuning.validation import validation_benchmark
+    from fewshot_transfer.tuning.validation import selection_split
 
     console = Console()
     t0 = time.perf_counter()
-    if args.trials < 1 or args.episodes < 1:
-        raise ValueError("--trials and --episodes must be >= 1")
+    if args.trials < 1 or args.episodes < 1 or args.top < 1:
+        raise ValueError("--trials, --episodes and --top must be >= 1")
     cfg = build_config(args)
     learners.load_plugins(cfg["run"]["plugins"])
     cls = learners.get(args.learner)
@@ -175,11 +195,13 @@ def main(args: argparse.Namespace) -> int:
     enqueue = parse_enqueue(args.enqueue, free)
     cls.resolve_params(cfg)  # unknown pinned names fail here, before any data is loaded
     bench = prepare(cfg, out)
-    val_bench, info = validation_benchmark(
-        bench, args.shots, val_fraction=args.val_fraction, seed=int(cfg["data"]["split"]["seed"])
+    split = selection_split(
+        bench, args.selection, args.shots, val_fraction=args.val_fraction, seed=int(cfg["data"]["split"]["seed"])
     )
-    label, k = val_bench.shots[0]
-    study_name = args.study or f"{cls.name}-k{label.replace('%', 'pct')}"
+    label, k, info = split.label, split.k, split.info
+    if k == 0 and not cls.supports_k0:
+        raise ValueError(f"learner {cls.name!r} needs labeled target shots; it has no k = 0 to tune at")
+    name = args.study or study_name(cls.name, label, split.rule)
     storage_url = args.storage or default_storage(out)
     spec = TuneSpec(
         learner=cls.name,
@@ -188,7 +210,7 @@ def main(args: argparse.Namespace) -> int:
         val_fraction=args.val_fraction,
         config=cfg,
         storage=storage_url,
-        study_name=study_name,
+        study_name=name,
         out=out,
         pruner=args.pruner,
         startup_trials=args.startup_trials,
@@ -198,29 +220,29 @@ def main(args: argparse.Namespace) -> int:
         timeout=args.timeout,
         heartbeat=args.heartbeat,
         grace=args.grace,
+        selection=split.rule,
     )
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = make_storage(storage_url, heartbeat=args.heartbeat, grace=args.grace)
     study = open_study(spec, storage, identity(spec, info, k))
     for params in enqueue:
         study.enqueue_trial(params, skip_if_exists=True)
-    atomic_write_text(out / "validation_split.json", json.dumps({"study": study_name, **info}, indent=2) + "\n")
+    atomic_write_text(out / "validation_split.json", json.dumps({"study": name, **info}, indent=2) + "\n")
     console.print(
-        f"[bold]ftbench tune[/bold] {cls.name} at k={label} ({k} shots): study [bold]{study_name}[/bold] in {redact(storage_url)}\n"
-        f"  searching {', '.join(free)}"
+        f"[bold]ftbench tune[/bold] {cls.name} at k={label} ({k} shots): study [bold]{name}[/bold] in {redact(storage_url)}\n"
+        f"  searching {', '.join(free)} with {args.trials} random draws (sampler seed {spec.sampler_seed})"
         + (f"; fixed by the config: {', '.join(f'{n}={pinned[n]}' for n in fixed)}" if fixed else "")
         + "\n"
-        f"  objective: mean validation Dice over {args.episodes} episodes; shots from support-pool patients "
-        f"{', '.join(info['tune_support'])} ({info['tune_support_eligible']} eligible slices), validation on "
-        f"{', '.join(info['validation'])} ({info['validation_slices']} labeled slices); test set untouched\n"
-        f"  pruner {args.pruner}; dashboard: optuna-dashboard {redact(storage_url)}"
+        f"  selection rule {split.rule}: mean Dice over {args.episodes} episodes scored on {info['scored_on']}"
+        + (" [bold red]— ORACLE, not a result a user could reproduce[/bold red]" if is_oracle(split.rule) else "")
+        + f"\n  pruner {args.pruner}; dashboard: optuna-dashboard {redact(storage_url)}"
     )
-    ran = run_study(spec, study, val_bench, console=console, show_progress=not args.no_progress)
-    console.print(summary_table(study))
+    ran = run_study(spec, study, split, console=console, show_progress=not args.no_progress)
+    console.print(summary_table(study, top=args.top, rule=split.rule))
     path = write_best(spec, study, info)
     best = study.best_trial
     console.print(
-        f"ran {ran} trial(s) in {time.perf_counter() - t0:.1f} s; best trial #{best.number} val Dice {best.value:.4f} "
+        f"ran {ran} trial(s) in {time.perf_counter() - t0:.1f} s; best trial #{best.number} {split.rule} Dice {best.value:.4f} "
         f"{best.user_attrs.get('learner_params', best.params)}\n"
         f"wrote {path}; next: ftbench run --config {path} --shots {label} --learners {cls.name}"
     )

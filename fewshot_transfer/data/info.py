@@ -61,6 +61,8 @@ class DatasetInfo:
     patients_known: bool
     description: str = ""
     warnings: list[str] = field(default_factory=list)
+    #: Per dataset of origin when several datasets form this domain (``--source A,B``); else empty.
+    datasets: dict[str, SplitInfo] = field(default_factory=dict)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -93,9 +95,22 @@ def summarize(data: SliceSet) -> DatasetInfo:
     if pos_fractions.size:
         for q in (10, 25, 50, 75, 90):
             lesion[f"p{q}_positive"] = float(np.percentile(pos_fractions, q))
+    origins: dict[str, SplitInfo] = {}
+    if data.dataset is not None:
+        for origin in dict.fromkeys(data.dataset.tolist()):
+            rows = data.dataset == origin
+            origins[origin] = SplitInfo(
+                patients=len(set(data.patients[rows].tolist())),
+                slices=int(rows.sum()),
+                labeled=int((rows & labeled).sum()),
+                positive=int((rows & positive).sum()),
+            )
+    source = str(meta.get("source", ""))
+    if "combined" in meta:
+        source = " + ".join(f"{c['name']} ({c['source'] or 'generated'})" for c in meta["combined"])
     info = DatasetInfo(
         name=data.name,
-        source=str(meta.get("source", "")),
+        source=source,
         fingerprint=data.fingerprint,
         size=int(data.shape[0]) if len(data) else 0,
         slices=len(data),
@@ -116,6 +131,7 @@ def summarize(data: SliceSet) -> DatasetInfo:
         has_lungs=data.lungs is not None,
         patients_known=bool(ds.get("patients_known", True)),
         description=str(ds.get("description", "")),
+        datasets=origins,
     )
     info.warnings = _warnings(data, info, meta)
     return info
@@ -194,12 +210,15 @@ def render(info: DatasetInfo, console: Console | None = None) -> None:
         if value:
             table.add_row(key, value)
     console.print(table)
-    splits = Table(title="splits", title_justify="left")
-    for col in ("split", "patients", "slices", "labeled", "lesion-positive"):
-        splits.add_column(col, justify="left" if col == "split" else "right")
-    for name, s in info.splits.items():
-        splits.add_row(name, str(s.patients), str(s.slices), str(s.labeled), str(s.positive))
-    console.print(splits)
+    for title, first, groups in (("datasets of origin", "dataset", info.datasets), ("splits", "split", info.splits)):
+        if not groups:
+            continue
+        table = Table(title=title, title_justify="left")
+        for col in (first, "patients", "slices", "labeled", "lesion-positive"):
+            table.add_column(col, justify="left" if col == first else "right")
+        for name, s in groups.items():
+            table.add_row(name, str(s.patients), str(s.slices), str(s.labeled), str(s.positive))
+        console.print(table)
     for warning in info.warnings:
         console.print(f"[yellow]warning:[/yellow] {warning}")
 

@@ -180,8 +180,14 @@ def load_domain(
     A phantom spec may carry settings after ``?`` (positive-control scenarios, e.g.
     ``"phantom:covid?seed=100&noise_sigma_hu=120&hu_offset=150"``): phantom options
     (``seed``, ``n_patients``, ...) override ``phantom``'s, the rest are ScannerProfile fields.
+
+    A comma list (``"datasets/msd-lung/dataset,phantom:cap"``) is the union of its domains,
+    see :func:`combine_domains`.
     """
     text = str(spec).strip()
+    if "," in text and not Path(text).expanduser().exists():
+        parts = [part.strip() for part in text.split(",") if part.strip()]
+        return combine_domains([load_domain(part, size=size, cache_dir=cache_dir, phantom=phantom) for part in parts])
     if text.startswith("phantom:"):
         domain, options = parse_phantom_spec(text, phantom or {})
         return _load_phantom(domain, size=size, cache_dir=cache_dir, options=options)
@@ -192,6 +198,40 @@ def load_domain(
             f'domain {text!r} is neither "phantom:cap" / "phantom:covid" nor an existing dataset folder{hint}'
         )
     return load_dataset(path, size=size, cache_dir=cache_dir)
+
+
+def combine_domains(parts: list[SliceSet]) -> SliceSet:
+    """The union of several loaded domains as one SliceSet.
+
+    Patient ids become ``"<dataset>:<patient>"``, so two datasets that both number their
+    cases ``case_001`` stay two patients and patient-disjoint splits stay disjoint; each row
+    keeps its dataset of origin (``SliceSet.dataset``, shown by ``ftbench data info``).
+    Two parts with the same name get ``#2``, ``#3``. Original-resolution masks are not
+    carried over (``native_slices`` returns None), so a combined *target* is scored at
+    ``data.size``.
+    """
+    if len(parts) == 1:
+        return parts[0]
+    shapes = {p.shape for p in parts}
+    if len(shapes) > 1:
+        raise DatasetError(
+            f"cannot combine {', '.join(p.name for p in parts)}: slice sizes differ ({sorted(shapes)}); "
+            "load them at one data.size"
+        )
+    seen: Counter[str] = Counter()
+    renamed = []
+    for part in parts:
+        seen[part.name] += 1
+        name = part.name if seen[part.name] == 1 else f"{part.name}#{seen[part.name]}"
+        patients = np.char.add(f"{name}:", part.patients.astype(str))
+        renamed.append(replace(part, name=name, patients=patients, dataset=None))
+    combined = SliceSet.concat(renamed)
+    sources = [
+        {"name": p.name, "source": str(p.meta.get("source", "")), "fingerprint": p.fingerprint, "slices": len(p)}
+        for p in renamed
+    ]
+    warnings_ = [w for p in parts for w in p.meta.get("warnings", [])]
+    return replace(combined, meta={"combined": sources, "warnings": warnings_})
 
 
 def parse_phantom_spec(text: str, options: dict) -> tuple[str, dict]:

@@ -91,6 +91,19 @@ def ellipse_q(
     return ((dx * c + dy * s) / zcol(rx)) ** 2 + ((dy * c - dx * s) / zcol(ry)) ** 2
 
 
+def wide(fn: np.ufunc, *args: np.ndarray | float) -> np.ndarray:
+    """``fn(*args)`` evaluated in float64 and rounded once to float32: the same bits on every CPU.
+
+    numpy sends float32 transcendental ufuncs (``arctan2``, ``sin`` ...) to CPU-specific
+    kernels (SVML on AVX-512, its own polynomials on AVX2) that differ in the last bit, and
+    a last-bit difference in an angle moves a shape edge by a pixel often enough to change a
+    128 px phantom. The float64 kernels agree to within a float64 ulp, far below float32's,
+    so their float32 rounding is the same on every kernel path. Used only where the float32
+    kernels were seen to differ, so outputs that already agreed keep their bits.
+    """
+    return fn(*(np.asarray(a, dtype=np.float64) for a in args)).astype(np.float32)
+
+
 def smoothstep(v: np.ndarray, lo: float | np.ndarray, hi: float | np.ndarray) -> np.ndarray:
     """0 below ``lo``, 1 above ``hi``, a smooth cubic in between (soft edges, no aliasing)."""
     s = np.subtract(v, lo, dtype=np.float32)
@@ -260,7 +273,7 @@ def lateral_angle(frame: Frame, cx: float, cy: float, side: int) -> np.ndarray:
     """Angle ``[H, W]`` around (cx, cy) in the lateral frame of ``side`` (0 lateral, +pi/2 posterior)."""
     dx = (frame.x[None, :] - np.float32(cx)) * np.float32(LATERAL_SIGN[side])
     dy = frame.y[:, None] - np.float32(cy)
-    return np.arctan2(dy, dx)
+    return wide(np.arctan2, dy, dx)
 
 
 def ray_to_boundary(
@@ -393,11 +406,12 @@ def _draw_wall(frame: Frame, p: Thorax, r: np.ndarray, theta: np.ndarray, hu: np
     _paint(hu, r < 1.0 - p.fat, p.soft_hu)
     r_in = 1.0 - p.fat - p.wall
     phase = p.rib_phase + 2.2 * frame.t
-    q = p.rib_count * theta[None] / (2 * np.pi) + zcol(phase) + p.rib_wobble * np.sin(2 * theta + 1.0)[None]
+    q = p.rib_count * theta[None] / (2 * np.pi) + zcol(phase) + p.rib_wobble * wide(np.sin, 2 * theta + 1.0)[None]
     dq = q - np.round(q)
     rib_q = ((r[None] - (r_in + 0.42 * p.wall)) / (0.3 * p.wall)) ** 2 + (dq / 0.26) ** 2
-    front = np.abs(np.sin(theta) + 1.0) < 0.06  # sternum gap at the anterior midline
-    back = np.abs(np.sin(theta) - 1.0) < 0.08  # the spine takes the posterior midline
+    sin_theta = wide(np.sin, theta)
+    front = np.abs(sin_theta + 1.0) < 0.06  # sternum gap at the anterior midline
+    back = np.abs(sin_theta - 1.0) < 0.08  # the spine takes the posterior midline
     rib = (rib_q < 1.0) & ~(front | back)[None]
     _paint(hu, rib, BONE_CORTEX_HU)
     _paint(hu, rib & (rib_q < 0.35), BONE_MARROW_HU)
@@ -481,7 +495,7 @@ def draw_thorax(frame: Frame, p: Thorax, texture: np.ndarray) -> Anatomy:
     """Paint the chest from the skin inwards; the lungs come last, on top of the wall."""
     hu = np.full(frame.shape, AIR_HU, dtype=np.float32)
     r = _body_radius(frame, p)
-    theta = np.arctan2(frame.y[:, None] - p.body_cy, frame.x[None, :] - p.body_cx)
+    theta = wide(np.arctan2, frame.y[:, None] - p.body_cy, frame.x[None, :] - p.body_cx)
     _draw_wall(frame, p, r, theta, hu)
     _paint(hu, (r < 1.0 - p.fat - p.wall)[None], p.soft_hu)
     blocked = _draw_mediastinum(frame, p, hu) | _draw_spine(frame, p, hu)

@@ -41,6 +41,7 @@ from fewshot_transfer.data.phantom_anatomy import (
     smooth_noise,
     smoothstep,
     uniform,
+    wide,
     zcol,
 )
 
@@ -184,7 +185,9 @@ def covid_disease(
         if on.size == 0:
             continue
         zs = slice(on[0], on[-1] + 1)
-        plane = np.exp(-0.693 * ellipse_q(frame, cx[k], cy[k], f["along"][k], 1.6 * f["depth"][k], float(tangent[k])))
+        plane = wide(
+            np.exp, -0.693 * ellipse_q(frame, cx[k], cy[k], f["along"][k], 1.6 * f["depth"][k], float(tangent[k]))
+        )
         acc[:, zs] += (attrs[:, k, None] * zprof[k, zs])[:, :, None, None] * plane[None]
     total, *weighted = acc
 

@@ -66,6 +66,8 @@ class SliceSet:
             sets it; subsets keep it), so original-resolution data can be read back for a pool.
         native: optional per-row :class:`NativeSlice` (original mask and spacing); the harness
             attaches it to the test set only (memory), for native-resolution scoring.
+        dataset: optional str ``[N]``: each row's dataset of origin, set when several datasets are
+            combined into one domain (``--source A,B``); None for a single dataset (its ``name``).
     """
 
     images: np.ndarray
@@ -81,10 +83,11 @@ class SliceSet:
     meta: dict = field(default_factory=dict, compare=False)
     origin: np.ndarray | None = None
     native: tuple[NativeSlice, ...] | None = None
+    dataset: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         n = self.images.shape[0]
-        for attr in ("origin", "native"):
+        for attr in ("origin", "native", "dataset"):
             value = getattr(self, attr)
             if value is not None and len(value) != n:
                 raise ValueError(f"SliceSet {self.name!r}: {attr} has {len(value)} rows, images have {n}")
@@ -122,6 +125,7 @@ class SliceSet:
             lungs=None if self.lungs is None else self.lungs[idx],
             origin=None if self.origin is None else self.origin[idx],
             native=None if self.native is None else tuple(self.native[i] for i in idx.tolist()),
+            dataset=None if self.dataset is None else self.dataset[idx],
         )
 
     def patient_ids(self) -> list[str]:
@@ -132,6 +136,10 @@ class SliceSet:
         """Row indices of the given patients, in dataset order."""
         return np.flatnonzero(np.isin(self.patients, list(patients)))
 
+    def datasets(self) -> np.ndarray:
+        """Each row's dataset of origin (``name`` for every row of a single dataset)."""
+        return self.dataset if self.dataset is not None else np.full(len(self), self.name)
+
     def lesion_fraction(self) -> np.ndarray:
         """Per-slice fraction of lesion pixels (float64 ``[N]``)."""
         return self.masks.reshape(len(self), -1).mean(axis=1, dtype=np.float64)
@@ -141,6 +149,7 @@ class SliceSet:
         """Stack several SliceSets of the same image size (fingerprints are combined).
 
         ``origin`` and ``native`` are dropped: rows of different pools or datasets share no index.
+        Each row's dataset of origin is kept (``dataset``) when the parts come from more than one.
         """
         if not parts:
             raise ValueError("SliceSet.concat needs at least one part")
@@ -148,6 +157,8 @@ class SliceSet:
         if all(p.lungs is not None for p in parts):
             lungs = np.concatenate([p.lungs for p in parts])
         fp = hashlib.sha256("|".join(p.fingerprint for p in parts).encode()).hexdigest()[:16]
+        origins = [p.datasets() for p in parts]
+        mixed = len({str(v) for o in origins for v in np.unique(o)}) > 1
         return SliceSet(
             images=np.concatenate([p.images for p in parts]),
             masks=np.concatenate([p.masks for p in parts]),
@@ -159,4 +170,5 @@ class SliceSet:
             lungs=lungs,
             name=name or "+".join(p.name for p in parts),
             fingerprint=fp,
+            dataset=np.concatenate(origins) if mixed else None,
         )

@@ -184,6 +184,12 @@ def _patient_table(data: SliceSet) -> tuple[list[str], np.ndarray, np.ndarray, n
     return patients.tolist(), n_lab > 0, burden, all_test
 
 
+def has_own_test_split(data: SliceSet) -> bool:
+    """Whether the dataset marks some labeled patients ``test`` itself (then no folds are carved)."""
+    _, has_label, _, all_test = _patient_table(data)
+    return bool(np.any(has_label & all_test))
+
+
 def _quotas(n: int, fractions: np.ndarray, priority: list[int]) -> np.ndarray:
     """Largest-remainder counts for ``n`` items, at least one per positive fraction where possible.
 
@@ -325,12 +331,17 @@ def split_target(
         )
         f = np.array([f[0], 0.0, f[2]]) / (f[0] + f[2])
     assignment: list[list[str]] = []
-    if folds:
-        if fixed_test:
+    if folds and fixed_test:
+        # A fold protocol is for a target without a test split; a dataset's own split wins
+        # (configs/real.toml sets folds for the semiseg dev set and serves both kinds).
+        if fold != 0:
             raise ValueError(
-                f"dataset {data.name!r} has its own test split ({counts}); the fold protocol is for datasets "
-                "without one: set data.split.folds = 0"
+                f"dataset {data.name!r} has its own test split ({counts}), which replaces the fold protocol; "
+                f"data.split.fold = {fold} has no meaning there: use fold 0 (or data.split.folds = 0)"
             )
+        log.info("dataset %r has its own test split (%s): it is used instead of %d folds", data.name, counts, folds)
+        folds = 0
+    if folds:
         if len(labeled) < folds:
             raise ValueError(
                 f"dataset {data.name!r}: data.split.folds = {folds} needs at least {folds} patients with labeled "

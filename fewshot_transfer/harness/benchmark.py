@@ -16,13 +16,22 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fewshot_transfer.config import config_hash
+from fewshot_transfer.config import config_at_k, config_hash
 from fewshot_transfer.data.cache import cache_root
 from fewshot_transfer.data.loader import load_domain, native_slices
 from fewshot_transfer.data.samplers import labeled_fraction, resolve_shots, support_indices, support_pool_size
 from fewshot_transfer.data.slices import SliceSet
-from fewshot_transfer.data.splits import TargetSplit, load_split, save_split, split_source, split_target, verify_split
-from fewshot_transfer.training import LearnerContext, ModelCache, ProgressCallback
+from fewshot_transfer.data.splits import (
+    TargetSplit,
+    has_own_test_split,
+    load_split,
+    save_split,
+    split_source,
+    split_target,
+    verify_split,
+)
+from fewshot_transfer.harness.store import training_seed
+from fewshot_transfer.training import LearnerContext, ModelCache, ProgressCallback, pretrained_source_model
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +95,10 @@ class Benchmark:
             self._supports[key] = (idx, self.support_pool.subset(idx))
         return self._supports[key]
 
+    def shot_rows(self, k: int, seed: int) -> np.ndarray:
+        """Row indices in the support pool of the (k, seed) shots (see :meth:`support_set`)."""
+        return self._shots(k, seed)[0]
+
     def support_set(self, k: int, seed: int) -> SliceSet:
         """The k-shot support set of ``seed``: identical for every learner (paired), nested in k;
         empty at k = 0."""
@@ -110,9 +123,12 @@ class Benchmark:
     def labeled_fraction(self, k: int) -> float:
         return labeled_fraction(k, self.eligible) if k else 0.0
 
-    def context(self, learner_cls, k: int, seed: int, callback: ProgressCallback | None = None) -> LearnerContext:
+    def context(
+        self, learner_cls, k: int, seed: int, callback: ProgressCallback | None = None, replicate: int = 0
+    ) -> LearnerContext:
         """The cell's context: the (k, seed) shots (empty at k = 0 and for learners that take no
-        target labels) and, for learners with ``uses_unlabeled``, :meth:`unlabeled_set`."""
+        target labels) and, for learners with ``uses_unlabeled``, :meth:`unlabeled_set`;
+        its training randomness comes from ``training_seed(seed, replicate)``."""
         if k == 0 and learner_cls.uses_target and not (learner_cls.supports_k0 or learner_cls.k_independent):
             raise ValueError(f"learner {learner_cls.name!r} needs labeled target shots; it has no k = 0 cell")
         support = self.support_set(k if learner_cls.uses_target else 0, seed)
@@ -125,12 +141,14 @@ class Benchmark:
             if learner_cls.uses_unlabeled
             else None,
             k=k if learner_cls.uses_target else 0,
-            seed=seed,
+            seed=training_seed(seed, replicate),
             config=self.config,
-            params=learner_cls.resolve_params(self.config),
+            # A control row takes its learner's parameters, so its learner's per-k table too.
+            params=learner_cls.resolve_params(config_at_k(self.config, learner_cls.control_of or learner_cls.name, k)),
             device=self.device,
             cache=self.cache,
             callback=callback,
+            pretrainer=pretrained_source_model,
         )
 
 
@@ -138,6 +156,9 @@ def resolve_grid_shots(spec: str, pool_size: int) -> list[tuple[str, int]]:
     """``--shots`` with k = 0 allowed (the unsupervised setting): ``"0,1,5,20"`` ->
     ``[("0", 0), ("1", 1), ...]``; every other entry as :func:`resolve_shots` reads it."""
     items = [s.strip() for s in str(spec).split(",") if s.strip()]
+    for item in items:
+        if item.lstrip("-").isdigit() and int(item) < 0:
+            raise ValueError(f"shots entry {item!r}: k must be at least 0 (0 = no target labels)")
     zero = [s for s in items if s == "0"]
     rest = [s for s in items if s != "0"]
     if not items:
@@ -169,11 +190,13 @@ def prepare(config: dict, out_dir: Path, *, device: str | None = None) -> Benchm
 
     sp = data_cfg["split"]
     folds, fold = int(sp.get("folds", 0)), int(sp.get("fold", 0))
+    # A dataset's own test split replaces the fold protocol (split_target says so; fold must be 0).
+    own_test = bool(folds) and has_own_test_split(target)
     split_path = out_dir / "split.json"
     if split_path.is_file():
         split = load_split(split_path)
         verify_split(split, target)
-        if (len(split.folds), split.fold if split.folds else 0) != (folds, fold):
+        if (len(split.folds), split.fold if split.folds else 0) != ((0, 0) if own_test else (folds, fold)):
             raise ValueError(
                 f"{split_path} holds {f'fold {split.fold} of {len(split.folds)}' if split.folds else 'a split without folds'}"
                 f", but the config asks for {f'fold {fold} of {folds}' if folds else 'no folds'}; "

@@ -14,14 +14,20 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 
+from fewshot_transfer import learners
+from fewshot_transfer.config import load_toml
 from fewshot_transfer.harness.runner import reproduce_command
+from fewshot_transfer.harness.selection import DEFAULTS, is_oracle, rule_label
 from fewshot_transfer.harness.stats import holm, mean_ci, paired_diff, rank_with_ties
 from fewshot_transfer.harness.store import atomic_write_text, write_csv
+from fewshot_transfer.learners.controls import control_row
+from fewshot_transfer.metrics import INFNET_KEYS
 from fewshot_transfer.provenance import machines_of
 
 log = logging.getLogger(__name__)
@@ -41,15 +47,68 @@ def gain_reference(k: int) -> str:
     return REFERENCE_K0 if k == 0 else BASELINE
 
 
+def run_rule(record: dict) -> str:
+    """The selection rule of the run a cell belongs to (``defaults`` for an untuned run)."""
+    text = str(record.get("selection") or DEFAULTS)
+    match = re.search(r"selection rule (\S+)", text)
+    if match:
+        return match.group(1)
+    return "val" if text.startswith("tuned") else DEFAULTS  # cells from before the rules were named
+
+
+def _by_rule(records: list[dict]) -> list[dict]:
+    """Runs merged under several selection rules: each learner becomes ``NAME [RULE]``, so the
+    rules' rows stand side by side (gains against the same rule's reference)."""
+    rules = {run_rule(r) for r in records}
+    if len(rules) < 2:
+        return records
+    return [{**r, "learner": f"{r['learner']} [{run_rule(r)}]", "run_rule": run_rule(r)} for r in records]
+
+
+def _reference_of(name: str, k: int) -> str:
+    """The learner a row's gain is against: the same rule's reference when rules are merged."""
+    ref = gain_reference(k)
+    return f"{ref} [{name.rsplit(' [', 1)[1]}" if name.endswith("]") and " [" in name else ref
+
+
 def _dedupe(records: list[dict]) -> list[dict]:
-    """One record per (learner, k_label, seed); later run dirs win, with a warning on conflict."""
+    """One record per (learner, k_label, seed, replicate); later run dirs win, with a warning on conflict."""
     seen: dict[tuple, dict] = {}
     for r in records:
-        key = (r["learner"], r["k_label"], r["seed"])
+        key = (r["learner"], r["k_label"], r["seed"], r.get("replicate", 0))
         if key in seen and seen[key].get("provenance", {}).get("data") != r.get("provenance", {}).get("data"):
             log.warning("cell %s appears in several runs with different data; keeping %s", key, r.get("run_dir"))
         seen[key] = r
     return list(seen.values())
+
+
+#: Per-cell metrics averaged over the training replicates of one episode.
+_AVERAGED = ("dice", "dice_global", "pred_fraction", "true_fraction", "hd95")
+
+
+def average_replicates(records: list[dict]) -> list[dict]:
+    """One record per (learner, k_label, seed): the training replicates of an episode
+    (``--replicates``) averaged before any pairing, so the CI is over episodes and the
+    training noise of each is shrunk by the number of replicates. A failed replicate fails
+    the episode's record."""
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for r in records:
+        groups[(r["learner"], r["k_label"], r["seed"])].append(r)
+    out = []
+    for group in groups.values():
+        if len(group) == 1:
+            out.append(group[0])
+            continue
+        group = sorted(group, key=lambda r: r.get("replicate", 0))
+        failed = [r for r in group if r["status"] != "ok"]
+        if failed:
+            out.append(failed[0])
+            continue
+        metrics = dict(group[0]["metrics"])
+        for key in _AVERAGED:
+            metrics[key] = float(np.nanmean([r["metrics"][key] for r in group]))
+        out.append({**group[0], "metrics": metrics, "replicates": len(group)})
+    return out
 
 
 def _k_columns(records: list[dict], shots: list[tuple[str, int]] | None = None) -> list[tuple[str, int]]:
@@ -100,6 +159,27 @@ _NO_MECHANISM = {
 }
 
 
+def _control_of(record: dict, configs: dict[str, dict | None]) -> str:
+    """The record's control row; cells written before control arms existed get it from their
+    run's ``config.toml`` (the same rule: ``learners/controls.py``), so older runs show the
+    mechanism gains their own rows already allow (finetune vs scratch, the meta-learners vs
+    finetune)."""
+    if "control" in record:
+        return record["control"] or ""
+    run_dir = str(record.get("run_dir", ""))
+    if run_dir not in configs:
+        path = Path(run_dir) / "config.toml"
+        configs[run_dir] = load_toml(path) if run_dir and path.is_file() else None
+    config = configs[run_dir]
+    if config is None:
+        return ""
+    try:
+        learners.get(record["learner"])  # discovers the registry that control_row reads
+        return control_row(record["learner"], int(record["k"]), config) or ""
+    except (ValueError, KeyError):  # a learner or parameter this code no longer knows
+        return ""
+
+
 def _mechanism_gains(rows: list[dict], by_cell: dict[tuple[str, str], dict[int, dict]]) -> None:
     """Fill each row's mechanism gain: learner − its own control arm (``learners/controls.py``),
     paired by seed, with a 95% t-CI; p-values Holm-corrected over every such test of the run."""
@@ -142,7 +222,7 @@ def _na_row(name: str, family: str, label: str, k: int) -> dict:
         "gain_ci": nan,
         "gain_p": nan,
         "gain_p_holm": nan,
-        "gain_ref": gain_reference(k),
+        "gain_ref": _reference_of(name, k),
         **_NO_MECHANISM,
         "pred_fraction": nan,
         "true_fraction": nan,
@@ -151,17 +231,28 @@ def _na_row(name: str, family: str, label: str, k: int) -> dict:
         "charged_s": nan,
         "budget": "",
         "selection": "",
+        "selection_rule": "",
+        "sampler_seed": None,
+        "params": {},
         "tuned_from": "",
         "protocol": None,
         "command": "",
         "seeds": [],
+        **dict.fromkeys(INFNET_KEYS, nan),
     }
+
+
+def _seed_mean(cells: list[dict], key: str) -> float:
+    """Mean over seeds of an optional metric; NaN when a cell predates it (scored without it)."""
+    values = [float(r["metrics"].get(key, math.nan)) for r in cells]
+    return float(np.mean(values)) if values else math.nan
 
 
 def build_rows(records: list[dict], shots: list[tuple[str, int]] | None = None) -> list[dict]:
     """Aggregate cells into one row per (learner, k); k-independent learners appear at every k,
     learners without a k = 0 cell that need target labels get an "n/a" row there."""
-    records = _dedupe(records)
+    records = average_replicates(_dedupe(_by_rule(records)))
+    configs: dict[str, dict | None] = {}
     ks = _k_columns(records, shots)
     by_cell: dict[tuple[str, str], dict[int, dict]] = defaultdict(dict)
     learner_order: list[str] = []
@@ -178,12 +269,12 @@ def build_rows(records: list[dict], shots: list[tuple[str, int]] | None = None) 
             by_cell[(name, label)][int(r["seed"])] = r
     rows: list[dict] = []
     for label, k in ks:
-        ref_name = gain_reference(k)
-        reference = by_cell.get((ref_name, label), {})
         dice_by_learner: dict[str, dict[int, float]] = {}
         common_seeds: set[int] | None = None
         k_rows: list[dict] = []
         for name in learner_order:
+            ref_name = _reference_of(name, k)
+            reference = by_cell.get((ref_name, label), {})
             cells = by_cell.get((name, label))
             if not cells:
                 if k == 0 and not k0_capable[name]:
@@ -235,7 +326,7 @@ def build_rows(records: list[dict], shots: list[tuple[str, int]] | None = None) 
                 "gain_p_holm": math.nan,
                 "gain_ref": ref_name,
                 **_NO_MECHANISM,
-                "control": any_rec.get("control") or "",
+                "control": _control_of(any_rec, configs),
                 "pred_fraction": pred_f,
                 "true_fraction": true_f,
                 "collapsed": bool(seeds) and pred_f < COLLAPSE_RATIO * true_f,
@@ -243,6 +334,9 @@ def build_rows(records: list[dict], shots: list[tuple[str, int]] | None = None) 
                 "charged_s": _mean_of(charged),
                 "budget": budget_text(first_ok.get("budget")),
                 "selection": any_rec.get("selection", ""),
+                "selection_rule": any_rec.get("selection_rule") or (DEFAULTS if not any_rec.get("tuned_from") else ""),
+                "sampler_seed": any_rec.get("sampler_seed"),
+                "params": dict(first_ok.get("params") or {}),
                 "tuned_from": any_rec.get("tuned_from") or "",
                 "protocol": any_rec.get("protocol"),
                 "command": reproduce_command(
@@ -253,6 +347,7 @@ def build_rows(records: list[dict], shots: list[tuple[str, int]] | None = None) 
                     any_rec.get("provenance", {}).get("threads"),
                 ),
                 "seeds": seeds,
+                **{key: _seed_mean([ok[s] for s in seeds], key) for key in INFNET_KEYS},
             }
             k_rows.append(row)
             dice_by_learner[name] = dict(zip(seeds, dice))
@@ -276,6 +371,11 @@ def header_meta(records: list[dict]) -> dict[str, str]:
     meta: dict[str, str] = {}
     selections = sorted({r.get("selection") or "defaults" for r in records})
     meta["hyperparameters"] = selections[0] if len(selections) == 1 else "MIXED: " + " | ".join(selections)
+    if any(is_oracle(str(r.get("selection_rule", ""))) for r in records):
+        meta["ORACLE"] = (
+            "some rows chose their hyperparameters on the TEST SET (selection `oracle`): an upper bound on what "
+            "selection can buy, not a result a user could reproduce"
+        )
     meta["scored at"] = scored_at(records)
     shas = sorted({str(r.get("provenance", {}).get("code", {}).get("source_sha", "?")) for r in records})
     if len(shas) > 1:
@@ -376,9 +476,23 @@ def k_title(label: str, k: int) -> str:
 MD_HEADER = (
     "| rank | learner | k | labeled frac | Dice (mean ± 95% CI) | gain (± 95% CI) | p | p (Holm) "
     "| mechanism gain vs own control (± 95% CI) | p mech. (Holm) | global Dice | HD95 "
-    "| pred / true lesion frac | seeds | s / cell | target budget | notes |\n"
-    "|---:|---|---:|---:|---|---|---:|---:|---|---:|---:|---:|---|---:|---:|---|---|\n"
+    "| pred / true lesion frac | seeds | s / cell | selection | target budget | notes |\n"
+    "|---:|---|---:|---:|---|---|---:|---:|---|---:|---:|---:|---|---:|---:|---|---|---|\n"
 )
+
+
+def fmt_selection(row: dict, markdown: bool = False) -> str:
+    """How a row's hyperparameters were chosen: the rule in words (``ORACLE`` in bold), with the
+    sampler seed of its study."""
+    token = str(row.get("selection_rule") or "")
+    if not token:
+        return ""
+    text = rule_label(token)
+    if is_oracle(token) and markdown:
+        text = text.replace("ORACLE", "**ORACLE**")
+    if row.get("sampler_seed") is not None:
+        text += f", sampler seed {row['sampler_seed']}"
+    return text
 
 
 def row_notes(row: dict) -> str:
@@ -440,9 +554,10 @@ def to_markdown(
                 f"| {fmt_ci(r['dice'], r['dice_lo'], r['dice_hi'])} | {fmt_gain(r)} | {_p(r['gain_p'])} "
                 f"| {_p(r['gain_p_holm'])} | {fmt_mechanism(r)} | {_p(r.get('mech_p_holm', math.nan))} "
                 f"| {_num(r['dice_global'], '.3f')} | {hd} | {frac} | {r['n_seeds']} "
-                f"| {fmt_seconds(r)} | {r['budget']} | {row_notes(r)} |\n"
+                f"| {fmt_seconds(r)} | {fmt_selection(r, markdown=True)} | {r['budget']} | {row_notes(r)} |\n"
             )
     out.append(f"\n**Power**: {power_summary(rows)}.\n")
+    out.append(selected_hyperparameters(rows))
     for text in sections or []:
         out.append("\n" + text.rstrip() + "\n")
     out.append("\n## Reproduce\n\nEach row is recomputed by:\n\n")
@@ -450,6 +565,44 @@ def to_markdown(
         if r["command"]:
             out.append(f"- {r['learner']} k={r['k_label']}: `{r['command']}`\n")
     return "".join(out)
+
+
+#: Schedule keys every learner shares by protocol (``[train]``): not selected, not listed.
+_SCHEDULE = ("steps", "batch_size")
+
+
+def selected_hyperparameters(rows: list[dict]) -> str:
+    """A Markdown section: the hyperparameters each learner ran with at each k, the rule that chose
+    them and the study trial they come from (what a paper's appendix lists)."""
+    shown = [r for r in rows if r.get("applicable", True) and r.get("params")]
+    if not shown:
+        return ""
+    out = [
+        "\n## Selected hyperparameters\n\n",
+        "| learner | k | selection | values | from |\n|---|---:|---|---|---|\n",
+    ]
+    for r in sorted(shown, key=lambda r: (r["learner"], r["k"])):
+        values = ", ".join(
+            f"{name} {_fmt_value(v)}" for name, v in sorted(r["params"].items()) if name not in _SCHEDULE
+        )
+        out.append(
+            f"| {r['learner']} | {r['k_label']} | {fmt_selection(r, markdown=True) or 'defaults'} | {values} "
+            f"| {_study_trials(r['tuned_from']) or 'code defaults'} |\n"
+        )
+    return "".join(out)
+
+
+def _study_trials(tuned_from: str) -> str:
+    """``finetune-k5 trial #3`` for each study a ``tuned_from`` names (storage URL left out)."""
+    parts = []
+    for part in filter(None, tuned_from.split("; ")):
+        trial = re.search(r"trial #\d+", part)
+        parts.append(part.split(" @ ")[0] + (f" {trial.group(0)}" if trial else ""))
+    return "; ".join(parts)
+
+
+def _fmt_value(v) -> str:
+    return format(v, ".4g") if isinstance(v, float) else str(v)
 
 
 def write_leaderboard(
@@ -528,7 +681,7 @@ def rich_table(rows: list[dict], title: str = "ftbench leaderboard"):
             table.add_row(
                 label if j == 0 else "",
                 str(r.get("rank", "")),
-                r["learner"],
+                r["learner"] + (" [bold red]ORACLE[/bold red]" if is_oracle(str(r.get("selection_rule", ""))) else ""),
                 dice,
                 gain,
                 mech,

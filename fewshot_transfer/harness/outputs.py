@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from fewshot_transfer.config import load_toml
+from fewshot_transfer.harness import metric_sets
 from fewshot_transfer.harness.leaderboard import build_rows, header_meta, power_summary, rich_table, write_leaderboard
 from fewshot_transfer.harness.plots import loss_curves_plot, prediction_gallery, transfer_gain_plot
 from fewshot_transfer.harness.report import render_sections
@@ -30,6 +31,16 @@ def saved_shots(run_dirs: list[Path]) -> list[tuple[str, int]]:
     return out
 
 
+def saved_metric_sets(run_dirs: list[Path]) -> list[str]:
+    """The metric sets (``[eval] metrics``) the runs' ``config.toml`` asked to show."""
+    out: list[str] = []
+    for d in run_dirs:
+        cfg = Path(d) / "config.toml"
+        if cfg.is_file():
+            out.extend(load_toml(cfg).get("eval", {}).get("metrics", []))
+    return list(dict.fromkeys(out))
+
+
 def render(
     run_dirs: list[Path],
     out_dir: Path,
@@ -37,11 +48,14 @@ def render(
     meta: dict | None = None,
     console=None,
     shots: list[tuple[str, int]] | None = None,
+    metrics: list[str] | None = None,
 ) -> list[dict]:
     """Merge the cells of ``run_dirs``; write leaderboard.{md,csv,json} + transfer_gain.png to ``out_dir``.
 
-    ``shots`` are the grid's k columns (default: those saved with the runs).
+    ``shots`` are the grid's k columns (default: those saved with the runs); ``metrics`` the
+    extra metric sets shown beside Dice at 0.5 (default: those saved with the runs).
     """
+    shown = metric_sets.check_names(metrics if metrics is not None else saved_metric_sets(run_dirs))
     records = load_records(run_dirs)
     if not records:
         raise ValueError(f"no finished cells in {', '.join(map(str, run_dirs))}; run `ftbench run` first")
@@ -52,7 +66,9 @@ def render(
         **header,
         **{k: v for k, v in (meta or {}).items() if k not in ("hyperparameters", "code versions", "scored at")},
     }
-    paths = write_leaderboard(out_dir, rows, meta=meta, sections=render_sections(rows, records))
+    extra = {name: metric_sets.markdown(rows, name) for name in shown}
+    sections = render_sections(rows, records) + [text for text in extra.values() if text]
+    paths = write_leaderboard(out_dir, rows, meta=meta, sections=sections)
     paths.append(transfer_gain_plot(rows, out_dir / "transfer_gain.png"))
     if console is not None:
         console.print(
@@ -63,6 +79,14 @@ def render(
         )
         if "code versions" in meta:
             console.print(f"[yellow]{meta['code versions']}[/yellow]")
+        for name, text in extra.items():
+            if text is None:
+                console.print(
+                    f"[yellow]no cell here stores the {name!r} metrics (scored before the set existed; "
+                    "the stored .pred.npz are binary gallery masks): rerun the cells to get them[/yellow]"
+                )
+            else:
+                console.print(metric_sets.rich_table(rows, name))
         console.print(power_summary(rows))
         console.print("wrote " + ", ".join(str(p) for p in paths))
     return rows

@@ -86,17 +86,25 @@ def producers_first(cells: Iterable[CellSpec]) -> list[CellSpec]:
     return first + [c for c in cells if c not in chosen]
 
 
+#: What runs one cell in a worker: ``run_cell(bench, spec) -> record`` (the runner passes its own;
+#: taking it as an argument keeps this module below the runner, without an import circle).
+CellFn = Callable[..., dict]
+
+
 def run_parallel(
     config: dict,
     out_dir: Path,
     cells: list[CellSpec],
     *,
+    run_cell: CellFn,
     jobs: int,
     device: str,
     threads: int = 1,
     on_event: Callable[[str, CellSpec, object], None],
 ) -> None:
     """Run ``cells`` in ``jobs`` worker processes; ``on_event`` sees every start and finish.
+
+    ``run_cell`` must be a module-level function (it is pickled by name into the workers).
 
     Returns when every cell is saved. Any exit before that (Ctrl-C, a worker that raised or
     died) terminates all workers first; cells they finished are already on disk.
@@ -112,7 +120,7 @@ def run_parallel(
     procs = [
         ctx.Process(
             target=_worker,
-            args=(config, str(out_dir), device, threads, dict(os.environ), tasks, events),
+            args=(config, str(out_dir), run_cell, device, threads, dict(os.environ), tasks, events),
             name=f"ftbench-worker-{i}",
             daemon=True,
         )
@@ -193,7 +201,9 @@ def _stop_when_run_dies() -> None:
     threading.Thread(target=watch, name="ftbench-run-watch", daemon=True).start()
 
 
-def _worker(config: dict, out_dir: str, device: str, threads: int, env: dict[str, str], tasks, events) -> None:
+def _worker(
+    config: dict, out_dir: str, run_cell: CellFn, device: str, threads: int, env: dict[str, str], tasks, events
+) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     # A forkserver child inherits the server's environment, which may be older than the
     # parent's (FTBENCH_CACHE set after the server started must still reach the worker).
@@ -205,7 +215,6 @@ def _worker(config: dict, out_dir: str, device: str, threads: int, env: dict[str
 
     from fewshot_transfer import learners
     from fewshot_transfer.harness.benchmark import prepare
-    from fewshot_transfer.harness.runner import run_cell
     from fewshot_transfer.harness.store import CellStore
 
     torch.set_num_threads(threads)

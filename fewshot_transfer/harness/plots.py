@@ -14,6 +14,7 @@ import numpy as np
 
 from fewshot_transfer.atomic import atomic_open
 from fewshot_transfer.harness.leaderboard import BASELINE
+from fewshot_transfer.harness.selection import is_oracle
 
 
 def _pyplot():
@@ -121,8 +122,14 @@ def transfer_gain_plot(rows: list[dict], path: Path) -> Path:
                 ax.legend(fontsize=7, loc="best")
     axes[0, 0].set_ylabel("Dice gain (paired by seed, 95% CI)")
     axes[1, 0].set_ylabel("Dice (mean over seeds, 95% CI)")
+    oracle = any(is_oracle(str(r.get("selection_rule", ""))) for r in rows)
     fig.suptitle(
-        "Transfer gain and Dice per learner family (red x = collapsed; open marker = k = 0, vs source-only)",
+        "Transfer gain and Dice per learner family (red x = collapsed; open marker = k = 0, vs source-only)"
+        + (
+            "\nORACLE: some hyperparameters were selected on the TEST SET (an upper bound, not a result)"
+            if oracle
+            else ""
+        ),
         fontsize=10,
     )
     fig.tight_layout()

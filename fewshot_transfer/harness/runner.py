@@ -9,9 +9,11 @@ recorded as failed with its reason, and the grid continues.
 from __future__ import annotations
 
 import logging
+import re
 import shlex
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -20,16 +22,24 @@ import torch
 from fewshot_transfer import learners
 from fewshot_transfer.adaptation.probe import class_probe
 from fewshot_transfer.atomic import atomic_open
-from fewshot_transfer.config import config_hash
+from fewshot_transfer.config import config_at_k, config_hash, k_key
 from fewshot_transfer.data.slices import SliceSet
 from fewshot_transfer.harness.benchmark import Benchmark
 from fewshot_transfer.harness.parallel import producers_first, resolve_jobs, run_parallel
+from fewshot_transfer.harness.selection import (
+    DEFAULT_RULE,
+    DEFAULTS,
+    RULES,
+    applied_rule,
+    rule_label,
+    study_name,
+)
 from fewshot_transfer.harness.store import CellSpec, CellStore, write_csv
 from fewshot_transfer.learners.controls import control_row, with_controls
-from fewshot_transfer.metrics import evaluate, hd95_unit
+from fewshot_transfer.metrics import evaluate, hd95_unit, infnet_metrics
 from fewshot_transfer.provenance import code_version, machine
 from fewshot_transfer.training import ProgressCallback, TrainingDiverged
-from fewshot_transfer.training.segmenter import resample_to
+from fewshot_transfer.training.segmenter import resample_proba
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +61,9 @@ def resolve_learners(spec: str | list[str], config: dict | None = None) -> list[
         cls = learners.get(n)
         if config is not None:
             cls.resolve_params(config)
+            for key in config.get("learners", {}):
+                if key.startswith(f"{n}@k="):
+                    cls.resolve_params(config_at_k(config, n, int(key.split("=", 1)[1])))
     return names
 
 
@@ -88,11 +101,16 @@ def control_rows(names: list[str], spec: str, ks: list[int], config: dict, stric
 
 
 def plan_cells(
-    bench: Benchmark, learner_names: list[str], seeds: list[int], only_at: dict[str, set[int]] | None = None
+    bench: Benchmark,
+    learner_names: list[str],
+    seeds: list[int],
+    only_at: dict[str, set[int]] | None = None,
+    replicates: int = 1,
 ) -> list[CellSpec]:
     """All cells of the grid, seed-major. k-independent learners get one cell per seed; at
     k = 0 only learners with ``supports_k0`` get a cell (the others are "n/a" there).
-    ``only_at`` restricts some rows (control arms) to the k they are needed at."""
+    ``only_at`` restricts some rows (control arms) to the k they are needed at; each cell is
+    trained ``replicates`` times on its episode (the leaderboard averages them per seed)."""
     cells: list[CellSpec] = []
     for seed in seeds:
         for name in learner_names:
@@ -106,8 +124,10 @@ def plan_cells(
                 if only_at and name in only_at and k not in only_at[name]:
                     continue
                 cells.append(CellSpec(seed=seed, k=k, k_label=label, learner=name))
+    if replicates > 1:
+        cells = [replace(c, replicate=r) for c in cells for r in range(replicates)]
     order = {n: i for i, n in enumerate(learner_names)}
-    return sorted(cells, key=lambda c: (c.seed, c.k, order[c.learner]))
+    return sorted(cells, key=lambda c: (c.seed, c.replicate, c.k, order[c.learner]))
 
 
 def seeds_arg(seeds: list[int]) -> str:
@@ -133,12 +153,21 @@ def reproduce_command(
     )
 
 
-def _tuned_from(config: dict, learner: str) -> str | None:
-    """The study a learner's hyperparameters came from (only learners the tuned config sets);
-    of several studies (``--protocol tuned``), the ones named ``LEARNER-k...``."""
-    if not (config.get("tuned_from") and learner in config.get("learners", {})):
+def _tuned_from(config: dict, learner: str, k: int, k_label: str) -> str | None:
+    """The study a learner's hyperparameters at this k came from: with a study per k
+    (``[learners."NAME@k=K"]``) that k's own study, else (one study for every k, or a
+    ``best.toml``) the learner's studies named ``LEARNER-k...``; None when it was not tuned."""
+    parts = [p for p in str(config.get("tuned_from") or "").split("; ") if p]
+    tables = config.get("learners", {})
+    if not parts:
         return None
-    parts = str(config["tuned_from"]).split("; ")
+    if any(key.startswith(f"{learner}@k=") for key in tables):
+        if k_key(learner, k) not in tables:
+            return None
+        names = {study_name(learner, k_label, rule) for rule in RULES}
+        return "; ".join(p for p in parts if p.split(" @ ")[0] in names) or None
+    if learner not in tables:
+        return None
     own = [part for part in parts if part.startswith(f"{learner}-k")]
     return "; ".join(own or parts)
 
@@ -147,8 +176,29 @@ def selection(config: dict) -> str:
     """How the hyperparameters of a run were chosen, in words (the leaderboard header shows it)."""
     run = config.get("run", {})
     if run.get("protocol") == "tuned":
-        return f"tuned, {int(run['trials'])} trials per learner, validation split of the support pool"
+        rule = run.get("selection", DEFAULT_RULE)
+        where = f"one study at k = {run['tune_shots']} for every k" if run.get("tune_shots") else "a study per k"
+        return (
+            f"tuned, {int(run['trials'])} random draws per learner and k, selection rule {rule} "
+            f"({rule_label(rule)}; {where})"
+        )
     return "defaults"
+
+
+def cell_selection(config: dict, tuned_from: str | None, k: int) -> str:
+    """The selection token of one cell (a rule of ``harness/selection.py`` or ``defaults``)."""
+    if not tuned_from:
+        return DEFAULTS
+    rule = str(config.get("run", {}).get("selection") or DEFAULT_RULE)
+    if config.get("run", {}).get("protocol") == "tuned" and not config["run"].get("tune_shots"):
+        return applied_rule(rule, k)
+    return rule
+
+
+def _sampler_seed(tuned_from: str | None) -> int | None:
+    """The sampler seed a study's provenance names (``..., sampler seed S)``), if any."""
+    match = re.search(r"sampler seed (\d+)", tuned_from or "")
+    return int(match.group(1)) if match else None
 
 
 #: The ``train_steps`` phase of source pretraining: a cached, k-independent cost charged
@@ -188,8 +238,9 @@ def run_cell(
 ) -> dict:
     """Fit one learner on one support set and evaluate it on the whole test set."""
     cls = learners.get(spec.learner)
-    ctx = bench.context(cls, spec.k, spec.seed, callback)
+    ctx = bench.context(cls, spec.k, spec.seed, callback, replicate=spec.replicate)
     bench.cache.begin_cell()
+    tuned = tuned_from or _tuned_from(bench.config, cls.control_of or spec.learner, spec.k, spec.k_label)
     record: dict = {
         "cell_id": spec.cell_id,
         "learner": spec.learner,
@@ -198,15 +249,18 @@ def run_cell(
         "control": control_row(spec.learner, spec.k, bench.config),
         "control_of": cls.control_of,
         "selection": selection(bench.config),
+        "selection_rule": cell_selection(bench.config, tuned, spec.k),
+        "sampler_seed": _sampler_seed(tuned),
         "k": spec.k,
         "k_label": spec.k_label,
         "seed": spec.seed,
+        "replicate": spec.replicate,
         "labeled_fraction": bench.labeled_fraction(spec.k),
         "unlabeled_rows": len(ctx.unlabeled) if cls.uses_unlabeled else 0,
         "support_pool_size": bench.eligible,
         "support_patients": sorted(set(ctx.support.patients.tolist())),
         "params": dict(ctx.params),
-        "tuned_from": tuned_from or _tuned_from(bench.config, cls.control_of or spec.learner),
+        "tuned_from": tuned,
         "protocol": PROTOCOL_VERSION,
         "provenance": {
             "config_hash": config_hash(bench.config),
@@ -218,7 +272,7 @@ def run_cell(
         },
         "command": reproduce_command(bench.out_dir, spec.learner, spec.k_label, [spec.seed], torch.get_num_threads()),
     }
-    torch.manual_seed(spec.seed)
+    torch.manual_seed(ctx.seed)
     t0 = time.perf_counter()
     learner = cls()
     try:
@@ -297,22 +351,29 @@ def score(segmenter, test: SliceSet, threshold: float) -> tuple[dict, list[dict]
     original size: the probability map is resampled bilinearly to it and thresholded, and
     compared with the original mask, HD95 with the original spacing. Otherwise (and for a slice
     whose original size is the model size, e.g. every phantom slice) the model-size mask is
-    scored as it is. The model-size masks are returned for galleries.
+    scored as it is. The model-size masks are returned for galleries. The summary also holds
+    the Inf-Net metric set (:func:`~fewshot_transfer.metrics.infnet_metrics`, ``infnet_*``),
+    scored on the same probability maps at the same (native) resolution.
     """
     proba = segmenter.predict_proba(test.images)
     thr = float(getattr(segmenter, "threshold", threshold))
     pred = (proba >= thr).astype(np.uint8)
     if test.native is None:
         summary, per_slice = evaluate(pred, test.masks, test.spacing)
-        return summary, per_slice, pred, test.spacing
+        return _with_infnet(summary, list(proba), list(test.masks)), per_slice, pred, test.spacing
     spacing = np.array([s.spacing for s in test.native], dtype=np.float64).reshape(-1, 2)
+    gts = [s.mask for s in test.native]
     if all(s.shape == test.shape for s in test.native):
-        gt = np.stack([s.mask for s in test.native]) if len(test) else test.masks
+        gt = np.stack(gts) if len(test) else test.masks
         summary, per_slice = evaluate(pred, gt, spacing if len(test) else test.spacing)
-        return summary, per_slice, pred, spacing
-    native_pred = resample_to(proba, [s.shape for s in test.native], thr)
-    summary, per_slice = evaluate(native_pred, [s.mask for s in test.native], spacing)
-    return summary, per_slice, pred, spacing
+        return _with_infnet(summary, list(proba), gts), per_slice, pred, spacing
+    native_proba = resample_proba(proba, [s.shape for s in test.native])
+    summary, per_slice = evaluate([(p >= thr).astype(np.uint8) for p in native_proba], gts, spacing)
+    return _with_infnet(summary, native_proba, gts), per_slice, pred, spacing
+
+
+def _with_infnet(summary: dict, proba: list[np.ndarray], gts: list[np.ndarray]) -> dict:
+    return {**summary, **infnet_metrics(proba, gts)} if proba else summary
 
 
 def gallery_rows(bench: Benchmark) -> np.ndarray:
@@ -424,6 +485,7 @@ def run_grid(
                 bench.config,
                 bench.out_dir,
                 producers_first(todo),
+                run_cell=run_cell,
                 jobs=jobs,
                 device=str(bench.device),
                 threads=threads,

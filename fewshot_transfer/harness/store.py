@@ -29,11 +29,26 @@ class CellSpec:
     k: int
     k_label: str
     learner: str
+    #: Training replicate at this episode (``--replicates``): the same shots and pools,
+    #: another initialisation, batch order and augmentation (``training_seed``).
+    replicate: int = 0
 
     @property
     def cell_id(self) -> str:
         safe = self.k_label.replace("%", "pct")
-        return f"{self.learner}__k-{safe}__seed-{self.seed}"
+        rep = f"__rep-{self.replicate}" if self.replicate else ""
+        return f"{self.learner}__k-{safe}__seed-{self.seed}{rep}"
+
+
+#: Seed stride between training replicates of one episode (far from any episode seed in use).
+REPLICATE_STRIDE = 10_000_019
+
+
+def training_seed(seed: int, replicate: int) -> int:
+    """The seed of a cell's training randomness (initialisation, source pretraining, batch
+    order, augmentation); the episode seed alone fixes the shots and pools. Replicate 0 is
+    the episode seed itself, so runs without replicates keep their numbers."""
+    return seed + REPLICATE_STRIDE * replicate
 
 
 def write_csv(path: Path, rows: list[dict[str, Any]], columns: list[str] | None = None) -> None:

@@ -105,6 +105,9 @@ class AdversarialHooks(StepHooks):
         p = ctx.params
         self.opt_d = torch.optim.Adam(adversary.parameters(), lr=p.d_lr, betas=(0.9, 0.99))
         self.history: list[dict[str, float]] = []
+        #: With lambda_adv = 0 (the control arm) no discriminator is trained or read: it could
+        #: not reach the segmentor, so the control is the same segmentor at a finetune-like cost.
+        self.game = p.lambda_adv != 0  # a NaN lambda plays (and diverges loudly)
 
     def lam(self, step: int) -> float:
         p = self.ctx.params
@@ -128,6 +131,8 @@ class AdversarialHooks(StepHooks):
         return next(self.unlabeled) if self.unlabeled is not None else None
 
     def terms(self, batch: StepBatch) -> tuple[list[Term], dict[str, float]]:
+        if not self.game:
+            return [], {"lambda": 0.0}
         set_requires_grad(self.adversary, False)  # back on in after_step, once the segmentor has stepped
         lam = self.lam(batch.step)
         terms, stats = self.learner.segmentor_terms(self.ctx, self.view(batch), self.adversary, lam)
@@ -152,6 +157,8 @@ class AdversarialHooks(StepHooks):
         return stats
 
     def after_step(self, batch: StepBatch) -> dict[str, float]:
+        if not self.game:
+            return {}
         stats = self.d_step(self.view(batch.detached()))
         self.history.append(stats)
         return stats
@@ -293,7 +300,7 @@ class AdversarialLearner(Learner):
         unl = unlabeled_batches(ctx, ctx.unlabeled, n_unl, salt=303) if n_unl else None
         hooks = AdversarialHooks(self, ctx, adversary, n_src, unl)
         layer, _ = self.aligned(ctx, model)
-        warm = self._warm_up(ctx, model, hooks, n_src, n_unl)
+        warm = self._warm_up(ctx, model, hooks, n_src, n_unl) if hooks.game else {}
         batches = labeled_batches(ctx, ctx.support, p.batch_size, source=ctx.source_train, n_source=n_src)
         adversary.train()
         train_steps(ctx, model, batches, steps=p.steps, lr=p.lr, phase="target", hooks=hooks)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from fewshot_transfer.config import config_at_k
 from fewshot_transfer.learners.base import REGISTRY, SCHEDULE_KEYS, Learner
 from fewshot_transfer.training.params import Params, cast_value
 
@@ -82,18 +83,21 @@ def register_controls() -> None:
 
 
 def control_row(name: str, k: int, config: dict) -> str | None:
-    """The row that is learner ``name``'s control at ``k`` (None: the learner has no control)."""
-    from fewshot_transfer.learners import get  # the package discovers the learners first
+    """The row that is learner ``name``'s control at ``k`` (None: the learner has no control).
 
-    cls = get(name)
+    ``name`` must be registered (``learners.get`` / ``available`` discover the built-ins); the
+    package imports this module, so it is not imported back here."""
+    if name not in REGISTRY:
+        raise ValueError(f"unknown learner {name!r}: resolve it with fewshot_transfer.learners.get first")
+    cls = REGISTRY[name]
     spec = cls.control
     if spec is None or cls.control_of or (k == 0 and not cls.supports_k0):
         return None
     derived = REGISTRY[f"{name}{SUFFIX}"]
     if spec.same_as:
         other = REGISTRY[spec.same_as]
-        mine = derived.resolve_params(config)
-        theirs = other.resolve_params(config)
+        mine = derived.resolve_params(config_at_k(config, name, k))
+        theirs = other.resolve_params(config_at_k(config, other.name, k))
         has_cell = k > 0 or other.supports_k0 or other.k_independent
         if has_cell and all(mine.get(key) == value for key, value in theirs.items()):
             return other.name

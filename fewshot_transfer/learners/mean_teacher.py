@@ -28,8 +28,6 @@ labeled CAP rows, and the teacher starts as the source model.
 
 from __future__ import annotations
 
-import copy
-import math
 from typing import Any, ClassVar
 
 import torch
@@ -39,7 +37,7 @@ from torch import nn
 from fewshot_transfer.learners.base import Control, register
 from fewshot_transfer.learners.finetune import Finetune
 from fewshot_transfer.learners.scratch import Scratch
-from fewshot_transfer.learners.semi import SemiSupervisedLearner
+from fewshot_transfer.learners.semi import SemiSupervisedLearner, ema_update, frozen_copy, sigmoid_rampup, weak_view
 from fewshot_transfer.training import (
     LearnerContext,
     StepBatch,
@@ -69,9 +67,7 @@ class MeanTeacherHooks(StepHooks):
         p = ctx.params
         self.ctx = ctx
         self.model = model
-        self.teacher = copy.deepcopy(model).eval()
-        for param in self.teacher.parameters():
-            param.requires_grad_(False)
+        self.teacher = frozen_copy(model)
         self.weight = p.unlabeled_weight
         self.decay = p.ema_decay
         self.ramp_steps = max(1, round(p.ramp_share * p.steps))
@@ -79,23 +75,18 @@ class MeanTeacherHooks(StepHooks):
         self.gen = ctx.torch_generator(salt=502)
 
     def ramp(self, step: int) -> float:
-        t = min(1.0, step / self.ramp_steps)
-        return math.exp(-5.0 * (1.0 - t) ** 2)
+        return sigmoid_rampup(step, self.ramp_steps)
 
     def terms(self, batch: StepBatch) -> tuple[list[tuple[str, float, torch.Tensor]], dict[str, float]]:
-        raw = next(self.rows)
-        weak, _ = self.ctx.augment(raw, torch.zeros_like(raw), self.gen)
+        weak = weak_view(self.ctx, self.rows, self.gen)
         strong = strong_intensity(weak, self.gen)
         with torch.no_grad():
             target = torch.sigmoid(self.teacher(weak))
         term = F.mse_loss(torch.sigmoid(self.model(strong)), target)
         return [("consistency", self.weight * self.ramp(batch.step), term)], {}
 
-    @torch.no_grad()
     def after_step(self, batch: StepBatch) -> dict[str, float]:
-        decay = min(1.0 - 1.0 / (batch.step + 1), self.decay)
-        for t, s in zip(self.teacher.parameters(), self.model.parameters()):
-            t.mul_(decay).add_(s.detach(), alpha=1.0 - decay)
+        ema_update(self.teacher, self.model, min(1.0 - 1.0 / (batch.step + 1), self.decay))
         return {}
 
 

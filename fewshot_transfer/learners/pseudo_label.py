@@ -29,7 +29,6 @@ At k = 0 (``pseudo-label-cap`` only) there are no shots: the labeled part of eac
 
 from __future__ import annotations
 
-import copy
 from typing import Any, ClassVar
 
 import torch
@@ -39,7 +38,7 @@ from torch import nn
 from fewshot_transfer.learners.base import Control, register
 from fewshot_transfer.learners.finetune import Finetune
 from fewshot_transfer.learners.scratch import Scratch
-from fewshot_transfer.learners.semi import SemiSupervisedLearner
+from fewshot_transfer.learners.semi import SemiSupervisedLearner, frozen_copy
 from fewshot_transfer.training import (
     LearnerContext,
     StepBatch,
@@ -71,13 +70,7 @@ class PseudoLabelHooks(StepHooks):
         self.confidence = p.confidence
         self.threshold = float(ctx.train_cfg["threshold"])
         self.rows = unlabeled_batches(ctx, ctx.unlabeled, p.unlabeled_batch, salt=401)
-        self.teacher: nn.Module | None = self._freeze() if warmup == 0 else None
-
-    def _freeze(self) -> nn.Module:
-        teacher = copy.deepcopy(self.model).eval()
-        for param in teacher.parameters():
-            param.requires_grad_(False)
-        return teacher
+        self.teacher: nn.Module | None = frozen_copy(model) if warmup == 0 else None
 
     def extra_rows(self, step: int) -> torch.Tensor | None:
         return next(self.rows) if step > self.warmup else None
@@ -95,7 +88,7 @@ class PseudoLabelHooks(StepHooks):
 
     def after_step(self, batch: StepBatch) -> dict[str, float]:
         if batch.step == self.warmup:
-            self.teacher = self._freeze()
+            self.teacher = frozen_copy(self.model)
         return {}
 
 

@@ -8,6 +8,8 @@ no hook is installed, so the learner *is* its counterpart, bit for bit.
 
 from __future__ import annotations
 
+import copy
+import math
 from collections.abc import Iterator
 from typing import ClassVar
 
@@ -26,6 +28,39 @@ def labeled_stream(ctx: LearnerContext, batch_size: int) -> Iterator[tuple[torch
     if len(ctx.support):
         return labeled_batches(ctx, ctx.support, batch_size)
     return labeled_batches(ctx, ctx.support, batch_size, source=ctx.source_train, n_source=batch_size)
+
+
+def frozen_copy(model: nn.Module) -> nn.Module:
+    """A teacher: a copy of ``model`` in eval mode whose parameters take no gradient."""
+    teacher = copy.deepcopy(model).eval()
+    for param in teacher.parameters():
+        param.requires_grad_(False)
+    return teacher
+
+
+@torch.no_grad()
+def ema_update(teacher: nn.Module, student: nn.Module, decay: float) -> None:
+    """``teacher <- decay * teacher + (1 - decay) * student``, parameter by parameter, in place."""
+    for t, s in zip(teacher.parameters(), student.parameters()):
+        t.mul_(decay).add_(s.detach(), alpha=1.0 - decay)
+
+
+def sigmoid_rampup(step: int, ramp_steps: int) -> float:
+    """The usual consistency ramp ``exp(-5 (1 - t)^2)``, ``t = min(1, step / ramp_steps)`` (Laine & Aila 2017)."""
+    t = min(1.0, step / max(1, ramp_steps))
+    return math.exp(-5.0 * (1.0 - t) ** 2)
+
+
+def weak_view(ctx: LearnerContext, rows: Iterator[torch.Tensor], gen: torch.Generator) -> torch.Tensor:
+    """The next unlabeled rows under the run's own augmentation (flip, affine, jitter), drawn from ``gen``.
+
+    A hook that needs pixel-aligned views (teacher and student, weak and strong) draws them
+    itself from this one tensor instead of appending rows through ``extra_rows``, whose
+    geometry it would never see.
+    """
+    raw = next(rows)
+    weak, _ = ctx.augment(raw, torch.zeros_like(raw), gen)
+    return weak
 
 
 class SemiSupervisedLearner(Learner):

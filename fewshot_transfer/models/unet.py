@@ -15,6 +15,7 @@ The output is a single-channel lesion logit; the binary softmax AdaptSeg expects
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import torch
@@ -78,6 +79,10 @@ class UNet(nn.Module):
     ``"enc{i}"``, ``"bottleneck"`` and ``"dec{i}"`` to activations and ``"aux_logits"`` to an
     auxiliary prediction from the second-highest decoder level (upsampled to full size).
     ``"dec1"`` is the full-resolution decoder feature map the dual discriminators read.
+
+    ``encoder_transform`` (default None: the plain network) is applied to every encoder output
+    (the skips and the bottleneck) before the decoder reads them: the feature-perturbation
+    branch of UniMatch (channel dropout on the encoder features) uses it.
     """
 
     def __init__(self, config: UNetConfig | None = None, **overrides) -> None:
@@ -112,7 +117,12 @@ class UNet(nn.Module):
             out[f"dec{len(self.widths) - 1 - level}"] = w
         return out
 
-    def forward(self, x: torch.Tensor, return_features: bool = False):
+    def forward(
+        self,
+        x: torch.Tensor,
+        return_features: bool = False,
+        encoder_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ):
         size = x.shape[-2:]
         skips = []
         h = x
@@ -121,6 +131,9 @@ class UNet(nn.Module):
                 h = F.max_pool2d(h, 2)
             h = enc(h)
             skips.append(h)
+        if encoder_transform is not None:
+            skips = [encoder_transform(s) for s in skips]
+            h = skips[-1]
         feats: dict[str, torch.Tensor] = {}
         if return_features:
             feats.update({f"enc{i + 1}": s for i, s in enumerate(skips)})

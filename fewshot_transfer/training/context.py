@@ -65,6 +65,10 @@ class LearnerContext:
     device: torch.device
     cache: ModelCache
     callback: ProgressCallback | None = None
+    #: Trains (or loads) the source-pretrained backbone for this context; the harness passes
+    #: ``training.pretrain.pretrained_source_model`` (injected: pretraining runs through the
+    #: loops and streams that build on this module, so importing it here would be a circle).
+    pretrainer: Callable[[LearnerContext], UNet] | None = None
     curves: LossCurves = field(default_factory=LossCurves)
     train_seconds: float = 0.0
     #: What each ``train_steps`` phase spent (steps, optimizer, lr, rows per step, seconds),
@@ -109,9 +113,12 @@ class LearnerContext:
 
     def source_model(self) -> UNet:
         """The source-pretrained backbone for this seed (trained once, cached on disk)."""
-        from fewshot_transfer.training.pretrain import pretrained_source_model
-
-        return pretrained_source_model(self)
+        if self.pretrainer is None:
+            raise RuntimeError(
+                f"this context of learner {self.learner!r} was built without a pretrainer; pass "
+                "pretrainer=fewshot_transfer.training.pretrained_source_model to LearnerContext"
+            )
+        return self.pretrainer(self)
 
     def to_tensors(self, data: SliceSet, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """Rows ``idx`` as ``[B, 1, H, W]`` float tensors on the device."""

@@ -32,11 +32,10 @@ class Segmenter:
         return (self.predict_proba(images) >= self.threshold).astype(np.uint8)
 
 
-def resample_to(proba: np.ndarray, shapes: list[tuple[int, int]], threshold: float) -> list[np.ndarray]:
-    """Binary masks at other sizes: each ``[H, W]`` probability map of ``proba`` ``[N, H, W]`` is
-    resampled bilinearly (``align_corners=False``, pixel centres aligned, as the loader resized
-    the image) to ``shapes[i]``, then thresholded. A map already at its shape is only thresholded,
-    so a model-size slice gets exactly ``Segmenter.predict``'s mask."""
+def resample_proba(proba: np.ndarray, shapes: list[tuple[int, int]]) -> list[np.ndarray]:
+    """Probability maps at other sizes: each ``[H, W]`` map of ``proba`` ``[N, H, W]`` resampled
+    bilinearly (``align_corners=False``, pixel centres aligned, as the loader resized the image)
+    to ``shapes[i]``; a map already at its shape is returned as it is."""
     import torch.nn.functional as F
 
     if len(shapes) != len(proba):
@@ -47,5 +46,11 @@ def resample_to(proba: np.ndarray, shapes: list[tuple[int, int]], threshold: flo
         if p.shape != shape:
             t = torch.from_numpy(np.ascontiguousarray(p, dtype=np.float32))[None, None]
             p = F.interpolate(t, size=shape, mode="bilinear", align_corners=False)[0, 0].numpy()
-        out.append((p >= threshold).astype(np.uint8))
+        out.append(p)
     return out
+
+
+def resample_to(proba: np.ndarray, shapes: list[tuple[int, int]], threshold: float) -> list[np.ndarray]:
+    """Binary masks at other sizes: :func:`resample_proba`, then thresholded. A map already at its
+    shape is only thresholded, so a model-size slice gets exactly ``Segmenter.predict``'s mask."""
+    return [(p >= threshold).astype(np.uint8) for p in resample_proba(proba, shapes)]

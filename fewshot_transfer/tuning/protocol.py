@@ -1,16 +1,20 @@
-"""``ftbench run --protocol tuned``: the same hyperparameter search for every learner.
+"""``ftbench run --protocol tuned``: the same hyperparameter search for every learner, per k.
 
 A default picked on one scenario's test set favours the learner it was picked for. Under
-this protocol every learner of the grid gets an Optuna study with the same number of
-trials, the same episodes and the same objective (mean validation Dice at one k, the
-validation split carved from the target support pool by
-:func:`~fewshot_transfer.tuning.study.validation_benchmark`, never the test set); the grid
-then runs with each learner's best trial. Learners with nothing to search (source-only)
-keep their defaults.
+this protocol every learner of the grid gets, **at every k it runs at** (k = 0 included for
+learners that run there), an Optuna study with the same budget — ``run.trials`` random
+draws, the same episodes — scored by the selection rule ``run.selection``
+(``harness/selection.py``: ``val``, ``shots``, ``source-val`` or ``oracle``); the cells of
+each k then run with that k's best draw (``[learners."NAME@k=K"]`` in the run's config).
+A setting chosen at k = 5 says nothing about k = 0, where an adversarial learner's game is
+the only thing it does. ``run.tune_shots = K`` instead tunes once at K for every k (the
+earlier rule; the leaderboard says so). Learners with nothing to search (source-only), and
+``shots`` at k = 1 (nothing to hold out), keep their defaults.
 
-The studies live in ``OUT/tuning/study.db`` (one study per learner, ``NAME-kK``) with the
-tuning split in ``OUT/tuning/split.json``, so rerunning the command resumes them (a
-finished study runs no new trial) and yields the same parameters.
+The studies live in ``OUT/tuning/study.db`` (``NAME-kK`` for ``val``, ``NAME-kK-RULE``
+otherwise) with the tuning split in ``OUT/tuning/split.json``, so rerunning the command
+resumes them (a finished study runs no new trial; a trial a killed run left RUNNING is
+re-queued) and yields the same parameters.
 """
 
 from __future__ import annotations
@@ -19,25 +23,37 @@ import copy
 import logging
 import multiprocessing as mp
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
 from pathlib import Path
 
 from fewshot_transfer import learners
+from fewshot_transfer.config import k_key
 from fewshot_transfer.harness.parallel import resolve_jobs
+from fewshot_transfer.harness.selection import DEFAULTS, applied_rule, check_rule, study_name
 from fewshot_transfer.tuning.space import searched_names
 from fewshot_transfer.tuning.storage import default_storage, make_storage
 from fewshot_transfer.tuning.study import TuneSpec, best_config, identity, open_study, run_study
-from fewshot_transfer.tuning.validation import validation_benchmark
+from fewshot_transfer.tuning.validation import selection_split
 
 log = logging.getLogger(__name__)
 
 PROTOCOLS = ("defaults", "tuned")
-#: Share of the support pool's patients that score the trials (as ``ftbench tune``).
+#: Share of the support pool's patients that score the trials under ``val`` (as ``ftbench tune``).
 VAL_FRACTION = 0.5
 
 
+@dataclass(frozen=True)
+class StudyTask:
+    """One study of the protocol: a learner at one k under the rule that applies there."""
+
+    learner: str
+    label: str
+    k: int
+    rule: str
+
+
 def tuning_shots(shots: list[tuple[str, int]], spec: str = "") -> str:
-    """The k the studies tune at: ``spec`` when given, else the grid's middle k >= 1 (one
-    study per learner; a k-specific optimum would need a study per cell)."""
+    """The one k of ``run.tune_shots`` mode: ``spec`` when given, else the grid's middle k >= 1."""
     if spec:
         return spec
     positive = [label for label, k in sorted(shots, key=lambda t: t[1]) if k > 0]
@@ -46,12 +62,44 @@ def tuning_shots(shots: list[tuple[str, int]], spec: str = "") -> str:
     return positive[len(positive) // 2]
 
 
+def plan_studies(config: dict, names: list[str], shots: list[tuple[str, int]]) -> tuple[list[StudyTask], dict]:
+    """The studies to run, and why each learner or k that gets none keeps its defaults."""
+    run = config["run"]
+    rule = check_rule(str(run.get("selection") or "val"))
+    if run.get("tune_shots"):
+        label = tuning_shots(shots, str(run["tune_shots"]))
+        ks = [(label, next((k for lab, k in shots if lab == label), -1))]
+    else:
+        ks = list(shots)
+    tasks: list[StudyTask] = []
+    skipped: dict[str, str] = {}
+    for name in names:
+        cls = learners.get(name)
+        if cls.control_of:  # a control arm runs with its learner's tuned draw, mechanism off
+            skipped[name] = f"not tuned (the control arm of {cls.control_of} takes its parameters)"
+            continue
+        try:
+            searched_names(cls, dict(config.get("learners", {}).get(name, {})))
+        except ValueError as exc:  # nothing left to search: the learner runs as configured
+            skipped[name] = f"not tuned ({exc})"
+            continue
+        for label, k in ks:
+            if k == 0 and not cls.supports_k0:
+                continue
+            used = applied_rule(rule, k) if k >= 0 else rule
+            if used == DEFAULTS:
+                skipped[f"{name} k={label}"] = f"defaults ({rule} rule: k = {label} leaves nothing to hold out)"
+                continue
+            tasks.append(StudyTask(name, label, k, used))
+    return tasks, skipped
+
+
 def tune_learners(
     config: dict, names: list[str], out: Path, *, console=None, show_progress: bool = True
 ) -> tuple[dict, dict[str, str]]:
-    """Run (or resume) one study per learner with ``run.trials`` trials; return the config with
-    ``[learners.NAME]`` = each learner's best trial and ``tuned_from`` naming the studies,
-    plus a one-line outcome per learner."""
+    """Run (or resume) the studies of :func:`plan_studies`; return the config with each study's best
+    draw (``[learners."NAME@k=K"]``, or ``[learners.NAME]`` with ``run.tune_shots``) and
+    ``tuned_from`` naming the studies, plus a one-line outcome per study."""
     import optuna
 
     from fewshot_transfer.harness.benchmark import prepare
@@ -60,64 +108,48 @@ def tune_learners(
     run = config["run"]
     tune_dir = Path(out) / "tuning"
     bench = prepare(config, tune_dir)
-    val_bench, info = validation_benchmark(
-        bench,
-        tuning_shots(bench.shots, str(run.get("tune_shots") or "")),
-        val_fraction=VAL_FRACTION,
-        seed=int(config["data"]["split"]["seed"]),
-    )
-    label, k = val_bench.shots[0]
-    storage_url = default_storage(tune_dir)
-    make_storage(storage_url, heartbeat=None, grace=None)  # create the schema once, before workers race
+    tasks, outcome = plan_studies(config, names, bench.shots)
+    make_storage(default_storage(tune_dir), heartbeat=None, grace=None)  # the schema once, before workers race
     tuned = copy.deepcopy(config)
     tuned.setdefault("learners", {})
     provenance: list[str] = []
-    outcome: dict[str, str] = {}
-    jobs = resolve_jobs(int(run.get("jobs") or 0), len(names))
+    jobs = resolve_jobs(int(run.get("jobs") or 0), len(tasks))
     if jobs > 1:
         ctx = mp.get_context("spawn")
         with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
-            futures = {pool.submit(_tune_one, config, name, str(out), label, k, info, False): name for name in names}
+            futures = {pool.submit(_tune_one, config, task, str(out), False): task for task in tasks}
             if console is not None:
-                console.print(f"tuning {len(names)} learners in {jobs} processes (one study each, no live progress)")
-            done: dict[str, tuple] = {}
+                console.print(f"tuning: {len(tasks)} studies in {jobs} processes (no live progress)")
+            done: dict[StudyTask, tuple] = {}
             for fut in as_completed(futures):
                 done[futures[fut]] = fut.result()
                 if console is not None:
-                    console.print(f"  study finished: {futures[fut]} ({len(done)}/{len(names)})")
-            results = [done[name] for name in names]
+                    console.print(f"  study finished: {study_name(*_name_of(futures[fut]))} ({len(done)}/{len(tasks)})")
+            results = [done[task] for task in tasks]
     else:
-        results = [
-            _tune_one(config, name, str(out), label, k, info, show_progress, console, val_bench) for name in names
-        ]
-    for name, best, this in results:
-        if best is None:
-            outcome[name] = this
-            continue
-        tuned["learners"][name] = best
+        results = [_tune_one(config, task, str(out), show_progress, console, bench) for task in tasks]
+    single = bool(run.get("tune_shots"))
+    for task, (best, this) in zip(tasks, results):
+        key = task.learner if single else k_key(task.learner, task.k)
+        tuned["learners"][key] = best
         provenance.append(this)
-        outcome[name] = f"{this}: {best}"
+        outcome[f"{task.learner} k={task.label}"] = f"{this}: {best}"
     if provenance:
         tuned["tuned_from"] = "; ".join(provenance)
     return tuned, outcome
 
 
+def _name_of(task: StudyTask) -> tuple[str, str, str]:
+    return task.learner, task.label, task.rule
+
+
 def _tune_one(
-    config: dict,
-    name: str,
-    out: str,
-    label: str,
-    k: int,
-    info: dict,
-    show_progress: bool,
-    console=None,
-    val_bench=None,
-) -> tuple[str, dict | None, str]:
-    """One learner's study, run or resumed: (name, best [learners.NAME] table or None, provenance
-    or why it was not tuned). Top-level so that ``--jobs`` can run the studies side by side,
-    one single-threaded process each: studies are independent (own sampler seed), so the
-    parameters do not depend on the number of jobs. A worker process builds its own
-    validation benchmark; in-process the caller's ``val_bench`` is reused."""
+    config: dict, task: StudyTask, out: str, show_progress: bool, console=None, bench=None
+) -> tuple[dict, str]:
+    """One study, run or resumed: (best ``[learners.NAME]`` table, provenance). Top-level so that
+    ``--jobs`` can run studies side by side, one single-threaded process each: studies are
+    independent (own sampler seed, own draws), so the parameters do not depend on the number
+    of jobs. A worker process prepares its own benchmark; in-process the caller's is reused."""
     import optuna
     import torch
 
@@ -127,34 +159,29 @@ def _tune_one(
     if int(config["run"].get("threads") or 0) > 0:
         torch.set_num_threads(int(config["run"]["threads"]))
     learners.load_plugins(config["run"].get("plugins", []))
-    cls = learners.get(name)
-    pinned = dict(config.get("learners", {}).get(name, {}))
-    try:
-        searched_names(cls, pinned)
-    except ValueError as exc:  # nothing left to search: the learner runs as configured
-        return name, None, f"not tuned ({exc})"
     tune_dir = Path(out) / "tuning"
-    if val_bench is None:
-        val_bench, _ = validation_benchmark(
-            prepare(config, tune_dir), label, val_fraction=VAL_FRACTION, seed=int(config["data"]["split"]["seed"])
-        )
+    if bench is None:
+        bench = prepare(config, tune_dir)
+    split = selection_split(
+        bench, task.rule, task.label, val_fraction=VAL_FRACTION, seed=int(config["data"]["split"]["seed"])
+    )
     storage_url = default_storage(tune_dir)
     storage = make_storage(storage_url, heartbeat=None, grace=None)
     spec = TuneSpec(
-        learner=name,
-        shots=label,
+        learner=task.learner,
+        shots=task.label,
         episodes=int(config["run"]["tune_episodes"]),
         val_fraction=VAL_FRACTION,
         config=config,
         storage=storage_url,
-        study_name=f"{name}-k{label.replace('%', 'pct')}",
+        study_name=study_name(*_name_of(task)),
         out=tune_dir,
-        sampler_seed=0,
         n_trials=int(config["run"]["trials"]),
         heartbeat=None,
         grace=None,
+        selection=task.rule,
     )
-    study = open_study(spec, storage, identity(spec, info, k))
-    run_study(spec, study, val_bench, console=console, show_progress=show_progress)
+    study = open_study(spec, storage, identity(spec, split.info, split.k))
+    run_study(spec, study, split, console=console, show_progress=show_progress)
     best, this = best_config(spec, study)
-    return name, best["learners"][name], this
+    return best["learners"][task.learner], this

@@ -112,7 +112,7 @@ def make_storage(
     else:
         engine_kwargs = {"pool_pre_ping": True}
 
-    kwargs: dict[str, Any] = {"heartbeat_interval": heartbeat, "grace_period": grace if heartbeat else None}
+    kwargs: dict[str, Any] = {"heartbeat_interval": heartbeat or None, "grace_period": grace if heartbeat else None}
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)

@@ -6,6 +6,19 @@ the objective is the mean validation Dice. Storage, heartbeats and retries are i
 :mod:`fewshot_transfer.tuning.storage`, the search space in
 :mod:`fewshot_transfer.tuning.space`.
 
+Draws
+-----
+Every study is random search (:func:`make_sampler`) with its own seed, a stable hash of the
+learner's name and k (:func:`study_seed`; not Python's salted ``hash()``), stated in
+``best.toml`` and in every tuned leaderboard row. The draw of trial *n* is a function of
+(seed, n, parameter name) only, so a resumed study continues the sequence where it stopped
+instead of restarting it (the old TPE sampler, re-created with the same seed on resume,
+repeated the first draws), and several workers sharing a study draw different points. The
+seed leaves the selection rule out on purpose: the ``val``, ``shots`` and ``source-val``
+studies of one learner and k evaluate the same candidates and differ only in which one they
+pick. A trial left RUNNING by a killed process is failed and its parameters are re-queued
+(:func:`recover_orphans`), so its draw is evaluated rather than lost.
+
 Pruning
 -------
 After episode e the trial reports to Optuna at ``step = e``:
@@ -29,6 +42,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
 import logging
 import math
 import warnings
@@ -39,8 +53,10 @@ from typing import Any
 import numpy as np
 
 from fewshot_transfer.config import config_hash, run_identity, to_toml
+from fewshot_transfer.harness.selection import DEFAULT_RULE, is_oracle
 from fewshot_transfer.tuning.space import PinnedTrial
 from fewshot_transfer.tuning.storage import DEFAULT_GRACE, DEFAULT_HEARTBEAT, redact, worker_id
+from fewshot_transfer.tuning.validation import SelectionSplit
 
 log = logging.getLogger(__name__)
 
@@ -67,10 +83,65 @@ class TuneSpec:
     timeout: float | None = None
     heartbeat: int | None = DEFAULT_HEARTBEAT
     grace: int | None = DEFAULT_GRACE
+    #: The selection rule the study scores with (``harness/selection.py``).
+    selection: str = DEFAULT_RULE
+
+    def __post_init__(self) -> None:
+        if self.sampler_seed is None:
+            self.sampler_seed = study_seed(self.learner, self.shots)
 
     @property
     def seeds(self) -> list[int]:
         return list(range(self.episodes))
+
+
+def study_seed(learner: str, k_label: str) -> int:
+    """The sampler seed of the (learner, k) studies: the first 4 bytes of SHA-256 of
+    ``"LEARNER|k=K"``, the same in every process and Python version (``hash()`` is salted)."""
+    return int.from_bytes(hashlib.sha256(f"{learner}|k={k_label}".encode()).digest()[:4], "big")
+
+
+def _draw_seed(seed: int, number: int, name: str) -> int:
+    return int.from_bytes(hashlib.sha256(f"{seed}|{number}|{name}".encode()).digest()[:4], "big")
+
+
+def make_sampler(seed: int):
+    """Random search in which trial *n*'s value of a parameter is a function of (seed, n, name):
+    what storage already holds decides where a resumed study goes on, never the process."""
+    import optuna
+
+    class DrawSampler(optuna.samplers.BaseSampler):
+        def __init__(self, seed: int) -> None:
+            self.seed = int(seed)
+
+        def infer_relative_search_space(self, study, trial):
+            return {}
+
+        def sample_relative(self, study, trial, search_space):
+            return {}
+
+        def sample_independent(self, study, trial, param_name, param_distribution):
+            draw = optuna.samplers.RandomSampler(seed=_draw_seed(self.seed, trial.number, param_name))
+            return draw.sample_independent(study, trial, param_name, param_distribution)
+
+    return DrawSampler(seed)
+
+
+def recover_orphans(study) -> list[int]:
+    """Fail the trials a killed process left RUNNING and re-queue their parameters (so the draw is
+    evaluated, not lost or re-sampled); returns their numbers. Only for a study that one process
+    runs at a time (no heartbeats): with heartbeats Optuna fails and retries stale trials itself."""
+    from optuna.trial import TrialState
+
+    orphans = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    for t in orphans:
+        study.tell(t.number, state=TrialState.FAIL)
+        if t.params:
+            study.enqueue_trial(dict(t.params), user_attrs={"retry_of": t.number})
+        log.warning(
+            "study %s: trial %d was left running by a stopped process; failed and re-queued", study.study_name, t.number
+        )
+    return [t.number for t in orphans]
 
 
 def make_pruner(name: str, *, startup_trials: int, warmup_episodes: int):
@@ -95,6 +166,8 @@ def identity(spec: TuneSpec, info: dict, k: int) -> dict:
         "episodes": spec.episodes,
         "val_fraction": spec.val_fraction,
         "pruner": spec.pruner,
+        "selection": spec.selection,
+        "sampler_seed": spec.sampler_seed,
         "config_hash": config_hash(fixed),
         "tune_support": info["tune_support"],
         "validation": info["validation"],
@@ -105,7 +178,7 @@ def open_study(spec: TuneSpec, storage, ident: dict):
     """Create or load the study and check it was made for the same tuning setup."""
     import optuna
 
-    sampler = optuna.samplers.TPESampler(seed=spec.sampler_seed, constant_liar=True)
+    sampler = make_sampler(int(spec.sampler_seed))
     pruner = make_pruner(spec.pruner, startup_trials=spec.startup_trials, warmup_episodes=spec.warmup_episodes)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -137,14 +210,17 @@ def open_study(spec: TuneSpec, storage, ident: dict):
 
 
 def trial_config(base: dict, learner: str, params: dict) -> dict:
+    """``base`` with ``params`` in ``[learners.NAME]``; per-k tables of an earlier tuned run
+    (``[learners."NAME@k=K"]``) are dropped, or they would override every trial's draw."""
     cfg = copy.deepcopy(base)
-    cfg.setdefault("learners", {})
+    cfg["learners"] = {k: v for k, v in cfg.get("learners", {}).items() if not k.startswith(f"{learner}@k=")}
     cfg["learners"][learner] = {**cfg["learners"].get(learner, {}), **params}
     return cfg
 
 
-def make_objective(spec: TuneSpec, val_bench, on_progress: Callable[[str], None] | None = None):
-    """The Optuna objective: mean validation Dice over ``spec.episodes`` paired episodes."""
+def make_objective(spec: TuneSpec, split: SelectionSplit, on_progress: Callable[[str], None] | None = None):
+    """The Optuna objective: the mean Dice over ``spec.episodes`` paired episodes, each the mean
+    over the fits ``split.episode(seed)`` lists (one, or one per fold of the shots)."""
     import optuna
 
     from fewshot_transfer import learners
@@ -153,7 +229,6 @@ def make_objective(spec: TuneSpec, val_bench, on_progress: Callable[[str], None]
 
     cls = learners.get(spec.learner)
     pinned = dict(spec.config.get("learners", {}).get(spec.learner, {}))
-    label, k = val_bench.shots[0]
     trials_dir = Path(spec.out) / "trials" / spec.study_name.replace("/", "_")
 
     def objective(trial) -> float:
@@ -163,11 +238,8 @@ def make_objective(spec: TuneSpec, val_bench, on_progress: Callable[[str], None]
         trial.set_user_attr("learner_params", {**pinned, **params})
         trial.set_user_attr("worker", worker_id())
         out = trials_dir / f"trial-{trial.number:04d}"
-        bench = dataclasses.replace(val_bench, config=cfg, out_dir=out, _supports=val_bench._supports)
-        store = CellStore(out)
         dices: list[float] = []
         for e, seed in enumerate(spec.seeds):
-            cell = CellSpec(seed=seed, k=k, k_label=label, learner=spec.learner)
 
             def callback(step: int, values: dict, _e: int = e) -> None:
                 if on_progress is not None and step % 5 == 0:
@@ -177,13 +249,21 @@ def make_objective(spec: TuneSpec, val_bench, on_progress: Callable[[str], None]
                         f"step {step}{'/' + str(full['steps']) if values.get('phase') != 'pretrain' else ''} ({loss})"
                     )
 
-            record = run_cell(bench, cell, callback=callback)
-            store.save(cell, record)
-            if record["status"] == "ok" and math.isfinite(float(record["metrics"]["dice"])):
-                dice = float(record["metrics"]["dice"])
-            else:  # a diverged fit yields no segmenter: it scores what a user would get, nothing
-                dice = 0.0
-                trial.set_user_attr(f"episode_{e}_failed", str(record.get("reason", "no Dice")))
+            fits: list[float] = []
+            for scoring in split.episode(seed):
+                where = out / scoring.tag if scoring.tag else out
+                bench = dataclasses.replace(scoring.bench, config=cfg, out_dir=where, _supports=scoring.bench._supports)
+                cell = CellSpec(seed=seed, k=scoring.k, k_label=scoring.k_label, learner=spec.learner)
+                record = run_cell(bench, cell, callback=callback)
+                CellStore(where).save(cell, record)
+                if record["status"] == "ok" and math.isfinite(float(record["metrics"]["dice"])):
+                    fits.append(float(record["metrics"]["dice"]))
+                else:  # a diverged fit yields no segmenter: it scores what a user would get, nothing
+                    fits.append(0.0)
+                    trial.set_user_attr(
+                        f"episode_{e}{scoring.tag}_failed", str(record.get("reason", "no Dice on the scored slices"))
+                    )
+            dice = float(np.mean(fits))
             dices.append(dice)
             trial.set_user_attr("episode_dice", dices)
             if spec.pruner == "wilcoxon":
@@ -203,12 +283,13 @@ def finished_count(study) -> int:
     return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
 
 
-def run_study(spec: TuneSpec, study, val_bench, *, console=None, show_progress: bool = True) -> int:
+def run_study(spec: TuneSpec, study, split: SelectionSplit, *, console=None, show_progress: bool = True) -> int:
     """Run trials until the study holds ``spec.n_trials`` finished (complete or pruned) trials.
 
     ``--trials`` counts the whole study, so rerunning the same command after an
-    interruption runs only what is missing, and several workers together stop at N (each
-    may finish the trial it is in). Returns the number of trials this process ran.
+    interruption runs only what is missing (a trial a killed process left running is
+    re-queued first when there are no heartbeats), and several workers together stop at N
+    (each may finish the trial it is in). Returns the number of trials this process ran.
     """
     import optuna
     from optuna.study import MaxTrialsCallback
@@ -216,6 +297,8 @@ def run_study(spec: TuneSpec, study, val_bench, *, console=None, show_progress: 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     states = (TrialState.COMPLETE, TrialState.PRUNED)
+    if not spec.heartbeat:
+        recover_orphans(study)
     remaining = spec.n_trials - finished_count(study)
     if remaining <= 0:
         return 0
@@ -251,7 +334,7 @@ def run_study(spec: TuneSpec, study, val_bench, *, console=None, show_progress: 
             else:
                 log.info(msg)
 
-        objective = make_objective(spec, val_bench, on_progress if show_progress else None)
+        objective = make_objective(spec, split, on_progress if show_progress else None)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             study.optimize(
@@ -279,7 +362,10 @@ def best_config(spec: TuneSpec, study) -> tuple[dict, str]:
         **best.params,
     }
     cfg = trial_config(spec.config, spec.learner, params)
-    this = f"{spec.study_name} @ {redact(spec.storage)} trial #{best.number} (val Dice {best.value:.4f})"
+    this = (
+        f"{spec.study_name} @ {redact(spec.storage)} trial #{best.number} "
+        f"({score_name(spec.selection)} {best.value:.4f}, sampler seed {spec.sampler_seed})"
+    )
     others = [
         part
         for part in str(spec.config.get("tuned_from") or "").split("; ")
@@ -287,10 +373,16 @@ def best_config(spec: TuneSpec, study) -> tuple[dict, str]:
     ]
     cfg["tuned_from"] = "; ".join([*others, this])
     cfg.setdefault("run", {})
+    cfg["run"]["selection"] = spec.selection
     cfg["run"]["learners"] = spec.learner
     cfg["run"]["shots"] = spec.shots
     cfg["run"]["out"] = str(Path(spec.out) / "benchmark")
     return cfg, this
+
+
+def score_name(rule: str) -> str:
+    """What a study's objective is called in its provenance: ``val Dice``, ``shots Dice``, ..."""
+    return "ORACLE test Dice" if is_oracle(rule) else f"{rule} Dice"
 
 
 def write_best(spec: TuneSpec, study, info: dict) -> Path:
@@ -299,13 +391,18 @@ def write_best(spec: TuneSpec, study, info: dict) -> Path:
 
     cfg, this = best_config(spec, study)
     best = study.best_trial
+    oracle = is_oracle(spec.selection)
     header = [
         "# Written by `ftbench tune`. Usable as `ftbench run --config THIS_FILE`.",
+        *(["# ORACLE: these values were selected on the TEST SET; an upper bound, not a result."] if oracle else []),
         f"# Tuned: [learners.{spec.learner}] <- {this}",
-        f"# Objective: mean validation Dice over {spec.episodes} episodes (seeds 0..{spec.episodes - 1}) at k={spec.shots},",
-        f"#   validation = support-pool patients {', '.join(info['validation'])} (never the test set);",
+        f"# Selection rule: {spec.selection}; sampler seed {spec.sampler_seed} (stable hash of learner and k);"
+        f" {spec.n_trials} random draws.",
+        f"# Objective: mean Dice over {spec.episodes} episodes (seeds 0..{spec.episodes - 1}) at k={spec.shots},",
+        f"#   scored on: {info.get('scored_on', 'validation split of the support pool')}"
+        f" (patients {', '.join(map(str, info['validation']))});",
         f"#   shots drawn from support-pool patients {', '.join(info['tune_support'])}.",
-        f"# Per-episode validation Dice of the best trial: {', '.join(f'{d:.4f}' for d in best.user_attrs.get('episode_dice', []))}",
+        f"# Per-episode Dice of the best trial: {', '.join(f'{d:.4f}' for d in best.user_attrs.get('episode_dice', []))}",
         "# Every other value is the configuration the study ran with (fixed / rule-based settings).",
         "",
     ]
@@ -314,8 +411,8 @@ def write_best(spec: TuneSpec, study, info: dict) -> Path:
     return path
 
 
-def summary_table(study, top: int = 8):
-    """A rich table of the best trials (complete first, by value) and the state counts."""
+def summary_table(study, top: int = 8, rule: str = DEFAULT_RULE):
+    """A rich table of the ``top`` best trials (complete first, by value) and the state counts."""
     from optuna.trial import TrialState
     from rich.table import Table
 
@@ -330,9 +427,10 @@ def summary_table(study, top: int = 8):
     names = list(dict.fromkeys(n for t in trials for n in t.params))
     table = Table(
         title=f"study {study.study_name}: " + ", ".join(f"{v} {k}" for k, v in counts.items() if v),
-        caption="val Dice = mean over episodes of the validation Dice (support-pool validation patients, never the test set)",
+        caption=f"score = mean over episodes of the {score_name(rule)} (selection rule {rule})"
+        + (" — ORACLE: selected on the test set" if is_oracle(rule) else ""),
     )
-    for col in ("#", "state", "val Dice", "episodes", *names):
+    for col in ("#", "state", "score", "episodes", *names):
         table.add_column(col, justify="right" if col not in ("state",) else "left")
     done = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
     done.sort(key=lambda t: (t.state != TrialState.COMPLETE, -(t.value if t.value is not None else -1.0)))

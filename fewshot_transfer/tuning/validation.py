@@ -1,4 +1,10 @@
-"""The validation split a study scores on, carved by patient from the target support pool.
+"""What a study scores on, per selection rule (``harness/selection.py``): :func:`selection_split`.
+
+``val`` scores the validation split carved by patient from the target support pool (below);
+``shots`` the two folds of the k shots (:func:`shot_folds`); ``source-val`` the source
+validation split; ``oracle`` the test set.
+
+The ``val`` split:
 
 The target **support pool** (the patients the benchmark draws shots from) is split once,
 by patient, into a *tuning-support* part and a *validation* part (seeded, lesion-burden
@@ -17,8 +23,11 @@ pool and reuses the same cached source pretraining), so the trials are compared 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 import numpy as np
+
+from fewshot_transfer.harness.selection import applied_rule, check_rule
 
 
 def validation_benchmark(bench, shots: str, *, val_fraction: float = 0.5, seed: int = 0):
@@ -28,7 +37,6 @@ def validation_benchmark(bench, shots: str, *, val_fraction: float = 0.5, seed: 
     Returns ``(val_bench, info)``; ``info`` names the patients of each part. ``shots`` is
     one k as in ``--shots``: a count, or a percentage / ``all`` of the tuning-support pool.
     """
-    from fewshot_transfer.data.samplers import resolve_shots
     from fewshot_transfer.data.splits import check_disjoint, split_target
 
     if not 0.0 < val_fraction < 1.0:
@@ -72,10 +80,7 @@ def validation_benchmark(bench, shots: str, *, val_fraction: float = 0.5, seed: 
         shots=[],
         _supports={},
     )
-    resolved = resolve_shots(str(shots), val_bench.eligible)
-    if len(resolved) != 1:
-        raise ValueError(f"--shots must be one k for tuning (one study per k), got {shots!r}")
-    label, k = resolved[0]
+    label, k = one_k(shots, val_bench.eligible)
     val_bench.shots = [(label, k)]
     info = {
         "tune_support": list(tune_p),
@@ -87,3 +92,122 @@ def validation_benchmark(bench, shots: str, *, val_fraction: float = 0.5, seed: 
         "seed": seed,
     }
     return val_bench, info
+
+
+def one_k(shots: str, pool_size: int) -> tuple[str, int]:
+    """``--shots`` of a study: one k (``0`` = no target labels, a count, a percentage, ``all``)."""
+    from fewshot_transfer.harness.benchmark import resolve_grid_shots
+
+    resolved = resolve_grid_shots(str(shots), pool_size)
+    if len(resolved) != 1:
+        raise ValueError(f"--shots must be one k for tuning (one study per k), got {shots!r}")
+    return resolved[0]
+
+
+@dataclasses.dataclass
+class Scoring:
+    """One fit + evaluation inside a trial episode: train on ``bench``'s (k, seed) shots, score
+    its ``test_set``; ``tag`` keeps the cell files of the folds of one episode apart."""
+
+    bench: object
+    k: int
+    k_label: str
+    seed: int
+    tag: str = ""
+
+
+@dataclasses.dataclass
+class SelectionSplit:
+    """What a study of one rule scores: ``episode(seed)`` lists the fits of one episode, whose mean
+    Dice is the episode's value (one fit for ``val`` / ``source-val`` / ``oracle``, one per fold
+    for ``shots``). ``info`` names the data each part comes from (stored on the study)."""
+
+    rule: str
+    label: str
+    k: int
+    info: dict
+    episode: Callable[[int], list[Scoring]]
+
+
+def selection_split(bench, rule: str, shots: str, *, val_fraction: float = 0.5, seed: int = 0) -> SelectionSplit:
+    """The scoring data of ``rule`` (``harness/selection.py``) at one k of ``bench``.
+
+    * ``val``: :func:`validation_benchmark` (shots from one half of the support pool's patients,
+      scored on the other half's labeled slices);
+    * ``source-val``: the grid's own (k, seed) shots from the whole support pool, scored on the
+      labeled source validation split;
+    * ``oracle``: the grid's own shots, scored on the test set;
+    * ``shots``: the grid's own k shots of the episode's seed, 2-fold (:func:`shot_folds`).
+    """
+    rule = check_rule(rule)
+    label, k = one_k(shots, bench.eligible)
+    used = applied_rule(rule, k)
+    if used == "defaults":
+        raise ValueError(f"the {rule} rule has nothing to score at k = {label}: the learner keeps its defaults")
+    if used == "val":
+        val_bench, info = validation_benchmark(bench, label, val_fraction=val_fraction, seed=seed)
+        vlabel, vk = val_bench.shots[0]
+        info = {**info, "rule": used, "scored_on": "validation split of the support pool (more labels than k)"}
+        return SelectionSplit(used, label, k, info, lambda e: [Scoring(val_bench, vk, vlabel, e)])
+    base = dataclasses.replace(bench, shots=[(label, k)], _supports={})
+    info = {
+        "rule": used,
+        "tune_support": sorted(bench.split.support),
+        "tune_support_eligible": bench.eligible,
+        "excluded_test": list(bench.split.test),
+        "seed": seed,
+    }
+    if used == "oracle":
+        info.update(validation=sorted(bench.split.test), validation_slices=len(bench.test_set))
+        info["scored_on"] = "ORACLE: the test set"
+        return SelectionSplit(used, label, k, info, lambda e: [Scoring(base, k, label, e)])
+    if used == "source-val":
+        src = bench.source_val.subset(np.flatnonzero(bench.source_val.labeled))
+        if not (src.lesion_fraction() > 0).any():
+            raise ValueError("the source validation split has no lesion-positive slice; raise data.split.source_val")
+        scored = dataclasses.replace(base, test_set=src)
+        info.update(validation=sorted(src.patient_ids()), validation_slices=len(src))
+        info["scored_on"] = "source validation split (no target labels)"
+        return SelectionSplit(used, label, k, info, lambda e: [Scoring(scored, k, label, e)])
+    info.update(validation=["the held-out half of the k shots"], validation_slices=k)
+    info["scored_on"] = "2-fold over the k shots (by patient where possible)"
+    return SelectionSplit(used, label, k, info, lambda e: shot_folds(base, k, label, e))
+
+
+def fold_of_shots(patients: np.ndarray) -> np.ndarray:
+    """Fold 0 / 1 of each shot: patients dealt alternately in order of first appearance (the
+    shots are drawn round-robin over patients), or the shots alternately when they come from
+    one patient only, so both folds hold at least one shot."""
+    order = list(dict.fromkeys(patients.tolist()))
+    if len(order) >= 2:
+        return np.array([order.index(p) % 2 for p in patients.tolist()], dtype=np.int64)
+    return np.arange(len(patients), dtype=np.int64) % 2
+
+
+def shot_folds(bench, k: int, label: str, seed: int) -> list[Scoring]:
+    """The two folds of the (k, seed) shots: train on one half, score the other (both ways).
+
+    The held-out shots leave the support pool of the fold, so they are in no pool a learner
+    sees (not even as unlabeled slices); the train half keeps its place in the pool.
+    """
+    if k < 2:
+        raise ValueError(f"2-fold selection over the shots needs k >= 2, got k = {k}")
+    idx = bench.shot_rows(k, seed)
+    pool = bench.support_pool
+    folds = fold_of_shots(pool.patients[idx])
+    out: list[Scoring] = []
+    for f in (0, 1):
+        held, train = idx[folds == f], idx[folds != f]
+        keep = np.setdiff1d(np.arange(len(pool)), held)
+        reduced = pool.subset(keep)
+        train_rows = np.searchsorted(keep, train)
+        scored = pool.subset(held)
+        fold_bench = dataclasses.replace(
+            bench,
+            support_pool=reduced,
+            test_set=dataclasses.replace(scored, native=None),
+            shots=[(f"{label}-fold{f}", len(train))],
+            _supports={(len(train), seed): (train_rows, reduced.subset(train_rows))},
+        )
+        out.append(Scoring(fold_bench, len(train), f"{label}-fold{f}", seed, f"fold{f}"))
+    return out
