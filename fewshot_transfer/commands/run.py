@@ -18,7 +18,7 @@ Run the benchmark grid: every learner x every k x every seed, on paired support 
 (all learners of one seed see the same k shots; shots are nested across k). With no
 options it runs the embedded synthetic CAP -> COVID-19 phantom benchmark with the quick
 profile (configs/quick.toml) and the default learner set, one or two of every family
-(about ten minutes on a 2-core CPU):
+(10-15 minutes on a 2-core CPU), plus dual-adv's control arm (run.controls):
   LEARNER_SET
 --learners all runs every registered learner.
 
