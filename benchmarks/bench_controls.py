@@ -47,7 +47,7 @@ from fewshot_transfer import learners
 from fewshot_transfer.config import load_toml, resolve_config, to_toml
 from fewshot_transfer.harness.benchmark import Benchmark, prepare
 from fewshot_transfer.harness.leaderboard import COLLAPSE_RATIO
-from fewshot_transfer.harness.runner import domain_probes, run_cell
+from fewshot_transfer.harness.runner import probe_reading, run_cell
 from fewshot_transfer.harness.stats import holm, paired_diff
 from fewshot_transfer.harness.store import CellSpec
 from fewshot_transfer.metrics import evaluate
@@ -112,7 +112,7 @@ def preconditions(bench: Benchmark, spec: dict, seeds: list[int]) -> dict:
         s = evaluate(seg.predict(bench.test_set.images), bench.test_set.masks)[0]
         tgt.append(s["dice"])
         ratio.append(s["pred_fraction"] / s["true_fraction"])
-        probe = domain_probes(bench, probe_learner(), ctx, model)["before"]
+        _, probe = probe_reading(bench, probe_learner(), ctx, model)
         lesion.append(probe["lesion"] if probe["lesion"] is not None else np.nan)
         background.append(probe["background"])
     oracle = [cell(bench, "scratch", bench.eligible, s, "all")["metrics"]["dice"] for s in seeds]
@@ -190,12 +190,16 @@ def _pairs(items: list[str]) -> list[tuple[str, int]]:
     return [(t.split("@")[0].strip(), int(t.split("@")[1])) for t in items]
 
 
-def report_lines(name: str, pre: dict, outcome: dict) -> list[str]:
+def precondition_lines(pre: dict) -> list[str]:
     lines = ["preconditions (measured on the source model and a target oracle):"]
-    lines += [
+    return lines + [
         f"  {k} = {c['value']:.3f} (needs {c['rule']}): {'met' if c['met'] else 'NOT MET'}"
         for k, c in pre["checks"].items()
     ]
+
+
+def report_lines(pre: dict, outcome: dict) -> list[str]:
+    lines = precondition_lines(pre)
     lines.append("arms (mean over seeds):")
     lines += [
         f"  {arm}: dice {f['dice']:.3f}, pred/true {f['pred_true']:.2f}{' (COLLAPSED)' if f['collapsed'] else ''}"
@@ -246,10 +250,7 @@ def main() -> None:
     progress = Progress(Path(args.out) if args.out else None, args, cfg)
     pre = progress.preconditions or preconditions(bench, spec, seeds[: int(spec.get("precondition_seeds", 3))])
     progress.save_preconditions(pre)
-    for line in report_lines(args.scenario, pre, {"fractions": {}, "comparisons": [], "holm_family": "", "holds": 0})[
-        : 1 + len(pre["checks"])
-    ]:
-        print(line, flush=True)
+    print("\n".join(precondition_lines(pre)), flush=True)
     if args.preconditions_only:
         print(json.dumps(pre["facts"]))
         return
@@ -296,7 +297,7 @@ def main() -> None:
                 flush=True,
             )
     outcome = judge(spec, rows, pre, args.draw)
-    lines = report_lines(args.scenario, pre, outcome)
+    lines = report_lines(pre, outcome)
     for line in lines:
         print(line)
     verdict = {True: "yes", False: "no", None: "no verdict (preconditions not met)"}[outcome["holds"]]

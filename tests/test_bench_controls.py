@@ -61,7 +61,7 @@ def test_failed_preconditions_give_no_verdict():
     pre = {"checks": {"oracle_gap": {"met": False}, "source_only_drop": {"met": True}}}
     outcome = bench_controls.judge(GAIN, clear, pre)
     assert outcome["holds"] is None and outcome["failed_preconditions"] == ["oracle_gap"]
-    lines = bench_controls.report_lines("x", {"checks": {}}, outcome)
+    lines = bench_controls.report_lines({"checks": {}}, outcome)
     assert lines[-1].startswith("NO VERDICT")
 
 

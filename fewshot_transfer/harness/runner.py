@@ -325,23 +325,25 @@ def _probe_slices(data: SliceSet, device: torch.device) -> tuple[torch.Tensor, t
     return to(data.images), to(data.masks)
 
 
-def domain_probes(bench: Benchmark, learner, ctx, model: torch.nn.Module) -> dict | None:
-    """Per-class domain probes at the layer a learner aligns, before (the source model) and after
-    adaptation (``adaptation/probe.py``); None for learners that align nothing or ``probe = false``.
+def probe_reading(bench: Benchmark, learner, ctx, model: torch.nn.Module) -> tuple[str, dict]:
+    """(layer, per-class domain probe) of ``model`` at the layer ``learner`` aligns
+    (``adaptation/probe.py``).
 
     Source validation slices against test slices, with their masks: the masks only say which
     positions are lesion for this diagnostic read-out, like Dice itself; no learner sees them."""
-    aligned = getattr(learner, "aligned", None)
-    if aligned is None or not ctx.params.get("probe", False):
-        return None
     src, tgt = _probe_slices(bench.source_val, ctx.device), _probe_slices(bench.test_set, ctx.device)
-    layer, read_after = aligned(ctx, model.eval())
-    _, read_before = aligned(ctx, ctx.source_model().eval())
-    return {
-        "layer": layer,
-        "before": class_probe(read_before, src, tgt, seed=ctx.seed),
-        "after": class_probe(read_after, src, tgt, seed=ctx.seed),
-    }
+    layer, read = learner.aligned(ctx, model.eval())
+    return layer, class_probe(read, src, tgt, seed=ctx.seed)
+
+
+def domain_probes(bench: Benchmark, learner, ctx, model: torch.nn.Module) -> dict | None:
+    """:func:`probe_reading` before (the source model) and after adaptation; None for learners
+    that align nothing or run with ``probe = false``."""
+    if getattr(learner, "aligned", None) is None or not ctx.params.get("probe", False):
+        return None
+    layer, after = probe_reading(bench, learner, ctx, model)
+    _, before = probe_reading(bench, learner, ctx, ctx.source_model())
+    return {"layer": layer, "before": before, "after": after}
 
 
 def score(segmenter, test: SliceSet, threshold: float) -> tuple[dict, list[dict], np.ndarray, np.ndarray]:
