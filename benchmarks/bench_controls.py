@@ -12,8 +12,11 @@ before the preset was frozen). The script
 
 1. measures the **preconditions** and prints them before any verdict: source-only's Dice in
    its own domain (source validation) and on the target, its pred/true lesion fraction there,
-   a target-trained oracle (scratch on every support-pool label), and the per-class domain
-   probes of the source model at the aligned layer (lesion-only, background-only);
+   a target-trained oracle (scratch on every support-pool label), the per-class domain
+   probes of the source model at the aligned layer (lesion-only, background-only) beside
+   their null reading (two patient groups of the source domain: patient variation alone),
+   and for a confidence-routed learner where its routing sends the target's true lesion
+   pixels; ``preconditions_at`` holds thresholds that only the comparisons at one k need;
 2. runs the comparison's learners and their **control arms** (the same learner and stream,
    mechanism off; ``learners/controls.py``) on paired episodes through the harness's own
    ``run_cell`` (so every cell records its probes, budget and provenance);
@@ -44,6 +47,7 @@ import numpy as np
 import torch
 
 from fewshot_transfer import learners
+from fewshot_transfer.adaptation.losses import confident_regions
 from fewshot_transfer.config import load_toml, resolve_config, to_toml
 from fewshot_transfer.harness.benchmark import Benchmark, prepare
 from fewshot_transfer.harness.leaderboard import COLLAPSE_RATIO
@@ -99,39 +103,101 @@ def cell(bench: Benchmark, learner: str, k: int, seed: int, label: str | None = 
     return record
 
 
+#: Every fact ``preconditions`` measures (the routing ones for confidence-routed learners only).
+FACTS = (
+    "source_only_in_domain",
+    "source_only_target",
+    "source_only_drop",
+    "source_only_pred_true",
+    "oracle_target",
+    "oracle_gap",
+    "probe_lesion_before",
+    "probe_background_before",
+    "probe_lesion_null",
+    "probe_background_null",
+    "probe_lesion_excess",
+    "probe_background_excess",
+)
+ROUTING_FACTS = ("routed_lesion_as_lesion", "routed_lesion_as_background")
+
+
+def routing(model: torch.nn.Module, params, images: np.ndarray, masks: np.ndarray) -> dict[str, float]:
+    """Where a confidence-routed learner (dual-adv) would send the target's true lesion pixels.
+
+    The source model's predictions on the given target slices, routed as the learner routes
+    unlabeled rows (``confident_regions``: lesion, background, or the ignore band). At k = 0
+    this is the only routing the lesion discriminator gets: a lesion pixel routed to the
+    background discriminator is pulled toward source *background* features."""
+    x = torch.from_numpy(np.ascontiguousarray(images)).unsqueeze(1).float()
+    y = torch.from_numpy(np.ascontiguousarray(masks)).unsqueeze(1) > 0
+    with torch.no_grad():
+        prob = torch.sigmoid(model(x))
+    pos, neg = confident_regions(prob, params.conf_threshold, params.ignore_radius)
+    lesion = max(1, int(y.sum()))
+    return {
+        "routed_lesion_as_lesion": int((pos & y).sum()) / lesion,
+        "routed_lesion_as_background": int((neg & y).sum()) / lesion,
+    }
+
+
 def preconditions(bench: Benchmark, spec: dict, seeds: list[int]) -> dict:
-    """Measured facts the claim rests on, each with its threshold and whether it is met."""
-    out: dict[str, dict] = {}
-    own, tgt, ratio, lesion, background = [], [], [], [], []
+    """Measured facts the claim rests on, each with its threshold and whether it is met.
+
+    The per-class probes come with a null reading: the same probe between two patient groups
+    of the *source* domain (training vs validation patients), i.e. what patient-to-patient
+    variation alone separates with this many patients. ``probe_*_excess`` = domain reading
+    minus null reading is the part a domain shift explains. ``preconditions`` hold for the
+    whole claim; ``preconditions_at`` (``{"K": {...}}``) only for the comparisons at k = K."""
+    facts_per_seed: list[dict[str, float]] = []
     probe_learner = learners.get(spec["probe_learner"])
+    routed = "conf_threshold" in probe_learner.defaults
     for seed in seeds:
         ctx = bench.context(probe_learner, 0, seed)
         model = ctx.source_model().eval()
         seg = ctx.segmenter(model)
-        own.append(evaluate(seg.predict(bench.source_val.images), bench.source_val.masks)[0]["dice"])
+        own = evaluate(seg.predict(bench.source_val.images), bench.source_val.masks)[0]["dice"]
         s = evaluate(seg.predict(bench.test_set.images), bench.test_set.masks)[0]
-        tgt.append(s["dice"])
-        ratio.append(s["pred_fraction"] / s["true_fraction"])
         _, probe = probe_reading(bench, probe_learner(), ctx, model)
-        lesion.append(probe["lesion"] if probe["lesion"] is not None else np.nan)
-        background.append(probe["background"])
+        _, null = probe_reading(bench, probe_learner(), ctx, model, pair=(bench.source_val, bench.source_train))
+        nan = lambda v: np.nan if v is None else v  # noqa: E731
+        facts_per_seed.append(
+            {
+                "source_only_in_domain": own,
+                "source_only_target": s["dice"],
+                "source_only_pred_true": s["pred_fraction"] / s["true_fraction"],
+                "probe_lesion_before": nan(probe["lesion"]),
+                "probe_background_before": probe["background"],
+                "probe_lesion_null": nan(null["lesion"]),
+                "probe_background_null": null["background"],
+                **(routing(model, ctx.params, bench.test_set.images, bench.test_set.masks) if routed else {}),
+            }
+        )
     oracle = [cell(bench, "scratch", bench.eligible, s, "all")["metrics"]["dice"] for s in seeds]
-    facts = {
-        "source_only_in_domain": float(np.mean(own)),
-        "source_only_target": float(np.mean(tgt)),
-        "source_only_drop": float(np.mean(own) - np.mean(tgt)),
-        "source_only_pred_true": float(np.mean(ratio)),
-        "oracle_target": float(np.mean(oracle)),
-        "oracle_gap": float(np.mean(oracle) - np.mean(tgt)),
-        "probe_lesion_before": float(np.nanmean(lesion)),
-        "probe_background_before": float(np.mean(background)),
+    facts = {key: float(np.nanmean([f[key] for f in facts_per_seed])) for key in facts_per_seed[0]}
+    facts["source_only_drop"] = facts["source_only_in_domain"] - facts["source_only_target"]
+    facts["oracle_target"] = float(np.mean(oracle))
+    facts["oracle_gap"] = facts["oracle_target"] - facts["source_only_target"]
+    facts["probe_lesion_excess"] = facts["probe_lesion_before"] - facts["probe_lesion_null"]
+    facts["probe_background_excess"] = facts["probe_background_before"] - facts["probe_background_null"]
+    assert set(facts) == set(FACTS) | (set(ROUTING_FACTS) if routed else set()), sorted(facts)
+
+    def check(rules: dict) -> dict:
+        out = {}
+        for name, rule in rules.items():
+            if name not in facts:
+                raise SystemExit(f"precondition {name!r}: no such measured fact (known: {', '.join(sorted(facts))})")
+            op, threshold = rule[:2], float(rule[2:])
+            value = facts[name]
+            met = value >= threshold if op == ">=" else value <= threshold
+            out[name] = {"value": round(value, 4), "rule": f"{op} {threshold:g}", "met": bool(met)}
+        return out
+
+    return {
+        "facts": {k: round(v, 4) for k, v in facts.items()},
+        "checks": check(spec["preconditions"]),
+        "checks_at": {str(k): check(rules) for k, rules in spec.get("preconditions_at", {}).items()},
+        "seeds": seeds,
     }
-    for name, rule in spec["preconditions"].items():
-        op, threshold = rule[:2], float(rule[2:])
-        value = facts[name]
-        met = value >= threshold if op == ">=" else value <= threshold
-        out[name] = {"value": round(value, 4), "rule": f"{op} {threshold:g}", "met": bool(met)}
-    return {"facts": {k: round(v, 4) for k, v in facts.items()}, "checks": out, "seeds": seeds}
 
 
 def parse_comparison(text: str) -> tuple[str, str, int]:
@@ -157,9 +223,11 @@ def judge(spec: dict, rows: list[dict], pre: dict, draw: int = 0) -> dict:
         comparisons.append({"comparison": text, **{key: d[key] for key in ("mean", "lo", "hi", "n", "p_value")}})
     n_variants = 1 + len(spec.get("variants_tried", [])) if draw == 0 else 1
     family = [c["p_value"] for c in comparisons] + [1.0] * (len(comparisons) * (n_variants - 1))
+    unmet_at = {k: [n for n, c in checks.items() if not c["met"]] for k, checks in pre.get("checks_at", {}).items()}
     for c, p in zip(comparisons, holm(family)):
         c["p_holm"] = p
         c["supported"] = bool(p < ALPHA and c["mean"] > 0)
+        c["unmet_preconditions"] = unmet_at.get(str(parse_comparison(c["comparison"])[2]), [])
     fractions = {}
     for name, k in sorted({(r["learner"], r["k"]) for r in rows}):
         rs = [r for r in rows if r["learner"] == name and r["k"] == k]
@@ -174,10 +242,16 @@ def judge(spec: dict, rows: list[dict], pre: dict, draw: int = 0) -> dict:
         fractions[f"{name} @ {k}"]["collapsed"] for name, k in _pairs(spec.get("must_not_collapse", []))
     )
     failed = [name for name, c in pre["checks"].items() if not c["met"]]
-    holds = None if failed else bool(all(c["supported"] for c in comparisons) and collapse_ok)
+    testable = [c for c in comparisons if not c["unmet_preconditions"]]
+    holds = (
+        None
+        if failed or (comparisons and not testable)
+        else bool(all(c["supported"] for c in testable) and collapse_ok)
+    )
     return {
         "holds": holds,
         "failed_preconditions": failed,
+        "untestable": [c["comparison"] for c in comparisons if c["unmet_preconditions"]],
         "comparisons": comparisons,
         "holm_family": f"{len(comparisons)} comparisons x {n_variants} variants"
         + (" (the run and every variant tried)" if draw == 0 else " (the frozen preset on a new draw)"),
@@ -191,11 +265,19 @@ def _pairs(items: list[str]) -> list[tuple[str, int]]:
 
 
 def precondition_lines(pre: dict) -> list[str]:
+    def line(name: str, c: dict) -> str:
+        return f"  {name} = {c['value']:.3f} (needs {c['rule']}): {'met' if c['met'] else 'NOT MET'}"
+
     lines = ["preconditions (measured on the source model and a target oracle):"]
-    return lines + [
-        f"  {k} = {c['value']:.3f} (needs {c['rule']}): {'met' if c['met'] else 'NOT MET'}"
-        for k, c in pre["checks"].items()
-    ]
+    lines += [line(k, c) for k, c in pre["checks"].items()]
+    for k, checks in pre.get("checks_at", {}).items():
+        lines.append(f"preconditions of the comparisons at k = {k}:")
+        lines += [line(name, c) for name, c in checks.items()]
+    checked = set(pre["checks"]) | {n for checks in pre.get("checks_at", {}).values() for n in checks}
+    other = {k: v for k, v in pre.get("facts", {}).items() if k not in checked}
+    if other:
+        lines.append("  also measured: " + ", ".join(f"{k} {v:.3f}" for k, v in other.items()))
+    return lines
 
 
 def report_lines(pre: dict, outcome: dict) -> list[str]:
@@ -209,10 +291,19 @@ def report_lines(pre: dict, outcome: dict) -> list[str]:
     lines += [
         f"  {c['comparison']}: {c['mean']:+.3f} [{c['lo']:+.3f}, {c['hi']:+.3f}], n = {c['n']}, "
         f"p = {c['p_value']:.3g}, Holm p = {c['p_holm']:.3g}{' supported' if c['supported'] else ''}"
+        + (
+            f" (NO VERDICT at this k: {', '.join(c['unmet_preconditions'])} not met)"
+            if c.get("unmet_preconditions")
+            else ""
+        )
         for c in outcome["comparisons"]
     ]
-    if outcome["holds"] is None:
+    if outcome["failed_preconditions"]:
         lines.append(f"NO VERDICT: preconditions not met ({', '.join(outcome['failed_preconditions'])})")
+    elif outcome["holds"] is None:
+        lines.append("NO VERDICT: the preconditions of every comparison's k failed")
+    elif outcome.get("untestable"):
+        lines.append(f"verdict over the testable comparisons only; no verdict for {', '.join(outcome['untestable'])}")
     return lines
 
 

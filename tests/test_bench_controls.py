@@ -6,7 +6,9 @@ import importlib.util
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
 from fewshot_transfer import learners
 from fewshot_transfer.config import load_toml, resolve_config
@@ -65,6 +67,42 @@ def test_failed_preconditions_give_no_verdict():
     assert lines[-1].startswith("NO VERDICT")
 
 
+def test_preconditions_of_one_k_withhold_only_that_ks_verdict():
+    spec = {"comparisons": ["adaptseg - adaptseg-control @ 0", "adaptseg - adaptseg-control @ 1"], "variants_tried": []}
+    up = [d + 0.05 + 0.001 * i for i, d in enumerate(REF)]
+    rows = _rows("adaptseg-control", REF) + _rows("adaptseg", up)
+    rows += _rows("adaptseg-control", REF, k=1) + _rows("adaptseg", up, k=1)
+    pre = {"checks": {"x": {"met": True}}, "checks_at": {"0": {"routed_lesion_as_background": {"met": False}}}}
+    outcome = bench_controls.judge(spec, rows, pre)
+    assert outcome["holds"] is True and outcome["untestable"] == ["adaptseg - adaptseg-control @ 0"]
+    assert outcome["comparisons"][0]["unmet_preconditions"] == ["routed_lesion_as_background"]
+    assert outcome["comparisons"][1]["unmet_preconditions"] == []
+    lines = bench_controls.report_lines({"checks": {}}, outcome)
+    assert "NO VERDICT at this k" in lines[-3] and lines[-1].startswith("verdict over the testable")
+    worse = _rows("adaptseg-control", REF) + _rows("adaptseg", up)
+    worse += _rows("adaptseg-control", REF, k=1) + _rows("adaptseg", REF, k=1)
+    assert bench_controls.judge(spec, worse, pre)["holds"] is False  # the testable k decides
+    nothing = {**pre, "checks_at": {"0": pre["checks_at"]["0"], "1": {"y": {"met": False}}}}
+    assert bench_controls.judge(spec, rows, nothing)["holds"] is None
+
+
+def test_routing_sends_missed_lesion_pixels_to_the_background_discriminator():
+    """A model that sees half a lesion confidently: that half is routed as lesion, the far
+    part of the missed half as background, the band between them nowhere."""
+    from fewshot_transfer.training.params import Params
+
+    masks = np.zeros((1, 32, 32), np.uint8)
+    masks[0, 8:24, 4:28] = 1
+    seen = torch.full((1, 1, 32, 32), -9.0)
+    seen[..., 8:24, 4:12] = 9.0
+
+    out = bench_controls.routing(
+        lambda x: seen, Params({"conf_threshold": 0.9, "ignore_radius": 2}), masks * 1.0, masks
+    )
+    assert out["routed_lesion_as_lesion"] == pytest.approx(8 / 24)
+    assert out["routed_lesion_as_background"] == pytest.approx((24 - 8 - 2) / 24)
+
+
 def test_collapse_conditions():
     spec = {
         "comparisons": [],
@@ -109,9 +147,12 @@ def test_every_preset_names_registered_learners_and_measurable_preconditions(nam
     for text in spec["comparisons"]:
         a, b, k = bench_controls.parse_comparison(text)
         assert learners.get(a) and learners.get(b) and k >= 0
-    facts = {"source_only_in_domain", "source_only_target", "source_only_drop", "source_only_pred_true"}
-    facts |= {"oracle_target", "oracle_gap", "probe_lesion_before", "probe_background_before"}
-    for key, rule in spec["preconditions"].items():
+    facts = set(bench_controls.FACTS)
+    if "conf_threshold" in learners.get(spec["probe_learner"]).defaults:
+        facts |= set(bench_controls.ROUTING_FACTS)
+    rules = [spec["preconditions"], *spec.get("preconditions_at", {}).values()]
+    assert set(spec.get("preconditions_at", {})) <= {str(k) for k in (0, 1, 5, 20)}
+    for key, rule in (item for r in rules for item in r.items()):
         assert key in facts and rule[:2] in (">=", "<=") and float(rule[2:]) == float(rule[2:])
     assert int(user["run"]["seeds"]) >= 10  # a verdict needs power (issue #22)
     assert user["data"]["source"] != user["data"]["target"]

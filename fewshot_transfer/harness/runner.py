@@ -325,13 +325,18 @@ def _probe_slices(data: SliceSet, device: torch.device) -> tuple[torch.Tensor, t
     return to(data.images), to(data.masks)
 
 
-def probe_reading(bench: Benchmark, learner, ctx, model: torch.nn.Module) -> tuple[str, dict]:
+def probe_reading(
+    bench: Benchmark, learner, ctx, model: torch.nn.Module, pair: tuple[SliceSet, SliceSet] | None = None
+) -> tuple[str, dict]:
     """(layer, per-class domain probe) of ``model`` at the layer ``learner`` aligns
     (``adaptation/probe.py``).
 
     Source validation slices against test slices, with their masks: the masks only say which
-    positions are lesion for this diagnostic read-out, like Dice itself; no learner sees them."""
-    src, tgt = _probe_slices(bench.source_val, ctx.device), _probe_slices(bench.test_set, ctx.device)
+    positions are lesion for this diagnostic read-out, like Dice itself; no learner sees them.
+    ``pair`` reads two other slice sets instead (e.g. two patient groups of one domain: the
+    probe's null reading, what patient-to-patient variation alone separates)."""
+    first, second = pair or (bench.source_val, bench.test_set)
+    src, tgt = _probe_slices(first, ctx.device), _probe_slices(second, ctx.device)
     layer, read = learner.aligned(ctx, model.eval())
     return layer, class_probe(read, src, tgt, seed=ctx.seed)
 
