@@ -152,20 +152,27 @@ def test_adversarial_control_is_the_same_stream_with_lambda_zero(tmp_path, k):
 
 
 @pytest.mark.integration
-def test_the_control_skips_a_discriminator_that_could_not_reach_the_segmentor(tmp_path, monkeypatch):
+@pytest.mark.parametrize("name", ["dual-adv", "adaptseg-balanced"])
+def test_the_control_skips_a_discriminator_that_could_not_reach_the_segmentor(tmp_path, monkeypatch, name):
     """lambda_adv = 0 trains no discriminator; a game played at weight 0 every step leaves the
-    segmentor exactly where the control does (D never touches its streams)."""
+    segmentor exactly where the control does (D never touches its streams). adaptseg-balanced
+    also has non-adversarial terms (the aux output's segmentation loss, the lesion-fraction
+    prior): the control keeps them, so it is the learner with only its adversary off."""
     from fewshot_transfer.learners.adversarial import AdversarialHooks
 
     torch.set_num_threads(1)
-    cfg = _cfg([f"learners.dual-adv.lr={LR}", "learners.dual-adv.lambda_adv=0.5"])
+    cfg = _cfg([f"learners.{name}.lr={LR}", f"learners.{name}.lambda_adv=0.5"])
     bench = prepare(cfg, tmp_path)
+    controls = {}
     for k in (0, 2):
-        control = _weights(bench, "dual-adv-control", k)
+        controls[k] = _weights(bench, f"{name}-control", k)
         monkeypatch.setattr(AdversarialHooks, "lam", lambda self, step: 0.0)
-        played = _weights(bench, "dual-adv", k)  # D warmed up and stepped, its term weighted 0
+        played = _weights(bench, name, k)  # D warmed up and stepped, its term weighted 0
         monkeypatch.undo()
-        assert _same(control, played), k
+        assert _same(controls[k], played), k
+    if name == "adaptseg-balanced":  # the kept terms are not vacuous
+        bare = _cfg([f"learners.{name}.lr={LR}", f"learners.{name}.prior_weight=0.0"])
+        assert not _same(_weights(prepare(bare, tmp_path / "bare"), f"{name}-control", 0), controls[0])
 
 
 @pytest.mark.integration

@@ -97,11 +97,12 @@ class AdaptSeg(AdversarialLearner):
         p = ctx.params
         aux = batch.feats[AUX]
         _, m_t = self.lesion_masks(batch)
-        terms = [
-            ("seg_aux", p.aux_seg_weight, seg_loss(aux[: batch.n_src + batch.n_tgt], batch.y_labeled)),
-            ("adv", lam, adversary.main.adversarial_loss(batch.target(batch.logits), m_t)),
-            ("adv_aux", lam * p.aux_adv_ratio, adversary.aux.adversarial_loss(batch.target(aux), m_t)),
-        ]
+        terms = [("seg_aux", p.aux_seg_weight, seg_loss(aux[: batch.n_src + batch.n_tgt], batch.y_labeled))]
+        if adversary is not None:
+            terms += [
+                ("adv", lam, adversary.main.adversarial_loss(batch.target(batch.logits), m_t)),
+                ("adv_aux", lam * p.aux_adv_ratio, adversary.aux.adversarial_loss(batch.target(aux), m_t)),
+            ]
         return terms, self.extra_stats(batch)
 
     def extra_stats(self, batch: AdversarialBatch) -> dict[str, float]:

@@ -107,6 +107,7 @@ class AdversarialHooks(StepHooks):
         self.history: list[dict[str, float]] = []
         #: With lambda_adv = 0 (the control arm) no discriminator is trained or read: it could
         #: not reach the segmentor, so the control is the same segmentor at a finetune-like cost.
+        #: Its non-adversarial terms stay: ``segmentor_terms`` is called with ``adversary=None``.
         self.game = p.lambda_adv != 0  # a NaN lambda plays (and diverges loudly)
 
     def lam(self, step: int) -> float:
@@ -131,8 +132,9 @@ class AdversarialHooks(StepHooks):
         return next(self.unlabeled) if self.unlabeled is not None else None
 
     def terms(self, batch: StepBatch) -> tuple[list[Term], dict[str, float]]:
-        if not self.game:
-            return [], {"lambda": 0.0}
+        if not self.game:  # the learner's own non-adversarial terms stay (adaptseg's aux output, the prior)
+            terms, stats = self.learner.segmentor_terms(self.ctx, self.view(batch), None, 0.0)
+            return terms, {**stats, "lambda": 0.0}
         set_requires_grad(self.adversary, False)  # back on in after_step, once the segmentor has stepped
         lam = self.lam(batch.step)
         terms, stats = self.learner.segmentor_terms(self.ctx, self.view(batch), self.adversary, lam)
@@ -234,9 +236,13 @@ class AdversarialLearner(Learner):
         return True
 
     def segmentor_terms(
-        self, ctx: LearnerContext, batch: AdversarialBatch, adversary: nn.Module, lam: float
+        self, ctx: LearnerContext, batch: AdversarialBatch, adversary: nn.Module | None, lam: float
     ) -> tuple[list[Term], dict[str, float]]:
-        """``[(name, weight, term)]`` added to the segmentation loss (``lam`` = this step's lambda_adv), plus stats."""
+        """``[(name, weight, term)]`` added to the segmentation loss (``lam`` = this step's lambda_adv), plus stats.
+
+        ``adversary`` is None in the λ = 0 control arm: return only the learner's
+        non-adversarial terms then (the control is the learner with its adversary off, not
+        with its other losses off)."""
         raise NotImplementedError
 
     def discriminator_loss(

@@ -116,6 +116,8 @@ class DualAdversarial(AdversarialLearner):
         return src, tgt, stats
 
     def segmentor_terms(self, ctx, batch, adversary, lam):
+        if adversary is None:  # the control arm: nothing but the adversary to switch off
+            return [], {}
         _, tgt, stats = self.route(ctx, batch)
         adv, adv_stats = adversary.adversarial_loss(batch.target(batch.feats[ctx.params.layer]), tgt)
         return [("adv", lam, adv)], {**stats, **adv_stats}
