@@ -73,6 +73,7 @@ def main() -> None:
     ap.add_argument("--draw", type=int, default=0, help="data draw (as bench_controls)")
     ap.add_argument("--out", required=True)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every point")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     axes = [parse_axis(a) for a in args.axis]
@@ -86,15 +87,16 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "preset.toml").write_text(to_toml(user))
-    args.set = [f"--axis {a}" for a in args.axis] + [f"seeds {args.seeds}"]
-    base = resolve_config(out / "preset.toml", [])
+    fixed = list(args.set)
+    args.set = [*fixed, *(f"--axis {a}" for a in args.axis), f"seeds {args.seeds}"]  # the run's identity
+    base = resolve_config(out / "preset.toml", fixed)
     progress = Progress(out, args, {**base, "control": spec})
     done = {(r["point"], r["seed"], r["learner"]) for r in progress.rows}
     rows = list(progress.rows)
     learner_key = f"learners.{learner}."
     for point in grid_points(axes):
         data_point = {k: v for k, v in point.items() if not k.startswith(learner_key)}
-        overrides = [quoted(k, v) for k, v in point.items()]
+        overrides = [*fixed, *(quoted(k, v) for k, v in point.items())]
         cfg = with_draw(resolve_config(out / "preset.toml", overrides), args.draw)
         key = hashlib.sha1(_label(data_point).encode()).hexdigest()[:10]
         bench = prepare(cfg, out / "work" / f"draw{args.draw}" / key)
