@@ -1,0 +1,84 @@
+"""scripts/judge_claims.py: paired comparisons per draw, Holm over the table, verdicts over draws."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+spec = importlib.util.spec_from_file_location("judge_claims", ROOT / "scripts" / "judge_claims.py")
+jc = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(jc)
+
+BASE = [0.50, 0.55, 0.60, 0.52, 0.58, 0.51, 0.57, 0.54, 0.59, 0.53]
+
+
+def _records(name: str, dice: list[float], k: int = 1, replicate: int = 0) -> list[dict]:
+    return [
+        {"learner": name, "k": k, "seed": s, "replicate": replicate, "status": "ok", "metrics": {"dice": d}}
+        for s, d in enumerate(dice)
+    ]
+
+
+def _draw(gain: float) -> list[dict]:
+    """finetune = scratch + gain + a little noise (noise alone, centred on 0, when gain is 0)."""
+    noise = [0.02 * (-1) ** i for i in range(10)] if gain == 0 else [0.001 * (i % 3) for i in range(10)]
+    up = [d + gain + e for d, e in zip(BASE, noise)]
+    return _records("scratch", BASE) + _records("finetune", up) + _records("source-only", [0.2] * 10, k=0)
+
+
+CLAIMS = [{"name": "transfer", "comparisons": ["finetune - scratch @ 1"]}]
+
+
+@pytest.mark.parametrize(
+    ("gains", "expected"),
+    [
+        ((0.05, 0.04), "supported"),
+        ((-0.05, -0.04), "reversed"),
+        ((0.05, 0.0), "not replicated"),
+        ((0.0, 0.0), "no effect detected"),
+    ],
+)
+def test_verdicts_need_the_same_significant_direction_on_every_draw(gains, expected):
+    (row,) = jc.judge(CLAIMS, {str(i): _draw(g) for i, g in enumerate(gains)})
+    assert row["verdict"] == expected
+    assert len(row["draws"]) == 2
+
+
+def test_source_only_serves_every_k_and_replicates_are_averaged_per_seed():
+    records = _records("source-only", [0.2] * 10, k=0) + _records("adaptseg", [0.3] * 10, k=0)
+    records += _records("adaptseg", [0.5] * 10, k=0, replicate=1)  # replicate mean 0.4
+    table = jc.dice_by_seed(records)
+    c = jc.compare(table, "adaptseg - source-only @ 0")
+    assert c["n"] == 10 and c["mean"] == pytest.approx(0.2)
+
+
+def test_holm_spans_the_whole_table_and_missing_rows_are_incomplete():
+    claims = [{"name": "a", "comparisons": ["finetune - scratch @ 1", "maml - finetune @ 1"]}]
+    rows = jc.judge(claims, {"0": _draw(0.05)})
+    assert rows[1]["verdict"] == "incomplete" and rows[1]["draws"][0]["n"] == 0
+    p = rows[0]["draws"][0]["p_value"]
+    assert rows[0]["draws"][0]["p_holm"] == pytest.approx(min(1.0, 2 * p))  # the missing one still counts
+
+
+def test_command_line_writes_the_table_and_its_numbers(tmp_path):
+    for name, gain in (("d0", 0.05), ("d1", 0.04)):
+        cells = tmp_path / name / "cells"
+        cells.mkdir(parents=True)
+        for i, r in enumerate(_draw(gain)):
+            (cells / f"{r['learner']}__{i}.json").write_text(json.dumps(r))
+    claims = tmp_path / "claims.toml"
+    claims.write_text('[[claim]]\nname = "transfer"\ncomparisons = ["finetune - scratch @ 1"]\n')
+    out = tmp_path / "out" / "claims.md"
+    jc.main(
+        ["--claims", str(claims), "--draw", f"0={tmp_path / 'd0'}", "--draw", f"1={tmp_path / 'd1'}", "--out", str(out)]
+    )
+    assert "| transfer | finetune - scratch @ 1 |" in out.read_text() and "supported" in out.read_text()
+    data = json.loads(out.with_suffix(".json").read_text())
+    assert data["rows"][0]["verdict"] == "supported" and np.isfinite(data["rows"][0]["bound"])
+    with pytest.raises(SystemExit, match="NAME=RUN_DIR"):
+        jc.main(["--claims", str(claims), "--draw", "nowhere", "--out", str(out)])
