@@ -99,7 +99,7 @@ def main() -> None:
         overrides = [*fixed, *(quoted(k, v) for k, v in point.items())]
         cfg = with_draw(resolve_config(out / "preset.toml", overrides), args.draw)
         key = hashlib.sha1(_label(data_point).encode()).hexdigest()[:10]
-        bench = prepare(cfg, out / "work" / f"draw{args.draw}" / key)
+        bench = prepare(cfg, Path("runs") / "screens" / f"{args.scenario}-draw{args.draw}" / key)
         for seed in range(args.seeds):
             jobs = [(learner, point)]
             if (_label(data_point), seed, control) not in done:
