@@ -34,7 +34,6 @@ the controls) and ``README.md`` (command, code and preset commit). Runs single-t
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import re
 import shlex
@@ -48,12 +47,13 @@ import torch
 
 from fewshot_transfer import learners
 from fewshot_transfer.adaptation.losses import confident_regions
+from fewshot_transfer.atomic import atomic_write_text
 from fewshot_transfer.config import load_toml, resolve_config, to_toml
 from fewshot_transfer.harness.benchmark import Benchmark, prepare
 from fewshot_transfer.harness.leaderboard import COLLAPSE_RATIO
 from fewshot_transfer.harness.runner import probe_reading, run_cell
-from fewshot_transfer.harness.stats import holm, paired_diff
-from fewshot_transfer.harness.store import CellSpec
+from fewshot_transfer.harness.stats import holm, paired_diff, parse_comparison
+from fewshot_transfer.harness.store import CellSpec, write_csv
 from fewshot_transfer.metrics import evaluate
 from fewshot_transfer.provenance import code_version
 
@@ -151,15 +151,16 @@ def preconditions(bench: Benchmark, spec: dict, seeds: list[int]) -> dict:
     facts_per_seed: list[dict[str, float]] = []
     probe_learner = learners.get(spec["probe_learner"])
     routed = "conf_threshold" in probe_learner.defaults
+    reader = probe_learner()
+    nan = lambda v: np.nan if v is None else v  # noqa: E731
     for seed in seeds:
         ctx = bench.context(probe_learner, 0, seed)
         model = ctx.source_model().eval()
         seg = ctx.segmenter(model)
         own = evaluate(seg.predict(bench.source_val.images), bench.source_val.masks)[0]["dice"]
         s = evaluate(seg.predict(bench.test_set.images), bench.test_set.masks)[0]
-        _, probe = probe_reading(bench, probe_learner(), ctx, model)
-        _, null = probe_reading(bench, probe_learner(), ctx, model, pair=(bench.source_val, bench.source_train))
-        nan = lambda v: np.nan if v is None else v  # noqa: E731
+        _, probe = probe_reading(bench, reader, ctx, model)
+        _, null = probe_reading(bench, reader, ctx, model, pair=(bench.source_val, bench.source_train))
         facts_per_seed.append(
             {
                 "source_only_in_domain": own,
@@ -198,14 +199,6 @@ def preconditions(bench: Benchmark, spec: dict, seeds: list[int]) -> dict:
         "checks_at": {str(k): check(rules) for k, rules in spec.get("preconditions_at", {}).items()},
         "seeds": seeds,
     }
-
-
-def parse_comparison(text: str) -> tuple[str, str, int]:
-    """``"dual-adv - single-adv @ 0"`` -> (learner, reference, k)."""
-    m = re.fullmatch(r"\s*([\w-]+)\s+-\s+([\w-]+)\s*@\s*(\d+)\s*", text)
-    if not m:
-        raise ValueError(f"comparison {text!r}: expected 'LEARNER - REFERENCE @ K'")
-    return m.group(1), m.group(2), int(m.group(3))
 
 
 def judge(spec: dict, rows: list[dict], pre: dict, draw: int = 0) -> dict:
@@ -455,10 +448,7 @@ def write(
     verdict: str,
 ) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    with open(out / "cells.csv", "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    write_csv(out / "cells.csv", rows)
     command = "python benchmarks/bench_controls.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     code = code_version()
     frozen = preset_commit(preset)
@@ -479,7 +469,7 @@ def write(
         "code": code,
         "preset_commit": frozen,
     }
-    (out / "outcome.json").write_text(json.dumps(doc, indent=2, default=float) + "\n")
+    atomic_write_text(out / "outcome.json", json.dumps(doc, indent=2, default=float) + "\n")
     tried = spec.get("variants_tried", [])
     text = [
         f"# Positive control: {args.scenario}" + (f" — replication on data draw {args.draw}" if args.draw else ""),
@@ -508,7 +498,7 @@ def write(
         "",
         "Per-cell numbers (per-class probes before/after, D accuracies) are in `cells.csv`.",
     ]
-    (out / "README.md").write_text("\n".join(text) + "\n")
+    atomic_write_text(out / "README.md", "\n".join(text) + "\n")
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ seeds) and ``README.md``; resumable (``OUT/progress.jsonl``, the same as bench_c
 from __future__ import annotations
 
 import argparse
-import csv
 import hashlib
 import itertools
 import shlex
@@ -36,9 +35,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_controls import ROOT, Progress, cell, with_draw  # noqa: E402
 
+from fewshot_transfer import learners  # noqa: E402
+from fewshot_transfer.atomic import atomic_write_text  # noqa: E402
 from fewshot_transfer.config import load_toml, resolve_config, to_toml  # noqa: E402
 from fewshot_transfer.harness.benchmark import prepare  # noqa: E402
 from fewshot_transfer.harness.leaderboard import COLLAPSE_RATIO  # noqa: E402
+from fewshot_transfer.harness.store import write_csv  # noqa: E402
 from fewshot_transfer.metrics import evaluate  # noqa: E402
 from fewshot_transfer.provenance import code_version  # noqa: E402
 
@@ -101,18 +103,14 @@ def main() -> None:
         key = hashlib.sha1(_label(data_point).encode()).hexdigest()[:10]
         bench = prepare(cfg, Path("runs") / "screens" / f"{args.scenario}-draw{args.draw}" / key)
         for seed in range(args.seeds):
-            jobs = [(learner, point)]
-            if (_label(data_point), seed, control) not in done:
-                jobs.append((control, data_point))
-            if (_label(data_point), seed, "source-only") not in done:
-                jobs.append(("source-only", data_point))
-            for name, where in jobs:
+            # the control and source-only depend on the data axes only: once per data point and seed
+            for name, where in ((learner, point), (control, data_point), ("source-only", data_point)):
                 label = _label(where)
                 if (label, seed, name) in done:
                     continue
                 t = time.perf_counter()
                 if name == "source-only":
-                    ctx = bench.context(learners_get(learner), 0, seed)
+                    ctx = bench.context(learners.get(learner), 0, seed)
                     seg = ctx.segmenter(ctx.source_model().eval())
                     m = evaluate(seg.predict(bench.test_set.images), bench.test_set.masks)[0]
                 else:
@@ -135,12 +133,6 @@ def main() -> None:
                 )
     points = summarize(grid_points(axes), rows, learner, control, learner_key)
     write(out, args, rows, points, learner, control)
-
-
-def learners_get(name: str):
-    from fewshot_transfer import learners
-
-    return learners.get(name)
 
 
 def _label(point: dict[str, str]) -> str:
@@ -176,14 +168,8 @@ def summarize(points: list[dict], rows: list[dict], learner: str, control: str, 
 
 
 def write(out: Path, args, rows: list[dict], points: list[dict], learner: str, control: str) -> None:
-    with open(out / "grid.csv", "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    with open(out / "points.csv", "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(points[0]))
-        w.writeheader()
-        w.writerows(points)
+    write_csv(out / "grid.csv", rows)
+    write_csv(out / "points.csv", points)
     command = "python benchmarks/screen_collapse.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     code = code_version()
     head = list(points[0])
@@ -206,7 +192,7 @@ def write(out: Path, args, rows: list[dict], points: list[dict], learner: str, c
         "",
         "Per-cell numbers in `grid.csv`.",
     ]
-    (out / "README.md").write_text("\n".join(lines) + "\n")
+    atomic_write_text(out / "README.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import shlex
 import sys
 from collections import defaultdict
@@ -30,21 +29,14 @@ from pathlib import Path
 
 import numpy as np
 
+from fewshot_transfer.atomic import atomic_write_text
 from fewshot_transfer.config import load_toml
-from fewshot_transfer.harness.stats import holm, paired_diff
+from fewshot_transfer.harness.stats import holm, paired_diff, parse_comparison
 from fewshot_transfer.harness.store import load_records
 
 ALPHA = 0.05
 #: Learners whose one cell serves every k (trained on no target label).
 K_INDEPENDENT = {"source-only"}
-
-
-def parse_comparison(text: str) -> tuple[str, str, int]:
-    """``"dual-adv - single-adv @ 0"`` -> (learner, reference, k)."""
-    m = re.fullmatch(r"\s*([\w-]+)\s+-\s+([\w-]+)\s*@\s*(\d+)\s*", text)
-    if not m:
-        raise ValueError(f"comparison {text!r}: expected 'LEARNER - REFERENCE @ K'")
-    return m.group(1), m.group(2), int(m.group(3))
 
 
 def dice_by_seed(records: list[dict]) -> dict[tuple[str, int], dict[int, float]]:
@@ -165,8 +157,10 @@ def main(argv: list[str] | None = None) -> None:
     command = "python scripts/judge_claims.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(markdown(rows, list(draws), command))
-    out.with_suffix(".json").write_text(json.dumps({"command": command, "rows": rows}, indent=2, default=float) + "\n")
+    atomic_write_text(out, markdown(rows, list(draws), command))
+    atomic_write_text(
+        out.with_suffix(".json"), json.dumps({"command": command, "rows": rows}, indent=2, default=float) + "\n"
+    )
     print(out.read_text())
 
 

@@ -10,6 +10,7 @@ should not blank a whole row.
 from __future__ import annotations
 
 import math
+import re
 import warnings
 from collections.abc import Sequence
 
@@ -126,3 +127,13 @@ def rank_with_ties(
         if p < alpha:
             beaten_by[worse] += 1
     return {n: (1 + beaten_by[n]) if not math.isnan(means[n]) else 1 + len(finite) for n in names}
+
+
+def parse_comparison(text: str) -> tuple[str, str, int]:
+    """A paired comparison ``"LEARNER - REFERENCE @ K"`` -> (learner, reference, k).
+
+    The form the positive-control presets and ``configs/claims.toml`` state claims in."""
+    m = re.fullmatch(r"\s*([\w-]+)\s+-\s+([\w-]+)\s*@\s*(\d+)\s*", text)
+    if not m:
+        raise ValueError(f"comparison {text!r}: expected 'LEARNER - REFERENCE @ K'")
+    return m.group(1), m.group(2), int(m.group(3))
