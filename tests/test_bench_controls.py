@@ -103,6 +103,31 @@ def test_routing_sends_missed_lesion_pixels_to_the_background_discriminator():
     assert out["routed_lesion_as_background"] == pytest.approx((24 - 8 - 2) / 24)
 
 
+@pytest.mark.integration
+def test_preconditions_other_than_the_oracle_never_read_the_test_set(tmp_path):
+    """A preset's knobs are tuned until its preconditions hold, so they must not be read on
+    the test set: blanking the test slices moves the oracle's score and nothing else."""
+    from dataclasses import replace
+
+    from fewshot_transfer.harness.benchmark import prepare
+
+    from conftest import TINY
+
+    torch.set_num_threads(1)
+    cfg = resolve_config(None, [*(TINY[i + 1] for i in range(0, len(TINY), 2)), "run.shots='0,2'"])
+    spec = {"probe_learner": "dual-adv", "preconditions": {"source_only_target": ">=0"}}
+    bench = prepare(cfg, tmp_path)
+    test = bench.test_set
+    blank = replace(test, images=np.zeros_like(test.images), masks=np.zeros_like(test.masks))
+    facts = [bench_controls.preconditions(b, spec, [0])["facts"] for b in (bench, replace(bench, test_set=blank))]
+    oracle = {"oracle_target", "oracle_gap"}
+    assert set(bench_controls.ROUTING_FACTS) <= set(facts[0])
+    assert {k: v for k, v in facts[0].items() if k not in oracle} == {
+        k: v for k, v in facts[1].items() if k not in oracle
+    }
+    assert facts[0]["oracle_target"] != facts[1]["oracle_target"]
+
+
 def test_collapse_conditions():
     spec = {
         "comparisons": [],

@@ -14,7 +14,7 @@ from fewshot_transfer.augment import StrongConfig, cutmix_boxes, strong_ct
 from fewshot_transfer.config import resolve_config
 from fewshot_transfer.harness.benchmark import prepare
 from fewshot_transfer.learners.bcp import box_mask, largest_component, region_loss
-from fewshot_transfer.learners.pseudo_label import masked_seg_loss
+from fewshot_transfer.learners.pseudo_label import PseudoLabelHooks, masked_bce, masked_seg_loss
 from fewshot_transfer.learners.ua_mt import binary_entropy
 from fewshot_transfer.learners.unimatch import channel_dropout, confident_bce
 from fewshot_transfer.metrics import evaluate
@@ -177,6 +177,30 @@ def test_ignored_pixels_do_not_reach_the_pseudo_label_loss():
     flipped = torch.where(keep.bool(), target, 1 - target)
     assert torch.allclose(masked_seg_loss(logits.detach(), flipped, keep), loss.detach())
     assert masked_seg_loss(logits.detach(), target, torch.zeros_like(keep)) == 0
+
+
+def test_pseudo_label_term_is_cross_entropy_on_the_teachers_confident_pixels(bench):
+    """The term is BCE against the frozen teacher's hard labels over its confident pixels only:
+    no Dice, which an almost empty pseudo-label set turns into a reward for predicting nothing."""
+    from fewshot_transfer.training import StepBatch
+
+    ctx = _ctx(bench, "pseudo-label-cap", k=3)
+    model = ctx.source_model()
+    hooks = PseudoLabelHooks(ctx, model, warmup=0)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(6, 1, *bench.test_set.shape, generator=gen)
+    student = model(x).detach() + torch.randn(6, 1, *bench.test_set.shape, generator=gen)
+    batch = StepBatch(step=1, n_labeled=2, x=x, y=torch.zeros(2, 1, *bench.test_set.shape), logits=student)
+    [(name, weight, term)], stats = hooks.terms(batch)
+    with torch.no_grad():
+        prob = torch.sigmoid(model(x[2:]))
+    label = (prob >= float(ctx.train_cfg["threshold"])).float()
+    keep = (torch.maximum(prob, 1 - prob) >= ctx.params.confidence).float()
+    assert 0 < keep.mean() < 1  # some pixels are ignored, so the mask is exercised
+    assert (name, weight) == ("pseudo", ctx.params.unlabeled_weight)
+    assert torch.allclose(term, masked_bce(student[2:], label, keep))
+    assert not torch.allclose(term, masked_seg_loss(student[2:], label, keep))
+    assert stats["pl_confident"] == pytest.approx(float(keep.mean()))
 
 
 def test_bcp_mask_and_largest_component():

@@ -10,9 +10,14 @@ It is split in two parts of that one loop:
    ``-cap`` the fine-tuned, model), and every remaining step appends ``unlabeled_batch``
    unlabeled target rows and adds ``unlabeled_weight * L_pl``.
 
-``L_pl`` is the shared Dice + BCE against the teacher's hard labels (probability >= the
-run's prediction threshold), restricted to confident pixels (``max(p, 1 - p) >=
-confidence``); pixels below it are ignored, and a batch with none contributes 0. The teacher
+``L_pl`` is the binary cross-entropy against the teacher's hard labels (probability >= the
+run's prediction threshold), averaged over the confident pixels (``max(p, 1 - p) >=
+confidence``); pixels below it are ignored, and a batch with none contributes 0. It is the
+cross-entropy of classic pseudo-labeling (Lee 2013), *not* the shared Dice + BCE: the
+teacher's confident lesion pixels are a few cores of the lesions, often none in a batch,
+and a soft Dice against such labels rewards predicting no lesion at all: with Dice + BCE
+the learner collapsed to an empty prediction at k = 0 and fell below its own control
+(finetune) at k >= 1 (``docs/semi_supervised.md``). The teacher
 predicts on the very rows the student sees *after* the loop's augmentation, so its labels
 are pixel-aligned with the student's output whatever geometry the loop drew; no warping
 of labels is needed. A frozen teacher (rather than the student's own predictions) keeps
@@ -47,12 +52,19 @@ from fewshot_transfer.training import (
 )
 
 
-def masked_seg_loss(logits: torch.Tensor, target: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-    """Soft Dice + BCE (the shared objective) over the pixels where ``keep`` is 1 only."""
+def masked_bce(logits: torch.Tensor, target: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy averaged over the pixels where ``keep`` is 1 (0 when there are none)."""
     n = keep.sum()
     if n == 0:
         return logits.sum() * 0.0
-    bce = (F.binary_cross_entropy_with_logits(logits, target, reduction="none") * keep).sum() / n
+    return (F.binary_cross_entropy_with_logits(logits, target, reduction="none") * keep).sum() / n
+
+
+def masked_seg_loss(logits: torch.Tensor, target: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """Soft Dice + BCE (the shared objective) over the pixels where ``keep`` is 1 only."""
+    if keep.sum() == 0:
+        return logits.sum() * 0.0
+    bce = masked_bce(logits, target, keep)
     prob = torch.sigmoid(logits) * keep
     inter = (prob * target).sum()
     dice = 1.0 - (2.0 * inter + 1.0) / (prob.sum() + (target * keep).sum() + 1.0)
@@ -82,7 +94,7 @@ class PseudoLabelHooks(StepHooks):
             prob = torch.sigmoid(self.teacher(batch.x[batch.n_labeled :]))
         label = (prob >= self.threshold).to(prob.dtype)
         keep = (torch.maximum(prob, 1.0 - prob) >= self.confidence).to(prob.dtype)
-        term = masked_seg_loss(batch.extra_logits, label, keep)
+        term = masked_bce(batch.extra_logits, label, keep)
         stats = {"pl_confident": float(keep.mean()), "pl_lesion": float(label.mean())}
         return [("pseudo", self.weight, term)], stats
 
