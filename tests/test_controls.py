@@ -105,6 +105,14 @@ def test_control_rows_are_added_once_and_only_where_needed(tmp_path):
     ]
     assert control_rows(names, "dual-adv", [0, 2], cfg) == {"dual-adv-control": {0, 2}}
     assert control_rows(names, "none", [0, 2], cfg) == {}
+    # NAME@K: the control at that k only (the default run's dual-adv@0: its reference at k = 0)
+    assert control_rows(names, "dual-adv@0", [0, 2], cfg) == {"dual-adv-control": {0}}
+    assert control_rows(names, "dual-adv@0,dual-adv@2", [0, 2], cfg) == {"dual-adv-control": {0, 2}}
+    assert control_rows(names, "dual-adv@5", [0, 2], cfg) == {}
+    # a control that is a requested learner is not added again (reptile's is finetune)
+    assert control_rows(names, "reptile,pseudo-label-cap", [0, 2], cfg) == {"pseudo-label-cap-control": {0}}
+    with pytest.raises(ValueError, match="after '@' give a k"):
+        control_rows(names, "dual-adv@one", [0, 2], cfg)
     with pytest.raises(ValueError, match="not among the run's learners"):
         control_rows(names, "adaptseg", [0, 2], cfg)
 

@@ -17,8 +17,9 @@ HELP = """\
 Run the benchmark grid: every learner x every k x every seed, on paired support sets
 (all learners of one seed see the same k shots; shots are nested across k). With no
 options it runs the embedded synthetic CAP -> COVID-19 phantom benchmark with the quick
-profile (configs/quick.toml) and the default learner set, one or two of every family
-(10-15 minutes on a 2-core CPU), plus dual-adv's control arm (run.controls):
+profile (configs/quick.toml) and the default learner set, the references and one learner
+of every other family (about 9 minutes on a 2-core CPU), plus dual-adv's control arm at
+k = 0, its reference there (run.controls):
   LEARNER_SET
 --learners all runs every registered learner.
 
@@ -110,7 +111,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="add each learner's control arm as its own row (the same learner and batch stream with its "
         "mechanism off: adversarial lambda_adv = 0, meta_steps = 0, unlabeled weight 0, finetune -> scratch "
         "init, joint -> source share 0) and a mechanism-gain column; a bare --controls = every requested "
-        "learner's, or a comma list, or 'none' (default run.controls: dual-adv's)",
+        "learner's, or a comma list (NAME@K: at k = K only), or 'none' (default run.controls: dual-adv@0)",
     )
     p.add_argument(
         "--replicates",

@@ -82,22 +82,43 @@ def resolve_seeds(spec: int | str | list) -> list[int]:
 
 def control_rows(names: list[str], spec: str, ks: list[int], config: dict, strict: bool = True) -> dict[str, set[int]]:
     """The control-arm rows to add for ``run.controls`` = ``spec`` ("", "none", "all" or a comma
-    list of the requested learners): row -> the k it is needed at (``learners/controls.py``).
+    list of the requested learners, each optionally ``NAME@K`` = its control at that k only):
+    row -> the k it is needed at (``learners/controls.py``).
 
     ``strict`` = False (the config's default, not the user's ``--controls``) skips listed
     learners the run does not have instead of refusing."""
     text = str(spec or "").strip()
     if text in ("", "none"):
         return {}
-    wanted = names if text == "all" else [s.strip() for s in text.split(",") if s.strip()]
-    unknown = [n for n in wanted if n not in names]
-    wanted = [n for n in wanted if n in names]
+    entries = [(n, None) for n in names] if text == "all" else [_control_entry(s) for s in text.split(",") if s.strip()]
+    unknown = [n for n, _ in entries if n not in names]
     if unknown and strict:
         raise ValueError(
             f"run.controls names {', '.join(unknown)}, not among the run's learners ({', '.join(names)}); "
-            "use 'all', 'none' or a comma list of them"
+            "use 'all', 'none' or a comma list of them (NAME@K: at k = K only)"
         )
-    return with_controls(wanted, ks, config)
+    rows: dict[str, set[int]] = {}
+    for name, at in entries:
+        if name in names:
+            learners.get(name)  # discovers the built-ins (and their control rows) when not yet imported
+            for row, row_ks in with_controls([name], [k for k in ks if at is None or k == at], config).items():
+                if row not in names:  # a requested learner runs at every k anyway
+                    rows.setdefault(row, set()).update(row_ks)
+    return rows
+
+
+def _control_entry(item: str) -> tuple[str, int | None]:
+    """``"dual-adv"`` -> (name, None = every k); ``"dual-adv@0"`` -> (name, 0)."""
+    name, sep, k = item.strip().partition("@")
+    if not sep:
+        return name, None
+    try:
+        at = int(k)
+    except ValueError:
+        at = -1
+    if at < 0:
+        raise ValueError(f"run.controls entry {item.strip()!r}: after '@' give a k >= 0 (e.g. dual-adv@0)")
+    return name.strip(), at
 
 
 def plan_cells(
