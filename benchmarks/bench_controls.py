@@ -158,12 +158,12 @@ def preconditions(bench: Benchmark, spec: dict, seeds: list[int]) -> dict:
     routed = "conf_threshold" in probe_learner.defaults
     reader = probe_learner()
     nan = lambda v: np.nan if v is None else v  # noqa: E731
+    pool = bench.support_pool
     for seed in seeds:
         ctx = bench.context(probe_learner, 0, seed)
         model = ctx.source_model().eval()
         seg = ctx.segmenter(model)
         own = evaluate(seg.predict(bench.source_val.images), bench.source_val.masks)[0]["dice"]
-        pool = bench.support_pool
         s = evaluate(seg.predict(pool.images), pool.masks)[0]
         _, probe = probe_reading(bench, reader, ctx, model, pair=(bench.source_val, pool))
         _, null = probe_reading(bench, reader, ctx, model, pair=(bench.source_val, bench.source_train))

@@ -97,14 +97,10 @@ def control_rows(names: list[str], spec: str, ks: list[int], config: dict, stric
             f"run.controls names {', '.join(unknown)}, not among the run's learners ({', '.join(names)}); "
             "use 'all', 'none' or a comma list of them (NAME@K: at k = K only)"
         )
-    rows: dict[str, set[int]] = {}
-    for name, at in entries:
-        if name in names:
-            learners.get(name)  # discovers the built-ins (and their control rows) when not yet imported
-            for row, row_ks in with_controls([name], [k for k in ks if at is None or k == at], config).items():
-                if row not in names:  # a requested learner runs at every k anyway
-                    rows.setdefault(row, set()).update(row_ks)
-    return rows
+    wanted = [(n, at) for n, at in entries if n in names]
+    for name, _ in wanted:
+        learners.get(name)  # discovers the built-ins (and their control rows) when not yet imported
+    return with_controls(wanted, ks, config, requested=names)
 
 
 def _control_entry(item: str) -> tuple[str, int | None]:

@@ -104,14 +104,17 @@ def control_row(name: str, k: int, config: dict) -> str | None:
     return derived.name
 
 
-def with_controls(names: list[str], ks: list[int], config: dict) -> dict[str, set[int]]:
-    """Rows to add so that every learner of ``names`` has its control: row -> the k it is needed at.
+def with_controls(
+    wanted: list[tuple[str, int | None]], ks: list[int], config: dict, requested: list[str]
+) -> dict[str, set[int]]:
+    """Rows to add so that every ``(learner, k or None = every k)`` of ``wanted`` has its
+    control: row -> the k it is needed at.
 
-    Rows already requested are not added (they run at every k anyway)."""
+    Rows that are ``requested`` learners of the run are not added (they run at every k anyway)."""
     extra: dict[str, set[int]] = {}
-    for name in names:
+    for name, at in wanted:
         for k in ks:
-            row = control_row(name, k, config)
-            if row is not None and row not in names:
+            row = control_row(name, k, config) if at is None or k == at else None
+            if row is not None and row not in requested:
                 extra.setdefault(row, set()).add(k)
     return extra
