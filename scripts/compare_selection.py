@@ -9,7 +9,8 @@ the default learner set unless ARGS say otherwise; a finished run resumes, so re
 writes the report), merges them with ``ftbench leaderboard ... --latex`` into ``OUT/merged``
 (every learner as ``NAME [RULE]``) and writes ``OUT/selection.md``: per k, each learner's
 Dice, rank and gain under every rule, how far its rank and gain move from the first rule,
-Kendall's tau between the rules' orderings, and the wall seconds each rule's run took.
+Kendall's tau between the rules' orderings, the compute each rule's run spent, and what
+each study's score rewarded (Spearman's rho of the score with each searched number).
 ``--report-only`` skips the runs and reads what is there.
 """
 
@@ -19,36 +20,83 @@ import argparse
 import json
 import math
 import sys
-import time
 from pathlib import Path
 
+import optuna
+from optuna.trial import TrialState
 from scipy import stats
 
 from fewshot_transfer.cli import main as ftbench
 from fewshot_transfer.harness.selection import RULES
+from fewshot_transfer.harness.store import CellStore
 
 
-def run_rules(out: Path, rules: list[str], extra: list[str]) -> dict[str, float]:
-    """Each rule's run (resumed when present); returns its wall seconds (this invocation)."""
-    seconds: dict[str, float] = {}
+def run_rules(out: Path, rules: list[str], extra: list[str]) -> None:
+    """Each rule's run (resumed when present)."""
     for rule in rules:
-        t0 = time.perf_counter()
         args = ["run", "--protocol", "tuned", "--selection", rule, "--out", str(out / f"selection-{rule}"), *extra]
         if ftbench(args) != 0:
             raise SystemExit(f"ftbench {' '.join(args)} failed")
-        seconds[rule] = time.perf_counter() - t0
-        (out / f"selection-{rule}" / "compare_wall_s.json").write_text(json.dumps({"wall_s": seconds[rule]}) + "\n")
-    return seconds
 
 
-def saved_seconds(out: Path, rules: list[str]) -> dict[str, float]:
-    """The wall seconds the last invocation that ran each rule recorded."""
-    found = {}
+def studies(run_dir: Path) -> list[optuna.Study]:
+    """The Optuna studies of a rule's run (none when it was not tuned)."""
+    db = run_dir / "tuning" / "study.db"
+    if not db.is_file():
+        return []
+    storage = optuna.storages.RDBStorage(f"sqlite:///{db}")
+    return [
+        optuna.load_study(study_name=s.study_name, storage=storage) for s in optuna.get_all_study_summaries(storage)
+    ]
+
+
+def work_seconds(run_dir: Path) -> tuple[float, float]:
+    """(tuning, grid) process-seconds a rule's run spent, read from its artefacts so that
+    resuming a run neither resets nor double-counts them: the durations of its finished
+    (complete or pruned) trials, and its cells' fit + evaluation seconds (a pretraining or
+    meta-training counts where it was computed, not where a cache hit charged it)."""
+    tuning = 0.0
+    for study in studies(run_dir):
+        done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+        tuning += sum(t.duration.total_seconds() for t in done if t.duration is not None)
+    grid = sum(r["timing"]["fit_s"] + r["timing"]["eval_s"] for r in CellStore(run_dir).records() if "timing" in r)
+    return tuning, grid
+
+
+def rewards(out: Path, rules: list[str]) -> list[str]:
+    """What each study's score rewarded: Spearman's rho between the score and every searched
+    number over the study's complete draws, and where the pick's lr lies among the lrs drawn.
+    A rule whose score falls with the lr rewards staying near the initialisation."""
+    lines = [
+        "\n## What each rule's score rewarded\n\n",
+        "Spearman's ρ between a study's score and each searched number over its complete draws; "
+        "'pick lr rank' = the rank of the chosen lr among the lrs drawn (1 = smallest); "
+        "'strongest other' = the other number with the largest |ρ|.\n\n",
+        "| rule | study | draws | ρ(lr) | pick lr rank | strongest other (ρ) |\n",
+        "|---|---|---:|---:|---:|---|\n",
+    ]
     for rule in rules:
-        path = out / f"selection-{rule}" / "compare_wall_s.json"
-        if path.is_file():
-            found[rule] = float(json.loads(path.read_text())["wall_s"])
-    return found
+        for study in studies(out / f"selection-{rule}"):
+            done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if len(done) < 3:
+                continue
+            score = [t.value for t in done]
+            rho = {}
+            for name in done[0].params:
+                xs = [t.params.get(name) for t in done]
+                if all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in xs) and len(set(xs)) > 1:
+                    rho[name] = stats.spearmanr(xs, score).statistic
+            lr = rho.pop("lr", float("nan"))
+            rank = "—"
+            if "lr" in study.best_params:
+                drawn = sorted(t.params["lr"] for t in done)
+                rank = f"{drawn.index(study.best_params['lr']) + 1} of {len(drawn)}"
+            other = max(rho, key=lambda n: abs(rho[n]), default=None)
+            other_txt = "—" if other is None else f"{other} ({rho[other]:+.2f})"
+            lines.append(
+                f"| {rule} | {study.study_name} | {len(done)} | {_fmt(lr, signed=True)} | {rank} | {other_txt} |\n"
+            )
+    return lines
 
 
 def load_rows(out: Path, rule: str) -> list[dict]:
@@ -64,7 +112,7 @@ def _fmt(v: float, signed: bool = False) -> str:
     return f"{v:+.3f}" if signed else f"{v:.3f}"
 
 
-def report(out: Path, rules: list[str], seconds: dict[str, float]) -> str:
+def report(out: Path, rules: list[str]) -> str:
     """The Markdown comparison of the rules' leaderboards (first rule = the baseline of the moves)."""
     rows = {rule: load_rows(out, rule) for rule in rules}
     base = rules[0]
@@ -74,12 +122,13 @@ def report(out: Path, rules: list[str], seconds: dict[str, float]) -> str:
         f"Moves are against `{base}`. Dice = mean over seeds; rank = 1 + learners significantly better "
         "(Holm); gain = paired difference over the reference of the same rule.\n",
     ]
-    if seconds:
-        lines.append(
-            "\nWall seconds of the invocation that ran each rule (tuning + grid; less when it resumed): "
-            + ", ".join(f"{r} {seconds[r]:.0f} s" for r in rules if r in seconds)
-            + f"; total {sum(seconds.values()):.0f} s.\n"
-        )
+    spent = {rule: work_seconds(out / f"selection-{rule}") for rule in rules}
+    lines.append(
+        "\nCompute spent, in process-seconds summed over the run's finished trials and cells (not wall "
+        "time: `--jobs N` runs N at once; resumptions neither reset nor double-count it): "
+        + "; ".join(f"{r} {t:.0f} tuning + {g:.0f} grid" for r, (t, g) in spent.items())
+        + f"; total {sum(t + g for t, g in spent.values()):.0f} s.\n"
+    )
     ks = list(dict.fromkeys((r["k_label"], r["k"]) for r in rows[base]))
     for label, _k in ks:
         by = {
@@ -112,6 +161,7 @@ def report(out: Path, rules: list[str], seconds: dict[str, float]) -> str:
                     f"\nKendall's tau of the Dice orderings, {base} vs {rule}: {tau.statistic:+.2f} "
                     f"({len(shared)} learners).\n"
                 )
+    lines += rewards(out, rules)
     return "".join(lines)
 
 
@@ -130,11 +180,12 @@ def main(argv: list[str] | None = None) -> int:
     bad = [r for r in rules if r not in RULES]
     if len(rules) < 2 or bad:
         raise SystemExit(f"--rules needs two or more of {', '.join(RULES)}; got {args.rules!r}")
-    seconds = saved_seconds(args.out, rules) if args.report_only else run_rules(args.out, rules, extra)
+    if not args.report_only:
+        run_rules(args.out, rules, extra)
     dirs = [str(args.out / f"selection-{r}") for r in rules]
     if ftbench(["leaderboard", *dirs, "--out", str(args.out / "merged"), "--latex"]) != 0:
         raise SystemExit("ftbench leaderboard failed")
-    text = report(args.out, rules, seconds)
+    text = report(args.out, rules)
     (args.out / "selection.md").write_text(text)
     print(text)
     return 0

@@ -21,7 +21,7 @@ from fewshot_transfer.cli import main
 from fewshot_transfer.config import DEFAULT_LEARNERS, config_at_k, resolve_config
 from fewshot_transfer.harness.benchmark import prepare
 from fewshot_transfer.harness.latex import escape, spread, to_latex
-from fewshot_transfer.harness.selection import applied_rule
+from fewshot_transfer.harness.selection import applied_rule, caveat
 from fewshot_transfer.learners.base import REGISTRY
 from fewshot_transfer.tuning.study import make_sampler, study_seed, trial_config
 from fewshot_transfer.tuning.validation import fold_of_shots, selection_split
@@ -321,3 +321,16 @@ def test_a_control_row_is_never_tuned_itself():
     tasks, skipped = plan_studies(cfg, ["dual-adv", "dual-adv-control"], [("0", 0), ("2", 2)])
     assert {t.learner for t in tasks} == {"dual-adv"}
     assert "control arm of dual-adv" in skipped["dual-adv-control"]
+
+
+def test_source_val_warns_where_it_selects_for_the_source_task(caplog):
+    from fewshot_transfer.tuning.protocol import plan_studies
+
+    assert caveat("source-val", 0) == "" and caveat("val", 5) == "" and caveat("shots", 5) == ""
+    assert "k = 0 only" in caveat("source-val", 5)
+    for shots, warned in (([("0", 0)], False), ([("0", 0), ("2", 2)], True)):
+        caplog.clear()
+        cfg = resolve_config(None, _overrides(TINY) + ['run.selection="source-val"'])
+        with caplog.at_level("WARNING", logger="fewshot_transfer.tuning.protocol"):
+            plan_studies(cfg, ["finetune", "dual-adv"], shots)
+        assert any("source-val at k = 2" in r.getMessage() for r in caplog.records) is warned

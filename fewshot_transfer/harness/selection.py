@@ -11,7 +11,9 @@ selection). ``--protocol tuned --selection RULE`` picks one of:
   way round. At k = 1 nothing can be held out, so the learner keeps its code defaults; at
   k = 0 there are no target labels, so the rule falls back to ``source-val``.
 * ``source-val``: the labeled source-domain validation split (no target labels at all: the
-  only label-honest rule at k = 0).
+  only label-honest rule at k = 0). At k >= 1 it selects for the source task: its score
+  rewards the smallest step away from the source model (``results/selection``), so a study
+  warns (:func:`caveat`).
 * ``oracle``: the test set itself. An upper bound on what selection can buy, marked ORACLE
   in every output and never a default.
 """
@@ -48,6 +50,17 @@ def applied_rule(rule: str, k: int) -> str:
     if rule == "shots" and k == 0:
         return "source-val"
     return rule
+
+
+def caveat(rule: str, k: int) -> str:
+    """A warning for a (rule, k) pair that selects for the wrong task, or ""."""
+    if rule == "source-val" and k >= 1:
+        return (
+            f"--selection source-val at k = {k} scores the source (CAP) validation split: it rewards the "
+            "smallest step away from the source model (the lr at the floor of its range, results/selection), "
+            "not the target; use it at k = 0 only, and val or shots at k >= 1"
+        )
+    return ""
 
 
 def rule_label(token: str, rule: str = "") -> str:

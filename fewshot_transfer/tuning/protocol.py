@@ -29,7 +29,7 @@ from pathlib import Path
 from fewshot_transfer import learners
 from fewshot_transfer.config import k_key
 from fewshot_transfer.harness.parallel import resolve_jobs
-from fewshot_transfer.harness.selection import DEFAULTS, applied_rule, check_rule, study_name
+from fewshot_transfer.harness.selection import DEFAULTS, applied_rule, caveat, check_rule, study_name
 from fewshot_transfer.tuning.space import searched_names
 from fewshot_transfer.tuning.storage import default_storage, make_storage
 from fewshot_transfer.tuning.study import TuneSpec, best_config, identity, open_study, run_study
@@ -73,6 +73,9 @@ def plan_studies(config: dict, names: list[str], shots: list[tuple[str, int]]) -
         ks = list(shots)
     tasks: list[StudyTask] = []
     skipped: dict[str, str] = {}
+    warning = next((caveat(rule, k) for _label, k in ks if caveat(rule, k)), "")
+    if warning:
+        log.warning(warning)
     for name in names:
         cls = learners.get(name)
         if cls.control_of:  # a control arm runs with its learner's tuned draw, mechanism off
