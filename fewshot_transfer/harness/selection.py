@@ -56,9 +56,9 @@ def caveat(rule: str, k: int) -> str:
     """A warning for a (rule, k) pair that selects for the wrong task, or ""."""
     if rule == "source-val" and k >= 1:
         return (
-            f"--selection source-val at k = {k} scores the source (CAP) validation split: it rewards the "
-            "smallest step away from the source model (the lr at the floor of its range, results/selection), "
-            "not the target; use it at k = 0 only, and val or shots at k >= 1"
+            f"--selection source-val at k = {k} scores the source (CAP) validation split, not the target: "
+            "for a source-initialised learner it rewards the smallest step away from the source model (the lr "
+            "at the floor of its range, results/selection); use it at k = 0 only, and val or shots at k >= 1"
         )
     return ""
 

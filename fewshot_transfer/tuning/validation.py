@@ -143,7 +143,11 @@ def selection_split(bench, rule: str, shots: str, *, val_fraction: float = 0.5, 
     label, k = one_k(shots, bench.eligible)
     used = applied_rule(rule, k)
     if used == "defaults":
-        raise ValueError(f"the {rule} rule has nothing to score at k = {label}: the learner keeps its defaults")
+        raise ValueError(
+            f"the {rule} rule has nothing to score at k = {label} (one shot cannot be split into folds): "
+            "tune at --shots 2 or more, or use --selection val; `ftbench run --protocol tuned` keeps the code "
+            "defaults there"
+        )
     if used == "val":
         val_bench, info = validation_benchmark(bench, label, val_fraction=val_fraction, seed=seed)
         vlabel, vk = val_bench.shots[0]
