@@ -3,6 +3,7 @@ rules ``val`` / ``shots`` / ``source-val`` / ``oracle`` named in every row, LaTe
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
@@ -71,7 +72,7 @@ def test_a_resumed_study_continues_the_draws_instead_of_repeating_them(tmp_path)
 
 
 def _tuned_run(tmp_path, rule: str, *extra: str) -> Path:
-    out = tmp_path / f"run-{rule}"
+    out = tmp_path / f"selection-{rule}"  # the layout scripts/compare_selection.py reads
     args = [
         "run",
         *TINY,
@@ -136,7 +137,7 @@ def test_killed_tuned_run_resumes_its_orphan_and_never_repeats_a_draw(tmp_path, 
 
 @pytest.mark.integration
 def test_every_rule_is_reachable_from_run_and_named_in_every_row(tmp_path, threshold_learner, capsys):
-    outs = {rule: _tuned_run(tmp_path, rule) for rule in ("val", "shots", "source-val", "oracle")}
+    outs = {rule: _tuned_run(tmp_path, rule, "--trials", "3") for rule in ("val", "shots", "source-val", "oracle")}
     for rule, out in outs.items():
         rows = [r for r in json.loads((out / "leaderboard.json").read_text())["rows"] if r["applicable"]]
         got = {(r["learner"], r["k"]): r["selection_rule"] for r in rows}
@@ -166,6 +167,18 @@ def test_every_rule_is_reachable_from_run_and_named_in_every_row(tmp_path, thres
     assert row["gain_ref"] == "scratch [shots]"  # each rule's gain is against its own reference
     tex = (merged / "leaderboard.tex").read_text()
     assert "\\toprule" in tex and "test-threshold [oracle]" in tex and "ORACLE" in tex and "standard error" in tex
+    # The rules' report: every rule's k = 2 row, the compute read from the trials and cells, what each score rewarded.
+    spec = importlib.util.spec_from_file_location("compare_selection", ROOT / "scripts" / "compare_selection.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    assert script.main(["--out", str(tmp_path), "--rules", ",".join(outs), "--report-only"]) == 0
+    report = (tmp_path / "selection.md").read_text()
+    assert "## k = 2" in report and "Kendall" not in report  # two learners: too few for a rank correlation
+    tuning_s, grid_s = script.work_seconds(outs["val"])
+    assert tuning_s > 0 and grid_s > 0
+    for rule in outs:
+        assert f"{rule} {script.work_seconds(outs[rule])[0]:.0f} tuning" in report
+        assert f"| {rule} | test-threshold-k2" in report and "| 3 | — | — | t (" in report
 
 
 def test_shots_rule_folds_hold_out_half_of_the_shots(tmp_path):
