@@ -88,7 +88,7 @@ def test_zero_inner_steps_is_plain_gradient():
     for n, p in net.named_parameters():
         exp = p.grad if p.grad is not None else torch.zeros_like(p)
         assert torch.allclose(out.grads[n], exp, atol=1e-6), n
-    assert out.loss == pytest.approx(float(loss), rel=1e-5)
+    assert out.loss == pytest.approx(loss.item(), rel=1e-5)
 
 
 @pytest.mark.parametrize("opt", ["sgd", "adam"])
@@ -180,7 +180,7 @@ def test_metasgd_lr_gradient_matches_finite_difference():
 
     def f(delta):
         lr = {**lrs, name: lrs[name] + delta}
-        return float(task_query_loss(net, p0, lr, task.x_support, task.y_support, task.x_query, task.y_query, steps=1))
+        return task_query_loss(net, p0, lr, task.x_support, task.y_support, task.x_query, task.y_query, steps=1).item()
 
     e = torch.zeros_like(lrs[name])
     e[0] = eps
