@@ -29,6 +29,7 @@ from scipy import stats
 from fewshot_transfer.cli import main as ftbench
 from fewshot_transfer.harness.selection import RULES
 from fewshot_transfer.harness.store import CellStore
+from fewshot_transfer.tuning.storage import default_storage, make_storage
 
 
 def run_rules(out: Path, rules: list[str], extra: list[str]) -> None:
@@ -41,29 +42,29 @@ def run_rules(out: Path, rules: list[str], extra: list[str]) -> None:
 
 def studies(run_dir: Path) -> list[optuna.Study]:
     """The Optuna studies of a rule's run (none when it was not tuned)."""
-    db = run_dir / "tuning" / "study.db"
-    if not db.is_file():
+    tune_dir = run_dir / "tuning"
+    if not (tune_dir / "study.db").is_file():
         return []
-    storage = optuna.storages.RDBStorage(f"sqlite:///{db}")
+    storage = make_storage(default_storage(tune_dir), heartbeat=None, grace=None)
     return [
         optuna.load_study(study_name=s.study_name, storage=storage) for s in optuna.get_all_study_summaries(storage)
     ]
 
 
-def work_seconds(run_dir: Path) -> tuple[float, float]:
+def work_seconds(run_dir: Path, run_studies: list[optuna.Study]) -> tuple[float, float]:
     """(tuning, grid) process-seconds a rule's run spent, read from its artefacts so that
     resuming a run neither resets nor double-counts them: the durations of its finished
     (complete or pruned) trials, and its cells' fit + evaluation seconds (a pretraining or
     meta-training counts where it was computed, not where a cache hit charged it)."""
     tuning = 0.0
-    for study in studies(run_dir):
+    for study in run_studies:
         done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
         tuning += sum(t.duration.total_seconds() for t in done if t.duration is not None)
     grid = sum(r["timing"]["fit_s"] + r["timing"]["eval_s"] for r in CellStore(run_dir).records() if "timing" in r)
     return tuning, grid
 
 
-def rewards(out: Path, rules: list[str]) -> list[str]:
+def rewards(loaded: dict[str, list[optuna.Study]]) -> list[str]:
     """What each study's score rewarded: Spearman's rho between the score and every searched
     number over the study's complete draws, and where the pick's lr lies among the lrs drawn.
     A rule whose score falls with the lr rewards staying near the initialisation."""
@@ -75,8 +76,8 @@ def rewards(out: Path, rules: list[str]) -> list[str]:
         "| rule | study | draws | ρ(lr) | pick lr rank | strongest other (ρ) |\n",
         "|---|---|---:|---:|---:|---|\n",
     ]
-    for rule in rules:
-        for study in studies(out / f"selection-{rule}"):
+    for rule, run_studies in loaded.items():
+        for study in run_studies:
             done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
             if len(done) < 3:
                 continue
@@ -122,7 +123,8 @@ def report(out: Path, rules: list[str]) -> str:
         f"Moves are against `{base}`. Dice = mean over seeds; rank = 1 + learners significantly better "
         "(Holm); gain = paired difference over the reference of the same rule.\n",
     ]
-    spent = {rule: work_seconds(out / f"selection-{rule}") for rule in rules}
+    loaded = {rule: studies(out / f"selection-{rule}") for rule in rules}
+    spent = {rule: work_seconds(out / f"selection-{rule}", loaded[rule]) for rule in rules}
     lines.append(
         "\nCompute spent, in process-seconds summed over the run's finished trials and cells (not wall "
         "time: `--jobs N` runs N at once; resumptions neither reset nor double-count it): "
@@ -161,7 +163,7 @@ def report(out: Path, rules: list[str]) -> str:
                     f"\nKendall's tau of the Dice orderings, {base} vs {rule}: {tau.statistic:+.2f} "
                     f"({len(shared)} learners).\n"
                 )
-    lines += rewards(out, rules)
+    lines += rewards(loaded)
     return "".join(lines)
 
 

@@ -174,10 +174,10 @@ def test_every_rule_is_reachable_from_run_and_named_in_every_row(tmp_path, thres
     assert script.main(["--out", str(tmp_path), "--rules", ",".join(outs), "--report-only"]) == 0
     report = (tmp_path / "selection.md").read_text()
     assert "## k = 2" in report and "Kendall" not in report  # two learners: too few for a rank correlation
-    tuning_s, grid_s = script.work_seconds(outs["val"])
+    tuning_s, grid_s = script.work_seconds(outs["val"], script.studies(outs["val"]))
     assert tuning_s > 0 and grid_s > 0
     for rule in outs:
-        assert f"{rule} {script.work_seconds(outs[rule])[0]:.0f} tuning" in report
+        assert f"{rule} {script.work_seconds(outs[rule], script.studies(outs[rule]))[0]:.0f} tuning" in report
         assert f"| {rule} | test-threshold-k2" in report and "| 3 | — | — | t (" in report
 
 

@@ -199,8 +199,8 @@ def main(args: argparse.Namespace) -> int:
         bench, args.selection, args.shots, val_fraction=args.val_fraction, seed=int(cfg["data"]["split"]["seed"])
     )
     label, k, info = split.label, split.k, split.info
-    if caveat(split.rule, k):
-        log.warning(caveat(split.rule, k))
+    if warning := caveat(split.rule, k):
+        log.warning(warning)
     if k == 0 and not cls.supports_k0:
         raise ValueError(f"learner {cls.name!r} needs labeled target shots; it has no k = 0 to tune at")
     name = args.study or study_name(cls.name, label, split.rule)

@@ -73,8 +73,7 @@ def plan_studies(config: dict, names: list[str], shots: list[tuple[str, int]]) -
         ks = list(shots)
     tasks: list[StudyTask] = []
     skipped: dict[str, str] = {}
-    warning = next((caveat(rule, k) for _label, k in ks if caveat(rule, k)), "")
-    if warning:
+    if warning := next(filter(None, (caveat(rule, k) for _label, k in ks)), ""):
         log.warning(warning)
     for name in names:
         cls = learners.get(name)
