@@ -311,6 +311,45 @@ def build_semiseg(src: Path) -> Expected:
     return exp
 
 
+#: (file stem, site, patient) of the pseudo-labeled fixture, in natural file order: two
+#: coronacases volumes, a Radiopaedia case, and two Radiopaedia series of another case (one patient).
+PSEUDO_SLICES = (
+    ("Data-1_coronacases_org_001_7", "coronacases", "Data-1_coronacases_org_001"),
+    ("Data-1_coronacases_org_001_8", "coronacases", "Data-1_coronacases_org_001"),
+    ("Data-1_coronacases_org_002_3", "coronacases", "Data-1_coronacases_org_002"),
+    (
+        "Data-1_radiopaedia_org_covid-19-pneumonia-4_85506_1-dcm_2",
+        "radiopaedia",
+        "Data-1_radiopaedia_org_covid-19-pneumonia-4",
+    ),
+    (
+        "Data-1_radiopaedia_org_covid-19-pneumonia-10_85902_1-dcm_4",
+        "radiopaedia",
+        "Data-1_radiopaedia_org_covid-19-pneumonia-10",
+    ),
+    (
+        "Data-1_radiopaedia_org_covid-19-pneumonia-10_85902_3-dcm_12",
+        "radiopaedia",
+        "Data-1_radiopaedia_org_covid-19-pneumonia-10",
+    ),
+)
+
+
+def build_semiseg_pseudo(src: Path) -> Expected:
+    """The Pseudo-label folder of the Inf-Net layout: JPG slices named by volume, soft-edged
+    machine-made GT (lesion = value > 127, edge pixels at 100 must stay background)."""
+    pseudo = src / "TrainingSet" / "LungInfection-Train" / "Pseudo-label"
+    exp = Expected(src)
+    for k, (stem, _site, patient) in enumerate(PSEUDO_SLICES):
+        case = make_case(300 + k)
+        write_jpg(pseudo / "Imgs" / f"{stem}.jpg", windowed(case.hu[1]))
+        lesion = case.lesion()[1]
+        edge = (lesion == 0) & (np.roll(lesion, 1, axis=1) > 0)
+        write_png(pseudo / "GT" / f"{stem}.png", (lesion * 230 + 100 * edge).astype(np.uint8))
+        exp.add(patient, "", True, int(stem.rsplit("_", 1)[1]), lesion, None)
+    return exp
+
+
 def build_msd(src: Path, *, v2: bool = True, n_cases: int = 2, test_cases: int = 1) -> Expected:
     """MSD (v1 names, ``labels`` value->name) or nnU-Net v2 (``_0000`` names, name->value) folder."""
     meta: dict = {"name": "Task99_Toy", "description": "toy lesion task"}

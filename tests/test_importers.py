@@ -24,9 +24,11 @@ from fixtures_datasets import (
     build_mosmed,
     build_msd,
     build_semiseg,
+    build_semiseg_pseudo,
     make_case,
     windowed,
     write_nifti,
+    PSEUDO_SLICES,
 )
 
 CACHE_TOL = 1.0 / 131070 + 1e-7
@@ -219,3 +221,41 @@ def test_info_warns_when_official_split_leaks(tmp_path):
     _, data = _load(tmp_path, "folder", exp)
     warnings = summarize(data).warnings
     assert any("both train and test" in w and "pat0" in w for w in warnings)
+
+
+def test_semiseg_pseudo_is_a_machine_labeled_source_with_sites(tmp_path):
+    exp = build_semiseg_pseudo(tmp_path / "src")
+    report, data = _load(tmp_path, "semiseg-pseudo", exp)
+    _check(data, exp, images=False)
+    spec = read_spec(report.out_dir)
+    assert spec.label_origin == "model" and spec.lesion_labels == (255,) and spec.patients_known
+    rows = read_manifest(report.out_dir)
+    assert [(r.site, r.patient) for r in rows] == [(site, patient) for _, site, patient in PSEUDO_SLICES]
+    assert report.patients == 4  # Radiopaedia case 10's two series are one patient
+    info = summarize(data)
+    assert info.label_origin == "model"
+    assert info.sites == {"coronacases": {"slices": 3, "patients": 2}, "radiopaedia": {"slices": 3, "patients": 2}}
+    assert any("labels made by a model" in w for w in info.warnings)
+
+
+def test_semiseg_pseudo_site_filter(tmp_path):
+    exp = build_semiseg_pseudo(tmp_path / "src")
+    report = import_dataset("semiseg-pseudo", exp.root, tmp_path / "rp", sites=("radiopaedia",))
+    rows = read_manifest(report.out_dir)
+    assert {r.site for r in rows} == {"radiopaedia"} and report.rows == 3
+    assert not any("coronacases" in p.name for p in report.out_dir.rglob("*"))
+    with pytest.raises(DatasetError, match="its sites are coronacases, radiopaedia"):
+        import_dataset("semiseg-pseudo", exp.root, tmp_path / "bad", sites=("mosmed",))
+    assert not (tmp_path / "bad").exists()
+    with pytest.raises(DatasetError, match="records no sites"):
+        import_dataset("semiseg", build_semiseg(tmp_path / "ss").root, tmp_path / "bad2", sites=("x",))
+
+
+def test_label_origin_is_validated(tmp_path):
+    exp = build_semiseg_pseudo(tmp_path / "src")
+    out = import_dataset("semiseg-pseudo", exp.root, tmp_path / "out").out_dir
+    meta = json.loads((out / "dataset.json").read_text())
+    meta["label_origin"] = "robot"
+    (out / "dataset.json").write_text(json.dumps(meta))
+    with pytest.raises(DatasetError, match='"label_origin" is \'robot\'; set it to "manual"'):
+        read_spec(out)

@@ -13,7 +13,14 @@ import pytest
 from fewshot_transfer.cli import main
 
 from conftest import TINY
-from fixtures_datasets import build_covid19_ct_seg, build_medseg, build_mosmed, build_msd, build_semiseg
+from fixtures_datasets import (
+    build_covid19_ct_seg,
+    build_medseg,
+    build_mosmed,
+    build_msd,
+    build_semiseg,
+    build_semiseg_pseudo,
+)
 
 LAYOUTS = {
     "medseg": lambda src: build_medseg(src, n_z=30, val_z=4),
@@ -53,3 +60,24 @@ def test_import_info_run(tmp_path, capsys, kind):
     assert {r["learner"] for r in rows} == {"scratch", "finetune"}
     assert all(r["n_seeds"] == 1 and r["n_failed"] == 0 for r in rows)
     assert str(out) in (run / "config.toml").read_text()
+
+
+def test_machine_labeled_source_is_named_by_info_cells_and_leaderboard(tmp_path, capsys):
+    """`data info` names the sites and the label origin; a run on that source says, in every
+    cell and in the leaderboard header, that its source is machine-labeled."""
+    src, source, target, run = tmp_path / "src", tmp_path / "pseudo", tmp_path / "target", tmp_path / "run"
+    build_semiseg_pseudo(src)
+    assert main(["data", "import", "semiseg-pseudo", str(src), "--out", str(source)]) == 0
+    capsys.readouterr()
+    assert main(["data", "info", str(source)]) == 0
+    shown = capsys.readouterr().out
+    assert "model (machine-made labels)" in shown and "coronacases" in shown and "radiopaedia" in shown
+    build_medseg(tmp_path / "medseg", n_z=30, val_z=4)
+    assert main(["data", "import", "medseg", str(tmp_path / "medseg"), "--out", str(target)]) == 0
+    args = ["run", *TINY, "--source", str(source), "--target", str(target), "--shots", "1", "--seeds", "1"]
+    assert main([*args, "--learners", "finetune", "--out", str(run), "--no-progress"]) == 0
+    cell = json.loads(next((run / "cells").glob("finetune*.json")).read_text())
+    assert cell["provenance"]["data"]["source_labels"] == "model"
+    assert set(cell["provenance"]["data"]["source_sites"]) == {"coronacases", "radiopaedia"}
+    board = (run / "leaderboard.md").read_text()
+    assert "MACHINE-LABELED source" in board and "sites coronacases, radiopaedia" in board

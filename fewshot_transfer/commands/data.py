@@ -24,6 +24,8 @@ _KIND_HELP = {
     "covid19-ct-seg": "COVID-19-CT-Seg, Ma et al. 20 cases (ct_scans/, infection_mask/)",
     "mosmed": "MosMedData (studies/CT-*/, masks/*_mask.nii.gz)",
     "semiseg": "COVID-SemiSeg, Inf-Net layout (TrainingSet/, TestingSet/)",
+    "semiseg-pseudo": "COVID-SemiSeg's 1600 pseudo-labeled slices as a machine-labeled source "
+    "(sites coronacases, radiopaedia)",
     "msd": "Medical Segmentation Decathlon / nnU-Net raw (imagesTr/, labelsTr/, dataset.json)",
     "folder": "any images + masks listed in a CSV with columns image,mask,patient[,split]",
 }
@@ -90,6 +92,12 @@ def _register_import(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--copy", action="store_true", help="copy files instead of hard-linking them")
     p.add_argument(
         "--labeled-only", action="store_true", help="skip unlabeled images (e.g. MosMed's ~1,060 unlabeled studies)"
+    )
+    p.add_argument(
+        "--site",
+        type=lambda t: tuple(s for s in t.replace(" ", "").split(",") if s),
+        metavar="A[,B]",
+        help="keep only these sites, for layouts that record one (semiseg-pseudo: coronacases, radiopaedia)",
     )
     p.add_argument("--force", action="store_true", help="replace DIR if it exists")
     p.add_argument("--check", action="store_true", help="load the result once (fills the cache) and print its summary")
@@ -227,6 +235,7 @@ def _cmd_import(args: argparse.Namespace) -> int:
         copy=args.copy,
         labeled_only=args.labeled_only,
         overwrite=args.force,
+        sites=args.site,
     )
     console = Console()
     placed = ", ".join(f"{n} {how}" for how, n in sorted(report.placed.items()))

@@ -10,13 +10,16 @@ A dataset folder is self-describing, in the spirit of nnU-Net's ``dataset.json``
     (alias ``ignore_labels``): optional known non-lesion values (e.g. 3 = pleural effusion);
     ``spacing_mm``: [row, col] for files that carry no spacing themselves (2D images), or
     null; ``patients_known``: false when patient ids are stand-ins (e.g. one per slice);
-    optional ``description``.
+    ``label_origin``: "manual" (default: drawn by people) or "model" (machine-made labels,
+    e.g. published pseudo-labels: a source with label noise, stated in every leaderboard
+    that trains on it); optional ``description``.
 
 ``manifest.csv``
     Columns ``image,mask,patient,split,slice`` (``image``, ``mask`` and ``patient`` are
     required; ``split`` and ``slice`` may be absent) plus optional ``lung`` (lung-mask
-    path) and ``intensity`` (per-row override of dataset.json, for collections that mix
-    conventions). Paths are relative to the folder and must stay inside it. An empty
+    path), ``intensity`` (per-row override of dataset.json, for collections that mix
+    conventions) and ``site`` (the hospital / collection a row comes from, for collections
+    pooled from several sites; ``ftbench data import --site`` keeps one). Paths are relative to the folder and must stay inside it. An empty
     ``mask`` means unlabeled. ``split`` is "train", "test", "unlabeled" or "" (no official
     split). For a volume, an empty ``slice`` means every z slice, an integer one z index;
     for a 2D file ``slice`` only records the slice's original index.
@@ -52,7 +55,8 @@ INTENSITIES = ("hu", "windowed-uint8")
 SPLITS = ("train", "test", "unlabeled", "")
 REQUIRED_COLUMNS = ("image", "mask", "patient")
 MANIFEST_COLUMNS = ("image", "mask", "patient", "split", "slice")
-OPTIONAL_COLUMNS = ("lung", "intensity")
+OPTIONAL_COLUMNS = ("lung", "intensity", "site")
+LABEL_ORIGINS = ("manual", "model")
 
 _FORMAT_HELP = "see the module docstring of fewshot_transfer.data.dataset_format or `ftbench data import --help`"
 
@@ -71,6 +75,7 @@ class DatasetSpec:
     modality: str = "CT"
     description: str = ""
     patients_known: bool = True
+    label_origin: str = "manual"
 
     def allowed_mask_values(self) -> frozenset[int]:
         """Every mask value that is known: background, lesion and declared non-lesion labels."""
@@ -89,6 +94,8 @@ class DatasetSpec:
             "spacing_mm": None if self.spacing_mm is None else list(self.spacing_mm),
             "patients_known": self.patients_known,
         }
+        if self.label_origin != "manual":
+            out["label_origin"] = self.label_origin
         if self.description:
             out["description"] = self.description
         return out
@@ -145,6 +152,12 @@ class DatasetSpec:
             ):
                 raise DatasetError(f'{source}: "spacing_mm" is {spacing!r}; give [row, col] in mm (positive) or null')
             spacing = (float(spacing[0]), float(spacing[1]))
+        label_origin = data.get("label_origin", "manual")
+        if label_origin not in LABEL_ORIGINS:
+            raise DatasetError(
+                f'{source}: "label_origin" is {label_origin!r}; set it to "manual" (labels drawn by people) '
+                f'or "model" (labels made by a model, e.g. published pseudo-labels)'
+            )
         modality = str(data.get("modality", "CT"))
         if modality.upper() != "CT":
             log.warning("%s: modality is %r; ftbench's intensity handling assumes CT", source, modality)
@@ -159,6 +172,7 @@ class DatasetSpec:
             modality=modality,
             description=str(data.get("description", "")),
             patients_known=bool(data.get("patients_known", True)),
+            label_origin=label_origin,
         )
 
 
@@ -173,6 +187,7 @@ class ManifestRow:
     slice: int | None = None
     lung: str = ""
     intensity: str = ""
+    site: str = ""
     line: int = field(default=0, compare=False)
 
     @property
@@ -320,6 +335,7 @@ def write_manifest(root: Path | str, rows: list[ManifestRow]) -> Path:
                 "slice": "" if row.slice is None else str(row.slice),
                 "lung": row.lung,
                 "intensity": row.intensity,
+                "site": row.site,
             }
             writer.writerow([values[c] for c in columns])
     return path
@@ -397,6 +413,7 @@ def _parse_row(rec: dict[str, str], line: int, path: Path) -> ManifestRow:
         slice=z,
         lung=rec.get("lung", ""),
         intensity=intensity,
+        site=rec.get("site", ""),
         line=line,
     )
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from fewshot_transfer.data.loader import load_domain
+from fewshot_transfer.data.loader import label_origin, load_domain
 from fewshot_transfer.data.slices import SliceSet
 
 if TYPE_CHECKING:
@@ -63,6 +63,10 @@ class DatasetInfo:
     warnings: list[str] = field(default_factory=list)
     #: Per dataset of origin when several datasets form this domain (``--source A,B``); else empty.
     datasets: dict[str, SplitInfo] = field(default_factory=dict)
+    #: Who made the labels: "manual" (people), "model" (machine-made), "manual+model" (a union).
+    label_origin: str = "manual"
+    #: ``{site: {"slices", "patients"}}`` from the manifest's ``site`` column; empty without one.
+    sites: dict[str, dict[str, int]] = field(default_factory=dict)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -132,6 +136,8 @@ def summarize(data: SliceSet) -> DatasetInfo:
         patients_known=bool(ds.get("patients_known", True)),
         description=str(ds.get("description", "")),
         datasets=origins,
+        label_origin=label_origin(data),
+        sites=dict(meta.get("sites", {})),
     )
     info.warnings = _warnings(data, info, meta)
     return info
@@ -153,6 +159,11 @@ def _warnings(data: SliceSet, info: DatasetInfo, meta: dict) -> list[str]:
     if crossing:
         out.append(
             f"{len(crossing)} patient(s) have slices in both train and test (e.g. {crossing[:3]}): the official split leaks"
+        )
+    if "model" in info.label_origin.split("+"):
+        out.append(
+            "labels made by a model, not by people: a source with label noise; leaderboards that train on it "
+            "say so (and if that model saw your target's test slices, gains on them are optimistic)"
         )
     if info.labeled == 0:
         out.append("no labeled slices: usable only as unlabeled data")
@@ -188,6 +199,7 @@ def render(info: DatasetInfo, console: Console | None = None) -> None:
             "intensity",
             f"{info.intensity} (window {info.window[0]:g}..{info.window[1]:g} HU)" + _mixed(info.row_intensity),
         ),
+        ("label origin", _origin(info.label_origin)),
         ("lesion labels", ", ".join(f"{v} {info.labels.get(str(v), '')}".strip() for v in info.lesion_labels)),
         (
             "other labels",
@@ -219,8 +231,20 @@ def render(info: DatasetInfo, console: Console | None = None) -> None:
         for name, s in groups.items():
             table.add_row(name, str(s.patients), str(s.slices), str(s.labeled), str(s.positive))
         console.print(table)
+    if info.sites:
+        table = Table(title="sites", title_justify="left")
+        for col in ("site", "patients", "slices"):
+            table.add_column(col, justify="left" if col == "site" else "right")
+        for name, n in info.sites.items():
+            table.add_row(name or "(none)", str(n["patients"]), str(n["slices"]))
+        console.print(table)
     for warning in info.warnings:
         console.print(f"[yellow]warning:[/yellow] {warning}")
+
+
+def _origin(origin: str) -> str:
+    words = {"manual": "manual (drawn by people)", "model": "model (machine-made labels)"}
+    return words.get(origin, f"{origin} (a union of manual and machine-made labels)")
 
 
 def _pct(value: float) -> str:

@@ -107,12 +107,34 @@ def load_dataset(
         for item in data.meta.get("warnings", []):
             _emit(item["message"], item.get("kind", "dataset"))
         log.debug("loaded %s from cache %s", root, cache.entry_path(cdir, key))
+    extra: dict = {"source": str(root.resolve()), "dataset": spec.to_json()}
+    if any(r.site for r in rows):
+        extra["sites"] = site_counts(rows, data.meta)
     return replace(
         data,
         name=name or spec.name,
-        meta={**data.meta, "source": str(root.resolve())},
+        meta={**data.meta, **extra},
         origin=np.arange(len(data), dtype=np.int64),
     )
+
+
+def site_counts(rows: list[ManifestRow], meta: dict) -> dict[str, dict[str, int]]:
+    """``{site: {"slices": n, "patients": m}}`` over the manifest's ``site`` column (``data info``, provenance)."""
+    row_of = meta.get("slices", {}).get("row")
+    picked = [rows[int(i)] for i in row_of] if row_of is not None else rows
+    out: dict[str, dict[str, int]] = {}
+    for site in sorted({r.site for r in picked}):
+        mine = [r for r in picked if r.site == site]
+        out[site] = {"slices": len(mine), "patients": len({r.patient for r in mine})}
+    return out
+
+
+def label_origin(data: SliceSet) -> str:
+    """Who made the domain's labels: "manual", "model", or "manual+model" for a union of both kinds."""
+    meta = data.meta or {}
+    parts = meta.get("combined") or [meta]
+    found = {str(p.get("dataset", {}).get("label_origin", "manual")) for p in parts}
+    return "+".join(sorted(found))
 
 
 def native_slices(data: SliceSet) -> tuple[NativeSlice, ...] | None:
@@ -227,7 +249,13 @@ def combine_domains(parts: list[SliceSet]) -> SliceSet:
         renamed.append(replace(part, name=name, patients=patients, dataset=None))
     combined = SliceSet.concat(renamed)
     sources = [
-        {"name": p.name, "source": str(p.meta.get("source", "")), "fingerprint": p.fingerprint, "slices": len(p)}
+        {
+            "name": p.name,
+            "source": str(p.meta.get("source", "")),
+            "fingerprint": p.fingerprint,
+            "slices": len(p),
+            "dataset": {"label_origin": label_origin(p)},
+        }
         for p in renamed
     ]
     warnings_ = [w for p in parts for w in p.meta.get("warnings", [])]

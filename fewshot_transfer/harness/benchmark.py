@@ -18,7 +18,7 @@ import torch
 
 from fewshot_transfer.config import config_at_k, config_hash
 from fewshot_transfer.data.cache import cache_root
-from fewshot_transfer.data.loader import load_domain, native_slices
+from fewshot_transfer.data.loader import label_origin, load_domain, native_slices
 from fewshot_transfer.data.samplers import labeled_fraction, resolve_shots, support_indices, support_pool_size
 from fewshot_transfer.data.slices import SliceSet
 from fewshot_transfer.data.splits import (
@@ -77,11 +77,18 @@ class Benchmark:
 
     @cached_property
     def data_fingerprint(self) -> dict:
-        return {
+        """What the cells' data is (every cell's provenance); names the source's label origin
+        when a model made its labels, so the leaderboard can say that its source is machine-labeled."""
+        out = {
             "source": self.source.fingerprint,
             "target": self.target.fingerprint,
             "split": config_hash(self.split.to_json()),
         }
+        origin = label_origin(self.source)
+        if origin != "manual":
+            out["source_labels"] = origin
+            out["source_sites"] = (self.source.meta or {}).get("sites", {})
+        return out
 
     def _shots(self, k: int, seed: int) -> tuple[np.ndarray, SliceSet]:
         key = (k, seed)

@@ -377,6 +377,19 @@ def header_meta(records: list[dict]) -> dict[str, str]:
             "selection can buy, not a result a user could reproduce"
         )
     meta["scored at"] = scored_at(records)
+    origins = sorted({str(r.get("provenance", {}).get("data", {}).get("source_labels", "manual")) for r in records})
+    if origins != ["manual"]:
+        sites = {
+            site
+            for r in records
+            for site in r.get("provenance", {}).get("data", {}).get("source_sites", {})
+            if site
+        }
+        meta["source labels"] = (
+            "MACHINE-LABELED source (labels made by a model, not by people: a source with label noise)"
+            + (f"; sites {', '.join(sorted(sites))}" if sites else "")
+            + ("" if origins == ["model"] else f" — MIXED across cells: {', '.join(origins)}")
+        )
     shas = sorted({str(r.get("provenance", {}).get("code", {}).get("source_sha", "?")) for r in records})
     if len(shas) > 1:
         meta["code versions"] = (

@@ -29,6 +29,7 @@ KINDS: dict[str, str] = {
     "covid19-ct-seg": "covid19_ct_seg",
     "mosmed": "mosmed",
     "semiseg": "semiseg",
+    "semiseg-pseudo": "semiseg_pseudo",
     "msd": "msd",
     "folder": "folder",
 }
@@ -77,15 +78,20 @@ def import_dataset(
     copy: bool = False,
     labeled_only: bool = False,
     overwrite: bool = False,
+    sites: tuple[str, ...] | None = None,
 ) -> ImportReport:
     """Convert ``src`` (layout ``kind``) into a dataset folder at ``out``.
 
     ``labeled_only`` drops unlabeled rows (e.g. MosMed's ~1,060 unlabeled studies);
-    ``copy`` copies files instead of hard-linking them. Nothing is left at ``out`` if
+    ``sites`` keeps the rows of those sites only (layouts that record one, e.g.
+    ``semiseg-pseudo``: one collection as one source); ``copy`` copies files instead of
+    hard-linking them. Nothing is left at ``out`` if
     anything fails.
     """
     plan = plan_import(kind, src, ImportOptions(lesion_labels=lesion_labels, name=name))
     rows = [r for r in plan.rows if r.mask] if labeled_only else plan.rows
+    if sites:
+        rows = keep_sites(rows, sites, kind)
     if not rows:
         what = "labeled images" if labeled_only else "images"
         raise DatasetError(f"{src}: the {kind} importer found no {what}; expected {layout_help(kind)}")
@@ -115,6 +121,17 @@ def import_dataset(
         placed=placed,
         notes=list(plan.notes),
     )
+
+
+def keep_sites(rows: list, sites: tuple[str, ...], kind: str) -> list:
+    """The rows of ``sites``; a site the layout does not have is an error naming the ones it has."""
+    found = sorted({r.site for r in rows if r.site})
+    if not found:
+        raise DatasetError(f"--site: the {kind} importer records no sites; import without --site")
+    unknown = [s for s in sites if s not in found]
+    if unknown:
+        raise DatasetError(f"--site {','.join(unknown)}: not a site of this {kind} data; its sites are {', '.join(found)}")
+    return [r for r in rows if r.site in sites]
 
 
 def _module(kind: str) -> ModuleType:

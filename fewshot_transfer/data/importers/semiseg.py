@@ -51,7 +51,7 @@ def plan(src: Path, options: ImportOptions) -> Plan:
                 notes.append(f"{img}: no GT/{img.stem}.png; imported as unlabeled")
             else:
                 mask = f"masks/{split}/{img.stem}.png"
-                files[mask] = partial(_binarize, gt)
+                files[mask] = partial(binarize, gt)
             rows.append(
                 ManifestRow(image=image, mask=mask, patient=slice_group(img.stem), split=split if mask else "unlabeled")
             )
@@ -81,7 +81,7 @@ def plan(src: Path, options: ImportOptions) -> Plan:
     return Plan(spec=spec, rows=rows, files=files, notes=notes)
 
 
-def _binarize(src: Path, dest: Path) -> None:
+def binarize(src: Path, dest: Path) -> None:
     """GT -> 0/255 PNG (values > 127 are lesion)."""
     from PIL import Image
 
