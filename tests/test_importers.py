@@ -17,6 +17,7 @@ from fewshot_transfer.data.info import PATIENTS_UNKNOWN, summarize
 from fewshot_transfer.data.loader import load_dataset
 
 from fixtures_datasets import (
+    PSEUDO_SLICES,
     SIZE,
     build_covid19_ct_seg,
     build_folder,
@@ -28,7 +29,6 @@ from fixtures_datasets import (
     make_case,
     windowed,
     write_nifti,
-    PSEUDO_SLICES,
 )
 
 CACHE_TOL = 1.0 / 131070 + 1e-7

@@ -380,10 +380,7 @@ def header_meta(records: list[dict]) -> dict[str, str]:
     origins = sorted({str(r.get("provenance", {}).get("data", {}).get("source_labels", "manual")) for r in records})
     if origins != ["manual"]:
         sites = {
-            site
-            for r in records
-            for site in r.get("provenance", {}).get("data", {}).get("source_sites", {})
-            if site
+            site for r in records for site in r.get("provenance", {}).get("data", {}).get("source_sites", {}) if site
         }
         meta["source labels"] = (
             "MACHINE-LABELED source (labels made by a model, not by people: a source with label noise)"

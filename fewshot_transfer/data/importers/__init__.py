@@ -130,7 +130,9 @@ def keep_sites(rows: list, sites: tuple[str, ...], kind: str) -> list:
         raise DatasetError(f"--site: the {kind} importer records no sites; import without --site")
     unknown = [s for s in sites if s not in found]
     if unknown:
-        raise DatasetError(f"--site {','.join(unknown)}: not a site of this {kind} data; its sites are {', '.join(found)}")
+        raise DatasetError(
+            f"--site {','.join(unknown)}: not a site of this {kind} data; its sites are {', '.join(found)}"
+        )
     return [r for r in rows if r.site in sites]
 
 
