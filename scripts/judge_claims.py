@@ -3,6 +3,10 @@
     python scripts/judge_claims.py --claims configs/claims.toml \\
         --draw 0=results/claims --draw 1=results/claims-replication --out results/claims/claims.md
 
+A draw may be several run directories (``--draw coronacases=results/real-claims/fold0,...``,
+or a folder whose sub-folders are runs, e.g. one per cross-validation fold): the paired unit
+is then (run directory, seed), so fold f's seed s is compared with fold f's seed s only.
+
 A claim is a list of comparisons ``"LEARNER - REFERENCE @ K"`` (``configs/claims.toml``:
 the seed paper's claims, each learner against its own control arm). On every draw each
 comparison is a paired t-test over the seeds both rows have (training replicates averaged
@@ -15,6 +19,10 @@ the file on that draw. Verdict per comparison, over the draws:
 * **no effect detected** — significant on none; the table then gives the largest effect
   the CIs leave room for (max |CI bound| over the draws), which is what the null rules out.
 
+A claims file with ``preregistered = true`` was committed before the first cell of the runs
+it judges: the table names the commit that first added it. A claim with
+``added_after = "why"`` was added later: its rows are marked so.
+
 Writes the markdown table to ``--out`` and the numbers beside it as JSON.
 """
 
@@ -23,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import subprocess
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -39,13 +48,16 @@ ALPHA = 0.05
 K_INDEPENDENT = {"source-only"}
 
 
-def dice_by_seed(records: list[dict]) -> dict[tuple[str, int], dict[int, float]]:
-    """(learner, k) -> {seed: Dice averaged over training replicates} of the finished cells."""
-    acc: dict[tuple[str, int, int], list[float]] = defaultdict(list)
+def dice_by_seed(records: list[dict]) -> dict[tuple[str, int], dict]:
+    """(learner, k) -> {unit: Dice averaged over training replicates} of the finished cells.
+
+    The unit is the seed, or (run index, seed) for records tagged ``_run`` by :func:`load_draw`."""
+    acc: dict[tuple, list[float]] = defaultdict(list)
     for r in records:
         if r.get("status") == "ok":
             k = -1 if r["learner"] in K_INDEPENDENT else int(r["k"])
-            acc[(r["learner"], k, int(r["seed"]))].append(float(r["metrics"]["dice"]))
+            unit = (int(r["_run"]), int(r["seed"])) if "_run" in r else int(r["seed"])
+            acc[(r["learner"], k, unit)].append(float(r["metrics"]["dice"]))
     out: dict[tuple[str, int], dict[int, float]] = defaultdict(dict)
     for (name, k, seed), values in acc.items():
         out[(name, k)][seed] = float(np.mean(values))
@@ -100,12 +112,42 @@ def judge(claims: list[dict], draws: dict[str, list[dict]]) -> list[dict]:
                     "draws": per_draw,
                     "verdict": verdict(per_draw),
                     "bound": bound,
+                    "added_after": claim.get("added_after", ""),
                 }
             )
     return rows
 
 
-def markdown(rows: list[dict], draw_names: list[str], command: str) -> str:
+def load_draw(text: str) -> list[dict]:
+    """The records of one draw: ``DIR``, ``DIR,DIR,...`` or a folder of run folders (one per fold);
+    with several runs each record is tagged with its run's index (the pairing unit's first half)."""
+    dirs = [Path(p) for p in text.split(",") if p]
+    if len(dirs) == 1 and not (dirs[0] / "cells").is_dir() and dirs[0].is_dir():
+        dirs = sorted(d for d in dirs[0].iterdir() if (d / "cells").is_dir())
+        if not dirs:
+            raise SystemExit(f"{text}: neither a run directory (cells/) nor a folder of run directories")
+    if len(dirs) == 1:
+        return load_records(dirs)
+    return [{**r, "_run": i} for i, d in enumerate(dirs) for r in load_records([d])]
+
+
+def registered_in(path: Path) -> str:
+    """The commit that first added ``path`` (its pre-registration), or "" outside a git checkout."""
+    try:
+        out = subprocess.run(
+            ["git", "log", "--diff-filter=A", "--format=%h %cI", "--", path.name],
+            cwd=path.parent,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split("\n")
+    except (OSError, subprocess.CalledProcessError):
+        return ""
+    lines = [line for line in out if line.strip()]
+    return lines[-1] if lines else ""
+
+
+def markdown(rows: list[dict], draw_names: list[str], command: str, *, title: str = "", registered: str = "") -> str:
     def cell(c: dict) -> str:
         if np.isnan(c["mean"]):
             return f"— (n = {c['n']})"
@@ -114,10 +156,11 @@ def markdown(rows: list[dict], draw_names: list[str], command: str) -> str:
 
     head = ["claim", "comparison", *[f"draw {d}" for d in draw_names], "verdict", "largest effect the CIs allow"]
     lines = [
-        "# The seed's claims, each against its own control, on independent data draws",
+        f"# {title or 'The seed' + chr(39) + 's claims, each against its own control, on independent data draws'}",
         "",
         f"Command (from the repository root): `{command}`",
         "",
+        *([f"Comparisons pre-registered in commit {registered}.", ""] if registered else []),
         "Paired difference of Dice over seeds, mean [95% t-CI]; Holm over every comparison of the table on "
         "that draw; `*` = Holm p < 0.05. Verdicts: supported / reversed = significant the same way on every "
         "draw; not replicated = significant on some draws only; no effect detected = on none.",
@@ -127,8 +170,9 @@ def markdown(rows: list[dict], draw_names: list[str], command: str) -> str:
     ]
     for r in rows:
         bound = "" if np.isnan(r["bound"]) else f"±{r['bound']:.3f}"
+        late = f" (added after the fact: {r['added_after']})" if r.get("added_after") else ""
         lines.append(
-            f"| {r['claim']} | {r['comparison']} | "
+            f"| {r['claim']}{late} | {r['comparison']} | "
             + " | ".join(cell(c) for c in r["draws"])
             + f" | {r['verdict']} | {bound} |"
         )
@@ -138,10 +182,17 @@ def markdown(rows: list[dict], draw_names: list[str], command: str) -> str:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--claims", default="configs/claims.toml", help="TOML with [[claim]] name / comparisons")
-    ap.add_argument("--draw", action="append", required=True, metavar="NAME=RUN_DIR", help="one data draw (repeat)")
+    ap.add_argument(
+        "--draw",
+        action="append",
+        required=True,
+        metavar="NAME=RUN_DIR[,RUN_DIR...]",
+        help="one data draw (repeat): a run directory, a comma list of them or a folder of them (one per fold)",
+    )
     ap.add_argument("--out", required=True, help="markdown table (a .json with the numbers is written beside it)")
     args = ap.parse_args(argv)
-    claims = load_toml(Path(args.claims)).get("claim", [])
+    claims_file = load_toml(Path(args.claims))
+    claims = claims_file.get("claim", [])
     if not claims:
         raise SystemExit(f"{args.claims}: no [[claim]] tables")
     for claim in claims:
@@ -152,14 +203,17 @@ def main(argv: list[str] | None = None) -> None:
         name, sep, path = item.partition("=")
         if not sep:
             raise SystemExit(f"--draw {item!r}: expected NAME=RUN_DIR")
-        draws[name] = load_records([Path(path)])
+        draws[name] = load_draw(path)
     rows = judge(claims, draws)
     command = "python scripts/judge_claims.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out, markdown(rows, list(draws), command))
+    registered = registered_in(Path(args.claims).resolve()) if claims_file.get("preregistered") else ""
+    title = str(claims_file.get("title", ""))
+    atomic_write_text(out, markdown(rows, list(draws), command, title=title, registered=registered))
     atomic_write_text(
-        out.with_suffix(".json"), json.dumps({"command": command, "rows": rows}, indent=2, default=float) + "\n"
+        out.with_suffix(".json"),
+        json.dumps({"command": command, "registered": registered, "rows": rows}, indent=2, default=float) + "\n",
     )
     print(out.read_text())
 

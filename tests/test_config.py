@@ -20,7 +20,7 @@ def test_full_toml_resolves():
 
 def test_real_toml_resolves():
     cfg = resolve_config(ROOT / "configs" / "real.toml")
-    assert cfg["data"]["size"] >= 128 and cfg["data"]["split"]["folds"] >= 2
+    assert cfg["data"]["size"] > DEFAULTS["data"]["size"] and cfg["data"]["split"]["folds"] >= 2
     assert 0 <= cfg["data"]["split"]["fold"] < cfg["data"]["split"]["folds"]
 
 

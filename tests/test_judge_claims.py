@@ -82,3 +82,57 @@ def test_command_line_writes_the_table_and_its_numbers(tmp_path):
     assert data["rows"][0]["verdict"] == "supported" and np.isfinite(data["rows"][0]["bound"])
     with pytest.raises(SystemExit, match="NAME=RUN_DIR"):
         jc.main(["--claims", str(claims), "--draw", "nowhere", "--out", str(out)])
+
+
+def _write_run(run: Path, records: list[dict]) -> None:
+    cells = run / "cells"
+    cells.mkdir(parents=True)
+    for i, r in enumerate(records):
+        (cells / f"{r['learner']}__{i}.json").write_text(json.dumps(r))
+
+
+def test_a_draw_of_fold_runs_pairs_by_fold_and_seed(tmp_path):
+    """Five folds x two seeds = ten paired units; fold f's seed s is compared with fold f's seed s only."""
+    folds = tmp_path / "real"
+    for f in range(5):
+        base = [0.4 + 0.05 * f, 0.45 + 0.05 * f]  # folds differ much more than the gain
+        records = _records("scratch", base, k=5) + _records("finetune", [b + 0.03 + 0.001 * f for b in base], k=5)
+        _write_run(folds / f"fold{f}", records)
+    records = jc.load_draw(str(folds))
+    c = jc.compare(jc.dice_by_seed(records), "finetune - scratch @ 5")
+    assert c["n"] == 10 and c["mean"] == pytest.approx(0.032) and c["p_value"] < 1e-6
+    same = jc.load_draw(",".join(str(folds / f"fold{f}") for f in range(5)))
+    assert jc.compare(jc.dice_by_seed(same), "finetune - scratch @ 5")["n"] == 10
+    with pytest.raises(SystemExit, match="neither a run directory"):
+        jc.load_draw(str(tmp_path))
+
+
+def test_comparisons_added_after_the_fact_are_marked(tmp_path):
+    _write_run(tmp_path / "d0", _draw(0.05))
+    claims = tmp_path / "claims.toml"
+    claims.write_text(
+        'title = "Real CT"\npreregistered = true\n'
+        '[[claim]]\nname = "transfer"\ncomparisons = ["finetune - scratch @ 1"]\n'
+        '[[claim]]\nname = "late"\nadded_after = "asked after the runs"\ncomparisons = ["finetune - source-only @ 1"]\n'
+    )
+    out = tmp_path / "claims.md"
+    jc.main(["--claims", str(claims), "--draw", f"0={tmp_path / 'd0'}", "--out", str(out)])
+    text = out.read_text()
+    assert text.startswith("# Real CT") and "| late (added after the fact: asked after the runs) |" in text
+    assert "| transfer | finetune - scratch @ 1 |" in text
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("claims*.toml")), ids=lambda p: p.name)
+def test_committed_claims_name_registered_learners(path):
+    """A pre-registered comparison that names no registered learner (or control) could never be judged."""
+    from fewshot_transfer import learners
+    from fewshot_transfer.config import load_toml
+    from fewshot_transfer.harness.stats import parse_comparison
+
+    learners.available()
+    claims = load_toml(path)["claim"]
+    for claim in claims:
+        for text in claim["comparisons"]:
+            a, b, k = parse_comparison(text)
+            assert a in learners.REGISTRY and b in learners.REGISTRY, text
+            assert k >= 0
