@@ -243,3 +243,31 @@ def test_infnet_metric_set_is_stored_and_shown_when_asked(tmp_path, capsys):
     capsys.readouterr()
     assert main(["leaderboard", str(out), "--metrics", "nope"]) == 1
     assert "unknown metric set(s) ['nope']" in capsys.readouterr().err
+
+
+@pytest.mark.integration
+def test_fold_runs_pool_with_fold_and_seed_as_the_unit(tmp_path, capsys):
+    """scripts/run_folds.sh writes one run per fold; `leaderboard --folds` pairs fold f's seed s with
+    itself only (2 folds x 2 seeds = 4 units), where a plain merge would keep one fold's cells."""
+    folds = []
+    for f in range(2):
+        folds.append(tmp_path / f"fold{f}")
+        args = ["run", *TINY, "--shots", "1", "--learners", "scratch,finetune", "--seeds", "2", "--no-progress"]
+        args += ["--set", "data.split.folds=2", "--set", f"data.split.fold={f}", "--out", str(folds[-1])]
+        assert main(args) == 0
+    assert main(["leaderboard", *map(str, folds), "--folds", "--out", str(tmp_path / "pooled")]) == 0
+    board = json.loads((tmp_path / "pooled" / "leaderboard.json").read_text())
+    rows = {r["learner"]: r for r in board["rows"]}
+    assert rows["finetune"]["n_seeds"] == 4 and rows["scratch"]["n_seeds"] == 4
+    assert board["meta"]["pairing unit"].startswith("fold × seed: 4 units (2 folds × seeds 0, 1)")
+    cells = {
+        (f, json.loads(p.read_text())["seed"]): json.loads(p.read_text())["metrics"]["dice"]
+        for f, d in enumerate(folds)
+        for p in (d / "cells").glob("finetune*.json")
+    }
+    assert rows["finetune"]["dice"] == pytest.approx(sum(cells.values()) / 4)
+    assert main(["leaderboard", *map(str, folds), "--out", str(tmp_path / "merged")]) == 0
+    merged = json.loads((tmp_path / "merged" / "leaderboard.json").read_text())
+    assert {r["learner"]: r["n_seeds"] for r in merged["rows"]}["finetune"] == 2
+    assert main(["leaderboard", str(folds[0]), str(folds[0]), "--folds", "--out", str(tmp_path / "x")]) == 1
+    assert "each run must hold one fold" in capsys.readouterr().err

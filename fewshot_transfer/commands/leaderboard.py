@@ -28,6 +28,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "meanDic / maxDic / adpDic / meanSen / meanSpe / MAE; default: the runs' [eval] metrics)",
     )
     p.add_argument(
+        "--folds",
+        action="store_true",
+        help="the directories are the folds of one cross-validation (scripts/run_folds.sh): pool them with "
+        "(fold, seed) as the unit of replication, so each fold's seed is paired with itself only",
+    )
+    p.add_argument(
         "--latex",
         action="store_true",
         help="also write leaderboard.tex: one booktabs table per k (rank, learner, selection rule, Dice, gain, n)",
@@ -56,7 +62,9 @@ def main(args: argparse.Namespace) -> int:
 
         meta["code (this render)"] = code_version()  # the cells keep their own code versions
     console = make_console()
-    rows = render(dirs, out, meta=meta, console=console, metrics=args.metrics)
+    if args.folds and not args.out:
+        raise ValueError("--folds: give --out, the folder for the pooled leaderboard (e.g. the folds' parent)")
+    rows = render(dirs, out, meta=meta, console=console, metrics=args.metrics, folds=args.folds)
     if args.latex:
         from fewshot_transfer.harness.latex import to_latex
         from fewshot_transfer.harness.store import atomic_write_text

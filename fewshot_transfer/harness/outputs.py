@@ -13,7 +13,7 @@ from fewshot_transfer.harness import metric_sets
 from fewshot_transfer.harness.leaderboard import build_rows, header_meta, power_summary, rich_table, write_leaderboard
 from fewshot_transfer.harness.plots import loss_curves_plot, prediction_gallery, transfer_gain_plot
 from fewshot_transfer.harness.report import render_sections
-from fewshot_transfer.harness.store import load_records
+from fewshot_transfer.harness.store import load_records, pool_folds
 
 log = logging.getLogger(__name__)
 
@@ -49,19 +49,27 @@ def render(
     console=None,
     shots: list[tuple[str, int]] | None = None,
     metrics: list[str] | None = None,
+    folds: bool = False,
 ) -> list[dict]:
     """Merge the cells of ``run_dirs``; write leaderboard.{md,csv,json} + transfer_gain.png to ``out_dir``.
 
     ``shots`` are the grid's k columns (default: those saved with the runs); ``metrics`` the
-    extra metric sets shown beside Dice at 0.5 (default: those saved with the runs).
+    extra metric sets shown beside Dice at 0.5 (default: those saved with the runs); ``folds``:
+    the runs are the folds of one cross-validation, pooled with (fold, seed) as the unit
+    (:func:`~fewshot_transfer.harness.store.pool_folds`).
     """
     shown = metric_sets.check_names(metrics if metrics is not None else saved_metric_sets(run_dirs))
     records = load_records(run_dirs)
     if not records:
         raise ValueError(f"no finished cells in {', '.join(map(str, run_dirs))}; run `ftbench run` first")
+    units = ""
+    if folds:
+        records, units = pool_folds(run_dirs, records)
     rows = build_rows(records, shots if shots is not None else saved_shots(run_dirs))
     out_dir.mkdir(parents=True, exist_ok=True)
     header = header_meta(records)  # recomputed from the cells, never taken from an older render
+    if units:
+        header["pairing unit"] = units
     meta = {
         **header,
         **{k: v for k, v in (meta or {}).items() if k not in ("hyperparameters", "code versions", "scored at")},

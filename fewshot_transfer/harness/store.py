@@ -112,3 +112,47 @@ def load_records(run_dirs: Iterable[Path]) -> list[dict]:
             raise FileNotFoundError(f"{d} has no cells/ folder; is it an `ftbench run --out` directory?")
         out.extend(CellStore(d).records())
     return out
+
+
+def pool_folds(run_dirs: list[Path], records: list[dict]) -> tuple[list[dict], str]:
+    """The cells of the runs of a cross-validation (one run directory per fold) as one run whose
+    unit of replication is (fold, seed): every (fold, seed) gets its own unit number in
+    ``seed`` (the original kept in ``fold`` / ``fold_seed``), so fold f's seed s is paired
+    with fold f's seed s only and never averaged with another fold's seed s.
+
+    Returns the records and a one-line description of the units for the leaderboard header.
+    The runs must share their source and target and differ in their split (clear error otherwise).
+    """
+    order = {str(Path(d)): i for i, d in enumerate(run_dirs)}
+    data = {i: set() for i in order.values()}
+    for r in records:
+        d = r.get("provenance", {}).get("data", {})
+        data[order[r["run_dir"]]].add((d.get("source"), d.get("target"), d.get("split")))
+    seen = {x for v in data.values() for x in v}
+    if len({(s, t) for s, t, _ in seen}) > 1:
+        raise ValueError(
+            "--folds: the runs have different sources or targets; folds of one cross-validation share both"
+        )
+    splits = [next(iter(v))[2] for v in data.values() if len(v) == 1]
+    if len(splits) != len(run_dirs) or len(set(splits)) != len(splits):
+        raise ValueError(
+            "--folds: each run must hold one fold (one data split) and the folds must differ; "
+            "give one `ftbench run` directory per fold (scripts/run_folds.sh writes them)"
+        )
+    units = sorted({(order[r["run_dir"]], int(r["seed"])) for r in records})
+    number = {u: i for i, u in enumerate(units)}
+    pooled = [
+        {
+            **r,
+            "fold": order[r["run_dir"]],
+            "fold_seed": int(r["seed"]),
+            "seed": number[(order[r["run_dir"]], int(r["seed"]))],
+        }
+        for r in records
+    ]
+    seeds = sorted({s for _, s in units})
+    text = (
+        f"fold × seed: {len(units)} units ({len(run_dirs)} folds × seeds {', '.join(map(str, seeds))}); "
+        f"unit u = fold {units[0][0]} seed {units[0][1]} … fold {units[-1][0]} seed {units[-1][1]} in order"
+    )
+    return pooled, text
