@@ -63,6 +63,18 @@ class Checkpoints(StepHooks):
         return {}
 
 
+def make_scorer(ctx, bench, held, threshold: float):
+    """Test Dice (native resolution, as the cells) and held-out support-pool Dice (model size)."""
+
+    def scorer(model: torch.nn.Module) -> dict:
+        seg = ctx.segmenter(model)
+        test = score(seg, bench.test_set, threshold)[0]["dice"]
+        val = evaluate(seg.predict(held.images), held.masks, held.spacing)[0]["dice"]
+        return {"test": float(test), "held_out": float(val)}
+
+    return scorer
+
+
 def part_of(name: str) -> str:
     return "encoder" if name.startswith("encoders") else "decoder" if name.startswith("decoders") else "heads"
 
@@ -92,12 +104,7 @@ def diagnose(run: Path, k: int, seeds: list[int], lrs: list[float], every: int) 
         ctx = bench.context(cls, k, seed)
         shots = set(bench.shot_rows(k, seed).tolist())
         held = bench.support_pool.subset(np.array([i for i in range(len(bench.support_pool)) if i not in shots]))
-
-        def scorer(model: torch.nn.Module) -> dict:
-            seg = ctx.segmenter(model)
-            test = score(seg, bench.test_set, threshold)[0]["dice"]
-            val = evaluate(seg.predict(held.images), held.masks, held.spacing)[0]["dice"]
-            return {"test": float(test), "held_out": float(val)}
+        scorer = make_scorer(ctx, bench, held, threshold)
 
         source = ctx.source_model()
         base = {n: w.detach().clone() for n, w in source.state_dict().items()}
