@@ -26,7 +26,6 @@ references) and ``OUT/curves.png``.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import shlex
 import sys
@@ -46,17 +45,18 @@ from fewshot_transfer.training.loops import StepBatch, StepHooks, train_steps
 
 
 class Checkpoints(StepHooks):
-    """Scores the model every ``every`` steps; adds no term and draws no random number, so the
+    """Scores the model every ``every`` steps and after the last; adds no term and draws no random number, so the
     training is the learner's own to the last bit."""
 
-    def __init__(self, every: int, scorer) -> None:
+    def __init__(self, every: int, last: int, scorer) -> None:
         self.every = every
+        self.last = last
         self.scorer = scorer
         self.model: torch.nn.Module | None = None
         self.points: list[dict] = []
 
     def after_step(self, batch: StepBatch) -> dict[str, float]:
-        if batch.step % self.every == 0:
+        if batch.step % self.every == 0 or batch.step == self.last:
             assert self.model is not None
             self.points.append({"step": batch.step, **self.scorer(self.model)})
             self.model.train()
@@ -112,12 +112,12 @@ def diagnose(run: Path, k: int, seeds: list[int], lrs: list[float], every: int) 
         own_lr = float(ctx.params.lr)
         variants = [(f"lr {lr:g}", lr, False) for lr in lrs] + [(f"lr {own_lr:g}, encoder frozen", own_lr, True)]
         for label, lr, frozen in variants:
-            model = copy.deepcopy(source)
+            torch.manual_seed(ctx.seed)  # what run_cell does before fit, then finetune.fit's own order
+            model = ctx.source_model()
             for name, p in model.named_parameters():
                 p.requires_grad_(not (frozen and part_of(name) == "encoder"))
-            hooks = Checkpoints(every, scorer)
+            hooks = Checkpoints(every, ctx.params.steps, scorer)
             hooks.model = model
-            torch.manual_seed(ctx.seed)
             batches = slice_batches(ctx, ctx.support, ctx.params.batch_size)
             train_steps(ctx, model, batches, steps=ctx.params.steps, lr=lr, phase="target", hooks=hooks)
             row["runs"][label] = {"lr": lr, "frozen_encoder": frozen, "points": hooks.points}
