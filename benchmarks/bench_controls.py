@@ -40,6 +40,7 @@ import shlex
 import subprocess
 import sys
 import time
+from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -50,9 +51,10 @@ from fewshot_transfer.adaptation.losses import confident_regions
 from fewshot_transfer.atomic import atomic_write_text
 from fewshot_transfer.config import load_toml, resolve_config, to_toml
 from fewshot_transfer.harness.benchmark import Benchmark, prepare
+from fewshot_transfer.harness.claims import ALPHA, K_INDEPENDENT, compare
 from fewshot_transfer.harness.leaderboard import COLLAPSE_RATIO
 from fewshot_transfer.harness.runner import probe_reading, run_cell
-from fewshot_transfer.harness.stats import holm, paired_diff, parse_comparison
+from fewshot_transfer.harness.stats import holm, parse_comparison
 from fewshot_transfer.harness.store import CellSpec, write_csv
 from fewshot_transfer.metrics import evaluate
 from fewshot_transfer.provenance import code_version
@@ -60,7 +62,6 @@ from fewshot_transfer.provenance import code_version
 ROOT = Path(__file__).resolve().parents[1]
 #: Seed offset of one data draw (phantom patients, test set, unlabeled pool, split).
 DRAW_STRIDE = 7919
-ALPHA = 0.05
 
 
 def with_draw(cfg: dict, draw: int) -> dict:
@@ -213,13 +214,10 @@ def judge(spec: dict, rows: list[dict], pre: dict, draw: int = 0) -> dict:
     On the preset's own data (draw 0) every variant tried before freezing it counts in the
     Holm family (untried variants count with p = 1, the most lenient bound that is still
     honest about the search); a replication on a new draw tests the one frozen preset."""
-    dice = {(r["learner"], r["k"], r["seed"]): r["dice"] for r in rows}
-    comparisons = []
-    for text in spec["comparisons"]:
-        a, b, k = parse_comparison(text)
-        seeds = sorted(s for (n, kk, s) in dice if n == a and kk == k and (b, k, s) in dice)
-        d = paired_diff([dice[(a, k, s)] for s in seeds], [dice[(b, k, s)] for s in seeds])
-        comparisons.append({"comparison": text, **{key: d[key] for key in ("mean", "lo", "hi", "n", "p_value")}})
+    table: dict[tuple[str, int], dict[int, float]] = defaultdict(dict)
+    for r in rows:
+        table[(r["learner"], -1 if r["learner"] in K_INDEPENDENT else r["k"])][r["seed"]] = r["dice"]
+    comparisons = [compare(table, text) for text in spec["comparisons"]]
     n_variants = 1 + len(spec.get("variants_tried", [])) if draw == 0 else 1
     family = [c["p_value"] for c in comparisons] + [1.0] * (len(comparisons) * (n_variants - 1))
     unmet_at = {k: [n for n, c in checks.items() if not c["met"]] for k, checks in pre.get("checks_at", {}).items()}

@@ -22,7 +22,6 @@ on the family's size.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import shlex
 import sys
 from pathlib import Path
@@ -31,12 +30,9 @@ import numpy as np
 
 from fewshot_transfer.atomic import atomic_write_text
 from fewshot_transfer.config import load_toml
+from fewshot_transfer.harness import claims as jc
 from fewshot_transfer.harness.stats import holm
 from fewshot_transfer.harness.store import load_records
-
-_spec = importlib.util.spec_from_file_location("judge_claims", Path(__file__).with_name("judge_claims.py"))
-jc = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(jc)
 
 #: The output-space learners' lambda = 0 controls against source-only at k = 0 (dual-adv's is a
 #: claim row already; single-adv's control is bit-identical to it at k = 0 on both draws).

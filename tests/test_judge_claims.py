@@ -1,4 +1,5 @@
-"""scripts/judge_claims.py: paired comparisons per draw, Holm over the table, verdicts over draws."""
+"""Claims judging (fewshot_transfer.harness.claims, ``ftbench claims``, scripts/judge_claims.py):
+paired comparisons per draw, Holm over the table, verdicts over draws."""
 
 from __future__ import annotations
 
@@ -9,10 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from fewshot_transfer.cli import main as ftbench
+from fewshot_transfer.harness import claims as jc
+
 ROOT = Path(__file__).resolve().parents[1]
 spec = importlib.util.spec_from_file_location("judge_claims", ROOT / "scripts" / "judge_claims.py")
-jc = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(jc)
+script = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(script)
 
 BASE = [0.50, 0.55, 0.60, 0.52, 0.58, 0.51, 0.57, 0.54, 0.59, 0.53]
 
@@ -74,14 +78,33 @@ def test_command_line_writes_the_table_and_its_numbers(tmp_path):
     claims = tmp_path / "claims.toml"
     claims.write_text('[[claim]]\nname = "transfer"\ncomparisons = ["finetune - scratch @ 1"]\n')
     out = tmp_path / "out" / "claims.md"
-    jc.main(
+    script.main(
         ["--claims", str(claims), "--draw", f"0={tmp_path / 'd0'}", "--draw", f"1={tmp_path / 'd1'}", "--out", str(out)]
     )
     assert "| transfer | finetune - scratch @ 1 |" in out.read_text() and "supported" in out.read_text()
     data = json.loads(out.with_suffix(".json").read_text())
     assert data["rows"][0]["verdict"] == "supported" and np.isfinite(data["rows"][0]["bound"])
     with pytest.raises(SystemExit, match="NAME=RUN_DIR"):
-        jc.main(["--claims", str(claims), "--draw", "nowhere", "--out", str(out)])
+        script.main(["--claims", str(claims), "--draw", "nowhere", "--out", str(out)])
+    # `ftbench claims` is the same judging, recording its own command.
+    again = tmp_path / "again.md"
+    assert (
+        ftbench(
+            [
+                "claims",
+                str(claims),
+                "--draw",
+                f"0={tmp_path / 'd0'}",
+                "--draw",
+                f"1={tmp_path / 'd1'}",
+                "--out",
+                str(again),
+            ]
+        )
+        == 0
+    )
+    assert again.read_text().split("\n")[4:] == out.read_text().split("\n")[4:]
+    assert "Command (from the repository root): `ftbench claims " in again.read_text()
 
 
 def _write_run(run: Path, records: list[dict]) -> None:
@@ -103,7 +126,7 @@ def test_a_draw_of_fold_runs_pairs_by_fold_and_seed(tmp_path):
     assert c["n"] == 10 and c["mean"] == pytest.approx(0.032) and c["p_value"] < 1e-6
     same = jc.load_draw(",".join(str(folds / f"fold{f}") for f in range(5)))
     assert jc.compare(jc.dice_by_seed(same), "finetune - scratch @ 5")["n"] == 10
-    with pytest.raises(SystemExit, match="neither a run directory"):
+    with pytest.raises(ValueError, match="neither a run directory"):
         jc.load_draw(str(tmp_path))
 
 
@@ -116,7 +139,7 @@ def test_comparisons_added_after_the_fact_are_marked(tmp_path):
         '[[claim]]\nname = "late"\nadded_after = "asked after the runs"\ncomparisons = ["finetune - source-only @ 1"]\n'
     )
     out = tmp_path / "claims.md"
-    jc.main(["--claims", str(claims), "--draw", f"0={tmp_path / 'd0'}", "--out", str(out)])
+    script.main(["--claims", str(claims), "--draw", f"0={tmp_path / 'd0'}", "--out", str(out)])
     text = out.read_text()
     assert text.startswith("# Real CT") and "| late (added after the fact: asked after the runs) |" in text
     assert "| transfer | finetune - scratch @ 1 |" in text
