@@ -51,7 +51,7 @@ class EntropyHooks(StepHooks):
 @register
 class EntropyMin(Learner):
     name = "entropy-min"
-    family = "semi-supervised"
+    family = "semi"
     uses_source = True  # starts from the CAP-pretrained backbone
     uses_unlabeled = True  # without this flag ctx.unlabeled raises: the context withholds it
     defaults = {"lr": 0.006, "entropy_weight": 0.1, "unlabeled_batch": 4}  # lr = finetune's: weight 0 is finetune

@@ -71,7 +71,7 @@ def test_run_with_a_plugin_file(tmp_path, plugin_file, clean_registry):
     assert main(args) == 0
     cells = _cells(out)
     plugin, base = cells[("entropy-min", 0)], cells[("finetune", 0)]
-    assert plugin["status"] == "ok" and plugin["family"] == "semi-supervised"
+    assert plugin["status"] == "ok" and plugin["family"] == "semi"
     # Extra term off -> exactly finetune's training (the shared loop's control by construction).
     assert plugin["metrics"] == base["metrics"]
     assert "## entropy-min" in (out / "leaderboard.md").read_text()  # the plugin's report section
@@ -219,3 +219,15 @@ def test_importer_entry_point_adds_a_kind(tmp_path, monkeypatch, capsys):
     with pytest.raises(SystemExit):
         main(["data", "import", "--help"])
     assert "toy             plugin ftb_toy_importer" in capsys.readouterr().out
+
+
+def test_a_learner_with_an_unknown_family_is_refused():
+    """A typo'd family would silently get a plot panel of its own."""
+    from fewshot_transfer.learners.base import Learner, register
+
+    class Typo(Learner):
+        name = "typo-family"
+        family = "semi-supervised"
+
+    with pytest.raises(ValueError, match="declares family 'semi-supervised'; use one of baseline, adversarial"):
+        register(Typo)

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from fewshot_transfer.atomic import atomic_open
+from fewshot_transfer.families import FAMILIES
 from fewshot_transfer.harness.leaderboard import BASELINE
 from fewshot_transfer.harness.selection import is_oracle
 
@@ -32,8 +33,6 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-#: Panel order of the families; any other family gets a panel after these.
-FAMILIES = ("baseline", "adversarial", "meta", "semi")
 #: Drawn in every panel so each family is read against the same two bars.
 REFERENCES = {BASELINE: ("black", "--"), "finetune": ("dimgray", ":")}
 

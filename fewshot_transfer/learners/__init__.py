@@ -19,6 +19,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from types import ModuleType
 
+from fewshot_transfer.families import FAMILIES
 from fewshot_transfer.learners.base import REGISTRY, Control, Learner, register
 from fewshot_transfer.learners.controls import register_controls
 from fewshot_transfer.training import LearnerContext, Segmenter
@@ -40,7 +41,7 @@ __all__ = [
 #: Entry-point group through which installed distributions contribute learners.
 ENTRY_POINT_GROUP = "ftbench.learners"
 
-_FAMILY_ORDER = {"baseline": 0, "adversarial": 1, "meta": 2, "semi": 3}
+_FAMILY_ORDER = {family: i for i, family in enumerate(FAMILIES)}
 _BASELINE_ORDER = ("scratch", "source-only", "finetune", "joint")
 _loaded = False
 #: Plugins imported so far, by resolved file path or module name (each is imported once).

@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from fewshot_transfer.families import check_family
 from fewshot_transfer.training.context import LearnerContext
 from fewshot_transfer.training.params import Params, cast_value, check_range
 from fewshot_transfer.training.segmenter import Segmenter
@@ -103,6 +104,7 @@ def register(cls: type[Learner]) -> type[Learner]:
     """Class decorator adding a learner to the registry under ``cls.name``."""
     if not cls.name:
         raise ValueError(f"{cls.__name__} has no name")
+    check_family(cls.family, cls.name)
     if cls.name in REGISTRY and REGISTRY[cls.name] is not cls:
         raise ValueError(f"learner name {cls.name!r} registered twice ({REGISTRY[cls.name].__name__}, {cls.__name__})")
     REGISTRY[cls.name] = cls
