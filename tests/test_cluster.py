@@ -13,6 +13,7 @@ import math
 import os
 import pickle
 import signal
+import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -113,15 +114,25 @@ def _comparable(rows: list[dict]) -> list[dict]:
     return out
 
 
-def _stop_a_worker_mid_cell(url: str, deadline: float) -> tuple[int, str]:
+def _grid_exists(db: Path) -> bool:
+    """Whether ``grid submit`` has created the grid (read with sqlite3: opening the storage with
+    Optuna while the submit creates its tables would race it)."""
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as con:
+            names = [row[0] for row in con.execute("SELECT study_name FROM studies")]
+    except sqlite3.Error:
+        return False
+    return grid_study_name("local") in names
+
+
+def _stop_a_worker_mid_cell(db: Path, deadline: float) -> tuple[int, str]:
     """SIGSTOP the worker of the first RUNNING cell (so it cannot finish it), then SIGKILL it."""
-    storage = make_storage(url, heartbeat=None)
+    while not _grid_exists(db):
+        assert time.time() < deadline, "the grid was never submitted"
+        time.sleep(0.2)
+    storage = make_storage(f"sqlite:///{db}", heartbeat=None)
+    study = optuna.load_study(study_name=grid_study_name("local"), storage=storage)
     while time.time() < deadline:
-        try:
-            study = optuna.load_study(study_name=grid_study_name("local"), storage=storage)
-        except KeyError:
-            time.sleep(0.2)
-            continue
         for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             worker = t.user_attrs.get("worker")
             if not worker:
@@ -133,8 +144,21 @@ def _stop_a_worker_mid_cell(url: str, deadline: float) -> tuple[int, str]:
                 os.kill(pid, signal.SIGKILL)
                 return pid, t.user_attrs["cell_id"]
             os.kill(pid, signal.SIGCONT)  # it finished that cell just before: try the next
-        time.sleep(0.05)
+        time.sleep(0.1)
     raise AssertionError("no worker was ever seen inside a cell")
+
+
+def _kill_workers(db: Path) -> None:
+    """Leave no worker behind when the test fails: SIGKILL the worker processes the grid names."""
+    if not _grid_exists(db):
+        return
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as con:
+        rows = con.execute("SELECT value_json FROM trial_user_attributes WHERE key = 'worker'").fetchall()
+    for (value,) in rows:
+        try:
+            os.kill(int(json.loads(value).rsplit(":", 1)[1]), signal.SIGKILL)
+        except (ProcessLookupError, ValueError):
+            pass
 
 
 @pytest.mark.integration
@@ -148,11 +172,15 @@ def test_local_workers_finish_a_grid_and_requeue_a_killed_workers_cell(tmp_path)
     submit = ["grid", "submit", "--storage", url, "--grid", "local", *TINY, *GRID, "--out", str(out)]
     launch = ["--launch", "local", "--workers", "2", "--heartbeat", "1", "--grace", "4"]
     result: dict = {}
-    thread = threading.Thread(target=lambda: result.update(rc=main([*submit, *launch])))
+    thread = threading.Thread(target=lambda: result.update(rc=main([*submit, *launch])), daemon=True)
     thread.start()
-    pid, killed_cell = _stop_a_worker_mid_cell(url, time.time() + 240)
-    thread.join(timeout=400)
-    assert not thread.is_alive()
+    try:
+        pid, killed_cell = _stop_a_worker_mid_cell(tmp_path / "grid.db", time.time() + 400)
+        thread.join(timeout=600)
+        assert not thread.is_alive(), "the workers did not finish the grid"
+    except BaseException:
+        _kill_workers(tmp_path / "grid.db")
+        raise
     assert result["rc"] == 1  # one worker died; the other finished the grid
     logs = list((out / "launch").glob("*_log.out"))
     assert len(logs) == 2

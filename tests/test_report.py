@@ -106,12 +106,26 @@ def fake_run(tmp_path: Path, *, predictions: bool = True, gallery_file: bool = T
     return run
 
 
+def _tuning_study(run: Path) -> None:
+    """A study in RUN/tuning/study.db (``--protocol tuned``) with one complete and one pruned trial."""
+    import optuna
+
+    storage = f"sqlite:///{run / 'tuning' / 'study.db'}"
+    (run / "tuning").mkdir()
+    study = optuna.create_study(storage=storage, study_name="finetune-k2", direction="maximize")
+    for value, pruned in ((0.5, False), (0.1, True)):
+        trial = study.ask({"lr": optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True)})
+        trial.report(value, step=0)
+        study.tell(trial, state=optuna.trial.TrialState.PRUNED if pruned else None, values=None if pruned else value)
+
+
 def _images(page: str) -> list[bytes]:
     return [base64.b64decode(src) for src in re.findall(r'src="data:image/png;base64,([^"]+)"', page)]
 
 
 def test_report_of_a_run_with_a_failed_cell(tmp_path):
     run = fake_run(tmp_path)
+    _tuning_study(run)
     path = write_report([run], tmp_path / "out")
     page = path.read_text()
     for anchor in ("leaderboard", "transfer", "seeds", "mechanism", "gallery", "problems", "curves"):
@@ -130,6 +144,8 @@ def test_report_of_a_run_with_a_failed_cell(tmp_path):
     # The failed cell is listed with its reason, the collapsed one with why; both stay out of the means.
     assert "training diverged: loss nan at step 3" in page
     assert "scratch__k-2__seed-1" in page and "Dice 0.0010 &lt; 0.01" in page
+    assert "finetune-k2 trial #1" in page
+    assert "pruned after episode 0: reported 0.1000; median of the complete trials there 0.5000" in page
     # Mechanism gain of finetune over its control (scratch) with its Holm p, on the two ok seeds.
     table = page[page.index('id="mechanism"') :]
     assert "<td>finetune</td><td>scratch</td>" in table

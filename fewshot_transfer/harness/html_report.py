@@ -49,7 +49,7 @@ table{border-collapse:collapse;font-size:12px;margin:.5em 0 1.5em}
 th,td{border:1px solid #ddd;padding:3px 6px;vertical-align:top}th{background:#f3f3f3;text-align:left}
 table.sortable th{cursor:pointer;user-select:none}table.sortable th:after{content:" \\2195";color:#999}
 th[aria-sort=ascending]:after{content:" \\2191"}th[aria-sort=descending]:after{content:" \\2193"}
-td.num{text-align:right;white-space:nowrap}code{font-size:11px;word-break:break-all}
+td.num{text-align:right;white-space:nowrap}code{font-size:11px;word-break:break-all}td.cmd{min-width:30em}
 dl.facts{display:grid;grid-template-columns:max-content 1fr;gap:2px 1em;font-size:13px}dl.facts dt{font-weight:600}
 dl.facts dd{margin:0}figure{margin:1em 0}figure img{max-width:100%;border:1px solid #eee}
 figcaption{font-size:12px;color:#555}.warn{color:#a40000}.note{font-size:12px;color:#555}
@@ -208,7 +208,7 @@ def _leaderboard_tables(rows: list[dict]) -> str:
                 f'<td class="num" data-num="{num}">{_e(text)}</td>' if num is not None else f"<td>{_e(text)}</td>"
                 for text, num in cells
             )
-            tds += f"<td><code>{_e(r['command'])}</code></td>"
+            tds += f"<td class='cmd'><code>{_e(r['command'])}</code></td>"
             body.append(f"<tr>{tds}</tr>")
         out.append(
             f"<h3>{_e(k_title(label, k))}</h3>"
@@ -346,7 +346,7 @@ def _gallery_figure(slices: gallery.GallerySlices, chosen: dict, k: str, seed: i
             png,
             f"prediction gallery k = {k}",
             f"Slices: {slices.rule}. Rows = slices, columns = image, ground truth, each learner's prediction "
-            f"(red; cyan = ground-truth outline). Pixels from {slices.origin}.",
+            f"(yellow; cyan = ground-truth outline). Pixels from {slices.origin}.",
         )
         + "<p class='note'>Dice of each shown slice per learner (at the scored resolution; — = no lesion):</p>"
         + f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
