@@ -44,7 +44,8 @@ the machine's core count.
 Finished cells are stored at once; rerunning the same command after an interruption
 resumes where it stopped. Outputs in --out: leaderboard.{md,csv,json},
 transfer_gain.png, config.toml (resolved), split.json, cells/ (one JSON per cell, loss
-curves CSV), and with --plots prediction galleries and loss-curve PNGs. Pretrained and
+curves CSV, gallery predictions), gallery.npz (the gallery slices, for `ftbench report`), and
+with --plots prediction galleries and loss-curve PNGs. Pretrained and
 meta-trained models are cached in $FTBENCH_CACHE/models (default ~/.cache/ftbench),
 keyed by everything they depend on, and shared by runs.
 """

@@ -88,6 +88,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--out", help="where the submitting machine writes split.json (default runs/grid/NAME)")
     s.add_argument("--retry-failed", action="store_true", help="re-enqueue cells recorded as failed (e.g. diverged)")
     add_plugin_flag(s)
+    add_launch_flags(s)
     s.set_defaults(func=submit_main)
     st = gsub.add_parser("status", help="cells per state")
     _common(st)
@@ -96,6 +97,91 @@ def register(sub: argparse._SubParsersAction) -> None:
     _common(c)
     c.add_argument("--out", help="run directory to write (default runs/grid/NAME)")
     c.set_defaults(func=collect_main)
+
+
+def add_launch_flags(p: argparse.ArgumentParser) -> None:
+    """``grid submit --launch``: start the workers too, through submitit (the ``cluster`` extra)."""
+    g = p.add_argument_group(
+        "launching workers (pip install 'fewshot-transfer[cluster]')",
+        "after enqueuing, start --workers `ftbench worker` processes: a Slurm job array (one task per worker) "
+        "or local processes; each keeps its log in --log-dir",
+    )
+    g.add_argument("--launch", choices=("slurm", "local"), help="start the workers on Slurm or on this machine")
+    g.add_argument("--workers", type=int, default=1, help="how many workers to start (default 1)")
+    g.add_argument("--log-dir", help="submitit folder: one log per worker (default OUT/launch)")
+    g.add_argument("--heartbeat", type=int, default=60, help="launched workers' heartbeat seconds (default 60)")
+    g.add_argument("--grace", type=int, default=180, help="launched workers' grace seconds (default 180)")
+    g.add_argument("--slurm-partition", help="Slurm partition")
+    g.add_argument(
+        "--slurm-time", type=int, default=1440, help="minutes per worker (default 1440; also the local time limit)"
+    )
+    g.add_argument("--slurm-gpus-per-worker", type=int, default=1, help="GPUs per worker (default 1; 0 = CPU only)")
+    g.add_argument("--slurm-cpus", type=int, help="CPUs per worker (--cpus-per-task)")
+    g.add_argument("--slurm-mem", help="memory per worker, as sbatch --mem takes it (e.g. 16G)")
+    g.add_argument("--slurm-account", help="Slurm account")
+    g.add_argument("--slurm-qos", help="Slurm quality of service")
+    g.add_argument("--slurm-constraint", help="Slurm node constraint")
+    g.add_argument(
+        "--slurm-setup",
+        action="append",
+        default=[],
+        metavar="LINE",
+        help="shell line run before each worker (repeatable), e.g. 'source /path/.venv/bin/activate'",
+    )
+    g.add_argument("--slurm-parallelism", type=int, help="array tasks running at once (default: all)")
+    g.add_argument("--local-gpus", help="--launch local on GPUs: comma list of GPU indices the workers take in turn")
+
+
+def _launch(args: argparse.Namespace, out: Path, console) -> int:
+    """Start the workers ``--launch`` asks for; wait for local ones, return at once on Slurm."""
+    from fewshot_transfer.tuning.cluster import SlurmOptions, WorkerJob, launch, wait_all
+    from fewshot_transfer.tuning.storage import redact
+
+    folder = Path(args.log_dir) if args.log_dir else out / "launch"
+    job = WorkerJob(
+        storage=args.storage,
+        grid=args.grid,
+        out=str(out.resolve()),
+        device=args.device,
+        heartbeat=args.heartbeat,
+        grace=args.grace,
+    )
+    options = SlurmOptions(
+        partition=args.slurm_partition,
+        time_min=args.slurm_time,
+        gpus_per_worker=args.slurm_gpus_per_worker,
+        cpus=args.slurm_cpus,
+        mem=args.slurm_mem,
+        account=args.slurm_account,
+        qos=args.slurm_qos,
+        constraint=args.slurm_constraint,
+        setup=tuple(args.slurm_setup),
+        parallelism=args.slurm_parallelism,
+    )
+    gpus = [int(g) for g in args.local_gpus.split(",") if g.strip()] if args.local_gpus else None
+    jobs = launch(
+        args.launch, job, args.workers, folder, slurm=options, local_gpus=gpus, job_name=f"ftbench-{args.grid}"
+    )
+    for j in jobs:
+        console.print(f"worker job {j.job_id}: log {j.paths.stdout}")
+    watch = f"ftbench grid status --storage {redact(args.storage)} --grid {args.grid}"
+    if args.launch == "slurm":
+        console.print(
+            f"submitted {len(jobs)} workers to Slurm; watch with `{watch}` (or optuna-dashboard), then "
+            f"`ftbench grid collect --storage {redact(args.storage)} --grid {args.grid} --out DIR`"
+        )
+        return 0
+    died = 0
+    for j, counts, error in wait_all(jobs):
+        if counts is None:
+            died += 1
+            console.print(f"[yellow]worker job {j.job_id} did not finish ({error}); log {j.paths.stderr}[/yellow]")
+        else:
+            console.print(
+                f"worker job {j.job_id}: {counts['ok']} cells ok, {counts['failed']} failed, {counts['error']} errors"
+            )
+    console.print(f"local workers done; `{watch}`")
+    return 1 if died else 0
 
 
 def _out(args: argparse.Namespace) -> Path:
@@ -132,9 +218,15 @@ def submit_main(args: argparse.Namespace) -> int:
     Console().print(
         f"grid [bold]{args.grid}[/bold] in {redact(args.storage)}: {len(cells)} cells "
         f"({len(names)} learners x k={','.join(lab for lab, _ in bench.shots)} x {len(seeds)} seeds); "
-        f"enqueued {result['enqueued']}, already queued/done {result['skipped']}\n"
-        f"start workers with: ftbench worker --storage {redact(args.storage)} --grid {args.grid}"
+        f"enqueued {result['enqueued']}, already queued/done {result['skipped']}"
+        + (
+            ""
+            if args.launch
+            else f"\nstart workers with: ftbench worker --storage {redact(args.storage)} --grid {args.grid}"
+        )
     )
+    if args.launch:
+        return _launch(args, out, Console())
     return 0
 
 

@@ -18,7 +18,7 @@ import torch
 
 from fewshot_transfer.config import config_at_k, config_hash
 from fewshot_transfer.data.cache import cache_root
-from fewshot_transfer.data.loader import label_origin, load_domain, native_slices
+from fewshot_transfer.data.loader import label_origin, load_run_domain, native_slices
 from fewshot_transfer.data.samplers import labeled_fraction, resolve_shots, support_indices, support_pool_size
 from fewshot_transfer.data.slices import SliceSet
 from fewshot_transfer.data.splits import (
@@ -173,25 +173,14 @@ def resolve_grid_shots(spec: str, pool_size: int) -> list[tuple[str, int]]:
     return ([("0", 0)] if zero else []) + (resolve_shots(",".join(rest), pool_size) if rest else [])
 
 
-def _load(spec: str, cfg: dict, role: str, cache_dir: Path | None) -> SliceSet:
-    data_cfg = cfg["data"]
-    ph = data_cfg["phantom"]
-    phantom = {
-        "n_patients": int(ph["source_patients" if role == "source" else "target_patients"]),
-        "n_slices": int(ph["slices_per_patient"]),
-        "seed": int(ph["seed"]),
-    }
-    return load_domain(spec, size=int(data_cfg["size"]), cache_dir=cache_dir, phantom=phantom)
-
-
 def prepare(config: dict, out_dir: Path, *, device: str | None = None) -> Benchmark:
     """Load source and target, split by patient (saving/verifying ``split.json``), resolve shots."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     data_cfg = config["data"]
     cache_dir = Path(data_cfg["cache_dir"]) if data_cfg.get("cache_dir") else None
-    source = _load(str(data_cfg["source"]), config, "source", cache_dir)
-    target = _load(str(data_cfg["target"]), config, "target", cache_dir)
+    source = load_run_domain(config, "source")
+    target = load_run_domain(config, "target")
     if source.shape != target.shape:
         raise ValueError(f"source {source.shape} and target {target.shape} slice sizes differ; set data.size")
 

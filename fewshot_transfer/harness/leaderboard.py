@@ -20,13 +20,11 @@ from pathlib import Path
 
 import numpy as np
 
-from fewshot_transfer import learners
 from fewshot_transfer.config import load_toml
-from fewshot_transfer.harness.runner import reproduce_command
+from fewshot_transfer.harness.reproduce import reproduce_command
 from fewshot_transfer.harness.selection import DEFAULTS, is_oracle, rule_label
 from fewshot_transfer.harness.stats import holm, mean_ci, paired_diff, rank_with_ties
 from fewshot_transfer.harness.store import atomic_write_text, write_csv
-from fewshot_transfer.learners.controls import control_row
 from fewshot_transfer.metrics import INFNET_KEYS
 from fewshot_transfer.provenance import machines_of
 
@@ -173,6 +171,9 @@ def _control_of(record: dict, configs: dict[str, dict | None]) -> str:
     config = configs[run_dir]
     if config is None:
         return ""
+    from fewshot_transfer import learners  # only here: cells with a recorded control never import the learners
+    from fewshot_transfer.learners.controls import control_row
+
     try:
         learners.get(record["learner"])  # discovers the registry that control_row reads
         return control_row(record["learner"], int(record["k"]), config) or ""

@@ -159,7 +159,7 @@ def prediction_gallery(
             if i == 0:
                 ax.set_title(name, fontsize=7)
     if title:
-        fig.suptitle(title + "  (red = predicted / labeled lesion, cyan = ground-truth outline)", fontsize=8)
+        fig.suptitle(title + "  (yellow = predicted / labeled lesion, cyan = ground-truth outline)", fontsize=8)
     fig.tight_layout()
     out = _save(fig, Path(path))
     plt.close(fig)

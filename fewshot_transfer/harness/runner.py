@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import logging
 import re
-import shlex
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -25,7 +23,9 @@ from fewshot_transfer.atomic import atomic_open
 from fewshot_transfer.config import config_at_k, config_hash, k_key
 from fewshot_transfer.data.slices import SliceSet
 from fewshot_transfer.harness.benchmark import Benchmark
+from fewshot_transfer.harness.gallery import GALLERY_FILE, choose_rows, read_gallery, write_gallery
 from fewshot_transfer.harness.parallel import producers_first, resolve_jobs, run_parallel
+from fewshot_transfer.harness.reproduce import reproduce_command
 from fewshot_transfer.harness.selection import (
     DEFAULT_RULE,
     DEFAULTS,
@@ -47,8 +47,6 @@ log = logging.getLogger(__name__)
 #: 2: test slices scored at their original resolution; a dataset's own unlabeled patients
 #: are the unlabeled pool (all labeled training patients go to the support pool); folds.
 PROTOCOL_VERSION = 2
-#: Test slices whose predictions are kept per cell for the prediction gallery.
-GALLERY_SLICES = 6
 
 
 def resolve_learners(spec: str | list[str], config: dict | None = None) -> list[str]:
@@ -145,29 +143,6 @@ def plan_cells(
         cells = [replace(c, replicate=r) for c in cells for r in range(replicates)]
     order = {n: i for i, n in enumerate(learner_names)}
     return sorted(cells, key=lambda c: (c.seed, c.replicate, c.k, order[c.learner]))
-
-
-def seeds_arg(seeds: list[int]) -> str:
-    """The ``--seeds`` value selecting exactly ``seeds`` (a count when they are 0..n-1)."""
-    seeds = sorted(seeds)
-    if seeds == list(range(len(seeds))):
-        return str(len(seeds))
-    return ",".join(map(str, seeds)) + ("," if len(seeds) == 1 else "")
-
-
-def reproduce_command(
-    run_dir: Path | str, learner: str, shots: str, seeds: list[int], threads: int | None = None
-) -> str:
-    """One command that recomputes these cells (the leaderboard shows it per row).
-
-    CPU results are bit-identical only at the same torch thread count (reductions change
-    order), so the command pins the thread count the cells ran with when it is known.
-    """
-    pin = f" --set run.threads={threads}" if threads else ""
-    return (
-        f"ftbench run --config {shlex.quote(str(Path(run_dir) / 'config.toml'))} --learners {learner} "
-        f"--shots {shlex.quote(shots if shots != 'any' else '0')} --seeds {seeds_arg(seeds)}{pin} --out {shlex.quote(str(run_dir))}"
-    )
 
 
 def _tuned_from(config: dict, learner: str, k: int, k_label: str) -> str | None:
@@ -401,23 +376,17 @@ def _with_infnet(summary: dict, proba: list[np.ndarray], gts: list[np.ndarray]) 
 
 
 def gallery_rows(bench: Benchmark) -> np.ndarray:
-    """Fixed test rows for galleries: the slices with the largest lesions, spread over patients."""
-    frac = bench.test_set.lesion_fraction()
-    order = np.argsort(-frac, kind="stable")
-    chosen: list[int] = []
-    seen: set[str] = set()
-    for i in order:
-        p = bench.test_set.patients[i]
-        if p not in seen and frac[i] > 0:
-            chosen.append(int(i))
-            seen.add(p)
-        if len(chosen) == GALLERY_SLICES:
-            break
-    return np.array(sorted(chosen), dtype=np.int64)
+    """Fixed test rows for galleries (``harness/gallery.py``: lesion-size quartiles, the largest
+    lesion, a lesion-free slice)."""
+    return choose_rows(bench.test_set.lesion_fraction())
 
 
 def _save_gallery(bench: Benchmark, spec: CellSpec, pred: np.ndarray) -> None:
+    """The cell's predictions of the gallery slices, and once per run their images and truth."""
     rows = gallery_rows(bench)
+    stored = read_gallery(bench.out_dir / GALLERY_FILE)
+    if stored is None or not np.array_equal(stored.rows, rows):
+        write_gallery(bench.out_dir / GALLERY_FILE, rows, bench.test_set)
     with atomic_open(bench.out_dir / "cells" / f"{spec.cell_id}.pred.npz", "wb") as fh:
         np.savez_compressed(fh, rows=rows, pred=pred[rows].astype(np.uint8))
 

@@ -142,7 +142,10 @@ def heartbeat_thread(storage, trial_id: int) -> Iterator[None]:
     """Record heartbeats of ``trial_id`` while the block runs (for ask/tell loops).
 
     ``Study.optimize`` does this itself; a worker that claims trials with the storage API
-    must, or a live cell would be declared dead after the grace period.
+    must, or a live cell would be declared dead after the grace period. The first beat is
+    recorded before the block starts: Optuna only fails RUNNING trials that have a beat, so a
+    worker killed between claiming a cell and its first beat leaves the cell running for good;
+    beating at once shrinks that window to the claim's own milliseconds.
     """
     interval = storage.get_heartbeat_interval() if hasattr(storage, "get_heartbeat_interval") else None
     if not interval:
@@ -150,14 +153,17 @@ def heartbeat_thread(storage, trial_id: int) -> Iterator[None]:
         return
     stop = threading.Event()
 
+    def record() -> None:
+        try:
+            storage.record_heartbeat(trial_id)
+        except Exception as exc:  # a missed beat is not fatal; the grace period covers a few
+            log.warning("heartbeat for trial id %d failed: %s", trial_id, exc)
+
     def beat() -> None:
-        while True:
-            try:
-                storage.record_heartbeat(trial_id)
-            except Exception as exc:  # a missed beat is not fatal; the grace period covers a few
-                log.warning("heartbeat for trial id %d failed: %s", trial_id, exc)
-            if stop.wait(interval):
-                return
+        while not stop.wait(interval):
+            record()
+
+    record()
 
     thread = threading.Thread(target=beat, name=f"heartbeat-{trial_id}", daemon=True)
     thread.start()
