@@ -37,6 +37,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from fewshot_transfer.portable import pinned_env
+
 ROOT = Path(__file__).resolve().parents[1]
 
 #: What a CPU offering only this instruction set would run (this machine's best is AVX2): torch,
@@ -76,36 +78,28 @@ SETTINGS: dict[str, dict] = {
 }
 #: Lower caps win: a setting cannot give a CPU instructions it does not have.
 ISA_ORDER = {"ONEDNN_MAX_CPU_ISA": ["SSE41", "AVX", "AVX2"], "ATEN_CPU_CAPABILITY": ["default", "avx2"]}
-#: Lists of features to switch off: a setting's are added to the CPU's.
-LISTS = {"GLIBC_TUNABLES": ",", "NPY_DISABLE_CPU_FEATURES": " "}
-PINS = {*ISA_ORDER, *LISTS, "MKL_CBWR", "MKL_ENABLE_INSTRUCTIONS", "DNNL_MAX_CPU_ISA"}
-
-
-def setting_env(setting: str) -> dict[str, str]:
-    env = SETTINGS[setting].get("env", {})
-    if env == "package":
-        from fewshot_transfer.portable import pinned_env
-
-        return {k: v for k, v in pinned_env({}).items()}
-    return dict(env)
+PINS = {
+    *ISA_ORDER,
+    "DNNL_MAX_CPU_ISA",
+    "MKL_CBWR",
+    "MKL_ENABLE_INSTRUCTIONS",
+    "NPY_DISABLE_CPU_FEATURES",
+    "GLIBC_TUNABLES",
+}
 
 
 def child_env(cpu: str, setting: str, cache: str) -> dict[str, str]:
     """The child's environment: the emulated CPU's caps, the setting's pins on top (the lower cap wins)."""
     env = {k: v for k, v in os.environ.items() if k not in PINS}
     env.update(CPUS[cpu])
-    for key, value in setting_env(setting).items():
+    pins = SETTINGS[setting].get("env", {})
+    if pins == "package":
+        env = pinned_env(env)  # exactly what run.portable sets, on top of what the CPU hides
+        pins = {}
+    for key, value in pins.items():
         order = ISA_ORDER.get(key)
-        if order and key in env and order.index(env[key]) < order.index(value):
-            continue
-        if key in LISTS and key in env:
-            sep = LISTS[key]
-            if key == "GLIBC_TUNABLES":  # one hwcaps tunable: the union of both masks
-                masks = {m for t in (env[key], value) for m in t.split("=", 1)[1].split(",")}
-                value = "glibc.cpu.hwcaps=" + ",".join(sorted(masks))
-            else:
-                value = sep.join(sorted({*env[key].split(sep), *value.split(sep)}))
-        env[key] = value
+        if not (order and key in env and order.index(env[key]) < order.index(value)):
+            env[key] = value
     if "ONEDNN_MAX_CPU_ISA" in env:
         env["DNNL_MAX_CPU_ISA"] = env["ONEDNN_MAX_CPU_ISA"]
     env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", FTBENCH_CACHE=f"{cache}-{cpu}", PYTHONPATH=str(ROOT))

@@ -98,7 +98,7 @@ DEFAULTS: dict[str, Any] = {
         # augmentation on the same shots and pools), averaged per seed before pairing; use
         # R > 1 where training noise dominates the episode-to-episode spread (docs/protocol.md).
         "replicates": 1,
-        # Portable floats: kernels whose bits do not depend on the x86-64 CPU, at about twice the
+        # Portable floats: kernels whose bits do not depend on the x86-64 CPU, at about 2.5x the
         # fit time (fewshot_transfer/portable.py); part of the run identity when on.
         "portable": False,
     },

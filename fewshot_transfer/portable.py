@@ -14,7 +14,7 @@ that dispatches on the instruction set to code that every x86-64 CPU runs the sa
   without its AVX2 / AVX-512 loops, oneDNN capped at SSE4.1 should anything still reach it.
 
 ``benchmarks/bench_portable.py`` measures it: the same bits under every instruction set this
-setting was emulated on, at about twice the fit time of the native kernels. Bits are promised
+setting was emulated on, at about 2.5x the fit time of the native kernels. Bits are promised
 for the same software (torch build, numpy, glibc) and thread count; the cells record both.
 
 The variables are read once: glibc's by the dynamic loader when the process starts, the others

@@ -42,7 +42,7 @@ The leaderboard header and every row name the rule.
 Cells run single-threaded by default (run.threads = 1), so their numbers do not depend on
 the machine's core count. They use the fastest kernels this CPU offers, so their bits
 reproduce only on the same CPU kernel path; --portable (run.portable) pins kernels whose
-bits are the same on any x86-64 CPU (with the same torch, numpy and glibc), at about twice
+bits are the same on any x86-64 CPU (with the same torch, numpy and glibc), at about 2.5x
 the fit time; the command restarts itself with them, and a portable run never shares a run
 directory, study or model-cache entry with a native one.
 
@@ -127,7 +127,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--portable",
         action="store_true",
-        help="portable floats: kernels whose bits do not depend on the x86-64 CPU, at about twice the fit "
+        help="portable floats: kernels whose bits do not depend on the x86-64 CPU, at about 2.5x the fit "
         "time (run.portable; fewshot_transfer/portable.py)",
     )
     p.add_argument("--retry-failed", action="store_true", help="recompute cells recorded as failed")
