@@ -38,6 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    # A command may restart itself (``run.portable``) only when it is the program, not a call from Python.
+    args.restartable = argv is None
     from rich.logging import RichHandler
 
     logging.basicConfig(

@@ -98,6 +98,9 @@ DEFAULTS: dict[str, Any] = {
         # augmentation on the same shots and pools), averaged per seed before pairing; use
         # R > 1 where training noise dominates the episode-to-episode spread (docs/protocol.md).
         "replicates": 1,
+        # Portable floats: kernels whose bits do not depend on the x86-64 CPU, at about 2.5x the
+        # fit time (fewshot_transfer/portable.py); part of the run identity when on.
+        "portable": False,
     },
     # What is shown, not what is measured (no identity section): extra metric sets beside
     # Dice at 0.5 in the leaderboard; every cell stores all of them (METRIC_SETS).
@@ -145,9 +148,15 @@ POSITIVE = ("train.lr",)
 
 
 def run_identity(cfg: dict) -> dict:
-    """The identity sections of ``cfg`` (``learners`` always present)."""
+    """The identity sections of ``cfg`` (``learners`` always present), plus ``run.portable`` when on.
+
+    Portable and native kernels give other floats for the same cell, so a run directory, a
+    study or a grid never mixes the two; a native identity is what it was before the flag.
+    """
     out = {s: cfg.get(s, {}) for s in IDENTITY_SECTIONS}
     out["learners"] = out["learners"] or {}
+    if cfg.get("run", {}).get("portable"):
+        out["run"] = {"portable": True}
     return out
 
 

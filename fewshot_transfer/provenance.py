@@ -1,11 +1,14 @@
 """What produced a number: the package version, git commit and a hash of the package sources,
-and the machine's CPU kernel path.
+and the machine's CPU kernel path and software.
 
 Cells record both, model-cache keys include the source hash (a cached model is never reused
 by different code), and leaderboards say when their cells came from different versions.
-The kernel path matters because CPU results are bit-for-bit reproducible only on the same
-one: torch picks vectorised kernels by CPU capability (AVX2, AVX-512, ...), their float
-rounding differs, and a few hundred training steps amplify the difference.
+The kernel path matters because native CPU results are bit-for-bit reproducible only on the
+same one: torch, oneDNN, MKL, numpy and glibc pick vectorised kernels by what the CPU offers
+(AVX2, AVX-512, ...; and by vendor), their float rounding differs, and a few hundred
+training steps amplify the difference. Portable mode (``portable.py``, recorded as each
+cell's ``float_mode``) pins one path for every x86-64 CPU; then the software versions
+recorded here are what must match.
 """
 
 from __future__ import annotations
@@ -42,11 +45,12 @@ def code_version() -> dict:
 
 @functools.cache
 def machine() -> dict:
-    """CPU model, the vectorised-kernel level torch dispatches to, and the torch build.
+    """CPU model, the vectorised-kernel level torch dispatches to, the torch build, numpy and the C library.
 
-    Two runs agree to the last bit only when these match (and the code and config do);
-    `scripts/compare_runs.py` prints them when cells differ.
+    Two native runs agree to the last bit only when these match (and the code and config do);
+    two portable runs when the software does; `scripts/compare_runs.py` prints them when cells differ.
     """
+    import numpy
     import torch
 
     model = platform.processor()
@@ -61,6 +65,8 @@ def machine() -> dict:
         "cpu": model or platform.machine(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "torch": torch.__version__,
+        "numpy": numpy.__version__,
+        "libc": " ".join(platform.libc_ver()).strip(),
     }
 
 

@@ -4,10 +4,19 @@
 
 Compares every cell present in both directories (same learner, k, seed): metrics and
 per-slice Dice must be equal to the last bit. Cells present in only one directory are
-counted, not compared (the default command runs 3 seeds, results/quick holds 10). When
-cells differ and the two runs recorded different machines (CPU, torch kernel path), it says
-so: CPU floats agree to the last bit only on the same kernel path. Exit status 0 when every
-shared cell agrees and at least one cell is shared, 1 otherwise.
+counted, not compared (the default command runs 3 seeds, results/quick holds 10).
+
+When bits are promised (it prints each run's float mode):
+
+* both runs **portable** (``ftbench run --portable``, the same float mode): on any x86-64 CPU,
+  given the same code, config, thread count, torch build, numpy and glibc. A differing cell is
+  a real difference, never the CPU; the script says which of those recorded versions differ.
+* both runs **native** (the default): only on the same CPU kernel path, in practice the same
+  CPU model and torch build. Two AVX-512 CPUs of different vendors already give other floats
+  (issue #35), so on another machine compare the confidence intervals, not the bits.
+* one portable and one native: never; compare the intervals.
+
+Exit status 0 when every shared cell agrees and at least one cell is shared, 1 otherwise.
 """
 
 from __future__ import annotations
@@ -17,6 +26,7 @@ import json
 import sys
 from pathlib import Path
 
+from fewshot_transfer.portable import NATIVE, modes_of
 from fewshot_transfer.provenance import machines_of
 
 
@@ -30,6 +40,45 @@ def load_cells(run: Path) -> dict[str, dict]:
         if rec.get("status", "ok") == "ok":
             out[path.stem] = rec
     return out
+
+
+def software_of(records: list[dict]) -> list[str]:
+    """The distinct software stacks (torch, numpy, C library) and thread counts the cells record."""
+    return sorted(
+        {
+            f"torch {m.get('torch', '?')}, numpy {m.get('numpy', '?')}, {m.get('libc', '?')}, "
+            f"{r['provenance'].get('threads', '?')} thread(s)"
+            for r in records
+            if (m := r.get("provenance", {}).get("machine"))
+        }
+    )
+
+
+def explain(a: Path, b: Path, ra: list[dict], rb: list[dict]) -> list[str]:
+    """Why shared cells may differ, from the two runs' float modes and recorded machines."""
+    ma, mb = modes_of(ra) or [NATIVE], modes_of(rb) or [NATIVE]
+    if ma == mb and len(ma) == 1 and ma[0] != NATIVE:
+        lines = [
+            f"both runs are portable ({ma[0]}): bits are promised on any x86-64 CPU, so these cells differ for a "
+            "real reason (code, config, data, thread count or software), not the CPU"
+        ]
+        sa, sb = software_of(ra), software_of(rb)
+        if sa != sb:
+            lines.append(f"recorded software differs: {a}: {'; '.join(sa)}; {b}: {'; '.join(sb)}")
+        return lines
+    if ma != mb:
+        return [
+            f"float modes differ ({a}: {', '.join(ma)}; {b}: {', '.join(mb)}): portable and native cells are "
+            "other floats by design; compare the CIs, or rerun both in one mode"
+        ]
+    xa, xb = machines_of(ra), machines_of(rb)
+    if xa != xb:
+        return [
+            f"machines differ: {a}: {xa or 'not recorded'}; {b}: {xb or 'not recorded'}",
+            "native CPU results agree to the last bit only on the same kernel path: compare the CIs instead "
+            "(or run both with --portable)",
+        ]
+    return []
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,13 +97,14 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"{len(shared)} cells in both, {len(set(a) - set(b))} only in {args.a}, {len(set(b) - set(a))} only in {args.b}"
     )
+    print(
+        f"float mode: {args.a}: {', '.join(modes_of(list(a.values()))) or NATIVE}; "
+        f"{args.b}: {', '.join(modes_of(list(b.values()))) or NATIVE}"
+    )
     if differ:
         print(f"{len(differ)} shared cells differ:")
         print("\n".join(differ))
-        ma, mb = machines_of(list(a.values())), machines_of(list(b.values()))
-        if ma != mb:
-            print(f"machines differ: {args.a}: {ma or 'not recorded'}; {args.b}: {mb or 'not recorded'}")
-            print("CPU results agree to the last bit only on the same kernel path: compare the CIs instead")
+        print("\n".join(explain(args.a, args.b, list(a.values()), list(b.values()))))
         return 1
     if not shared:
         print("no shared cells: nothing was compared")

@@ -8,6 +8,7 @@ import logging
 import time
 from pathlib import Path
 
+from fewshot_transfer import portable
 from fewshot_transfer.config import DEFAULT_LEARNERS, resolve_config, to_toml
 from fewshot_transfer.harness.selection import RULES, check_rule, is_oracle
 
@@ -39,7 +40,11 @@ upper bound, marked ORACLE everywhere). Studies in OUT/tuning/study.db, resumed 
 The leaderboard header and every row name the rule.
 
 Cells run single-threaded by default (run.threads = 1), so their numbers do not depend on
-the machine's core count.
+the machine's core count. They use the fastest kernels this CPU offers, so their bits
+reproduce only on the same CPU kernel path; --portable (run.portable) pins kernels whose
+bits are the same on any x86-64 CPU (with the same torch, numpy and glibc), at about 2.5x
+the fit time; the command restarts itself with them, and a portable run never shares a run
+directory, study or model-cache entry with a native one.
 
 Finished cells are stored at once; rerunning the same command after an interruption
 resumes where it stopped. Outputs in --out: leaderboard.{md,csv,json},
@@ -120,6 +125,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="train every cell R times on its episode (same shots and pools, other initialisation, batch "
         "order and augmentation) and average them per seed before pairing (default run.replicates = 1)",
     )
+    p.add_argument(
+        "--portable",
+        action="store_true",
+        help="portable floats: kernels whose bits do not depend on the x86-64 CPU, at about 2.5x the fit "
+        "time (run.portable; fewshot_transfer/portable.py)",
+    )
     p.add_argument("--retry-failed", action="store_true", help="recompute cells recorded as failed")
     p.add_argument(
         "--metrics",
@@ -189,12 +200,24 @@ def build_config(args: argparse.Namespace) -> dict:
             overrides.append(f"{key}={int(getattr(args, attr))}")
     if getattr(args, "plots", False):
         overrides.append("run.plots=true")
+    if getattr(args, "portable", False):
+        overrides.append("run.portable=true")
     if getattr(args, "metrics", None):
         overrides.append("eval.metrics=" + json.dumps(list(dict.fromkeys(args.metrics))))
     return with_plugins(resolve_config(args.config, overrides), args)
 
 
+def start_portable(cfg: dict, args: argparse.Namespace) -> None:
+    """``run.portable``: pin the portable kernels before torch starts (restarting the command when
+    it is one), then switch oneDNN and NNPACK off; nothing for a native run."""
+    if cfg["run"].get("portable"):
+        portable.start(restart=getattr(args, "restartable", False))
+
+
 def main(args: argparse.Namespace) -> int:
+    t0 = time.perf_counter()
+    cfg = build_config(args)
+    start_portable(cfg, args)
     import torch
 
     from fewshot_transfer import learners
@@ -208,8 +231,6 @@ def main(args: argparse.Namespace) -> int:
     from fewshot_transfer.tuning.protocol import PROTOCOLS, tune_learners
 
     console = make_console()
-    t0 = time.perf_counter()
-    cfg = build_config(args)
     run_cfg = cfg["run"]
     if int(run_cfg.get("threads") or 0) > 0:
         torch.set_num_threads(int(run_cfg["threads"]))

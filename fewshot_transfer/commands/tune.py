@@ -8,7 +8,7 @@ import logging
 import time
 from pathlib import Path
 
-from fewshot_transfer.commands.run import add_plugin_flag, with_plugins
+from fewshot_transfer.commands.run import add_plugin_flag, start_portable, with_plugins
 from fewshot_transfer.harness.selection import DEFAULT_RULE, RULES, caveat, is_oracle, study_name
 
 log = logging.getLogger(__name__)
@@ -168,6 +168,8 @@ def parse_enqueue(items: list[str], searched: list[str]) -> list[dict]:
 
 
 def main(args: argparse.Namespace) -> int:
+    cfg = build_config(args)
+    start_portable(cfg, args)  # run.portable (--set run.portable=true): trials with portable floats
     import optuna
     import torch
     from rich.console import Console
@@ -184,7 +186,6 @@ def main(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     if args.trials < 1 or args.episodes < 1 or args.top < 1:
         raise ValueError("--trials, --episodes and --top must be >= 1")
-    cfg = build_config(args)
     learners.load_plugins(cfg["run"]["plugins"])
     cls = learners.get(args.learner)
     if int(cfg["run"].get("threads") or 0) > 0:

@@ -66,6 +66,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     w.add_argument("--no-wait", action="store_true", help="exit when no cell is waiting, even while others still run")
     w.add_argument("--max-cells", type=int, help="stop after running this many cells")
+    w.add_argument(
+        "--portable",
+        action="store_true",
+        help="start with the portable kernel settings (a grid submitted with --portable needs them)",
+    )
     w.set_defaults(func=worker_main)
 
     g = sub.add_parser(
@@ -87,6 +92,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config key")
     s.add_argument("--out", help="where the submitting machine writes split.json (default runs/grid/NAME)")
     s.add_argument("--retry-failed", action="store_true", help="re-enqueue cells recorded as failed (e.g. diverged)")
+    s.add_argument(
+        "--portable", action="store_true", help="portable floats (run.portable); start its workers with --portable"
+    )
     add_plugin_flag(s)
     add_launch_flags(s)
     s.set_defaults(func=submit_main)
@@ -231,6 +239,10 @@ def submit_main(args: argparse.Namespace) -> int:
 
 
 def worker_main(args: argparse.Namespace) -> int:
+    if args.portable:
+        from fewshot_transfer import portable
+
+        portable.enter(restart=args.restartable)  # before torch: the grid's own config is read later
     import optuna
     from rich.console import Console
 

@@ -26,6 +26,8 @@ from fewshot_transfer.harness.selection import DEFAULTS, is_oracle, rule_label
 from fewshot_transfer.harness.stats import holm, mean_ci, paired_diff, rank_with_ties
 from fewshot_transfer.harness.store import atomic_write_text, write_csv
 from fewshot_transfer.metrics import INFNET_KEYS
+from fewshot_transfer.portable import NAME as PORTABLE
+from fewshot_transfer.portable import NATIVE, modes_of
 from fewshot_transfer.provenance import machines_of
 
 log = logging.getLogger(__name__)
@@ -367,8 +369,8 @@ def build_rows(records: list[dict], shots: list[tuple[str, int]] | None = None) 
 
 def header_meta(records: list[dict]) -> dict[str, str]:
     """What every leaderboard header states: how hyperparameters were chosen, at which
-    resolution the test set was scored, the machine(s) the cells ran on, and a warning when
-    its cells come from different code versions."""
+    resolution the test set was scored, the machine(s) the cells ran on and their float mode
+    (native or portable), and a warning when its cells come from different code versions."""
     meta: dict[str, str] = {}
     selections = sorted({r.get("selection") or "defaults" for r in records})
     meta["hyperparameters"] = selections[0] if len(selections) == 1 else "MIXED: " + " | ".join(selections)
@@ -399,7 +401,22 @@ def header_meta(records: list[dict]) -> dict[str, str]:
         meta["machine"] = " | ".join(machines) + (
             "" if len(machines) == 1 else " — MIXED: float-level differences between CPU kernel paths"
         )
+    modes = modes_of(records)
+    if modes:
+        meta["floats"] = (
+            "MIXED: " + " | ".join(modes) + " — portable and native cells are other floats; rerun them in one mode"
+            if len(modes) > 1
+            else FLOAT_MODES.get(modes[0], modes[0])
+        )
     return meta
+
+
+#: What the header says about a float mode (``portable.float_mode``).
+FLOAT_MODES = {
+    NATIVE: "native (this CPU's fastest kernels: bit for bit only on the same CPU kernel path, elsewhere compare CIs)",
+    PORTABLE: f"{PORTABLE} (pinned x86-64 baseline kernels: bit for bit on any x86-64 CPU with the same torch, "
+    "numpy and glibc)",
+}
 
 
 def scored_at(records: list[dict]) -> str:

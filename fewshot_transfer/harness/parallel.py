@@ -218,6 +218,12 @@ def _worker(
     from fewshot_transfer.harness.store import CellStore
 
     torch.set_num_threads(threads)
+    if config["run"].get("portable"):
+        # The pinned variables came with the process (the run set them before it started the
+        # fork server); oneDNN and NNPACK are switched off per process. Raises if they did not.
+        from fewshot_transfer.portable import activate
+
+        activate()
     learners.load_plugins(config["run"].get("plugins", []))
     bench = prepare(config, Path(out_dir), device=device)
     store = CellStore(bench.out_dir)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fewshot_transfer.config import IDENTITY_SECTIONS, load_toml, run_identity
+from fewshot_transfer.config import load_toml, run_identity
 
 
 def check_run_dir(out: Path, cfg: dict) -> None:
@@ -17,9 +17,9 @@ def check_run_dir(out: Path, cfg: dict) -> None:
     if old != new:
         diff = sorted(
             f"{sec}.{key}"
-            for sec in IDENTITY_SECTIONS
-            for key in set(old[sec]) | set(new[sec])
-            if old[sec].get(key) != new[sec].get(key)
+            for sec in set(old) | set(new)
+            for key in set(old.get(sec, {})) | set(new.get(sec, {}))
+            if old.get(sec, {}).get(key) != new.get(sec, {}).get(key)
         )
         raise ValueError(
             f"{out} already holds a run with a different configuration ({', '.join(diff)} differ); "

@@ -37,6 +37,7 @@ from fewshot_transfer.harness.selection import (
 from fewshot_transfer.harness.store import CellSpec, CellStore, write_csv
 from fewshot_transfer.learners.controls import control_row, with_controls
 from fewshot_transfer.metrics import evaluate, hd95_unit, infnet_metrics
+from fewshot_transfer.portable import float_mode
 from fewshot_transfer.provenance import code_version, machine
 from fewshot_transfer.training import ProgressCallback, TrainingDiverged
 from fewshot_transfer.training.segmenter import resample_proba
@@ -258,6 +259,7 @@ def run_cell(
             "config_hash": config_hash(bench.config),
             "code": code_version(),
             "machine": machine(),
+            "float_mode": float_mode(),
             "data": bench.data_fingerprint,
             "device": str(bench.device),
             "threads": torch.get_num_threads(),

@@ -16,6 +16,7 @@ import torch
 
 from fewshot_transfer.atomic import atomic_open, atomic_write_text
 from fewshot_transfer.config import config_hash
+from fewshot_transfer.portable import NATIVE, float_mode
 from fewshot_transfer.provenance import code_version
 
 log = logging.getLogger(__name__)
@@ -26,8 +27,9 @@ class ModelCache:
     trains it, later cells (and reruns) load it.
 
     Keys include the hash of the package sources, so a model trained by other code is never
-    reused. Files are written atomically, so a killed process never leaves a truncated
-    checkpoint behind. Several worker processes may share one cache: an exclusive
+    reused, and the float mode when it is portable (a native model would break a portable
+    cell's promise; native keys are what they were). Files are written atomically, so a
+    killed process never leaves a truncated checkpoint behind. Several worker processes may share one cache: an exclusive
     ``flock`` on ``<entry>.lock`` makes the first one train and the others wait for the
     finished file, so an entry is never trained twice.
 
@@ -47,7 +49,9 @@ class ModelCache:
         self.misses = 0
 
     def path(self, kind: str, key: dict) -> Path:
-        return self.root / f"{kind}-{config_hash({**key, 'code': code_version()['source_sha']})}.pt"
+        mode = float_mode()
+        full = {**key, "code": code_version()["source_sha"], **({"float_mode": mode} if mode != NATIVE else {})}
+        return self.root / f"{kind}-{config_hash(full)}.pt"
 
     def begin_cell(self) -> None:
         """Start a new cell's cost list (the runner calls this before each cell)."""

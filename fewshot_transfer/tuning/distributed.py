@@ -36,6 +36,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from fewshot_transfer.config import config_hash, load_config_text, run_identity, to_toml
+from fewshot_transfer.portable import activate, pinned
 from fewshot_transfer.tuning.storage import heartbeat_thread, jsonable, redact, worker_id
 
 log = logging.getLogger(__name__)
@@ -189,6 +190,13 @@ def work(
     from fewshot_transfer.harness.store import CellSpec, CellStore, atomic_write_text
 
     study, cfg, attrs = load_grid(storage, grid)
+    if cfg["run"].get("portable"):
+        # A portable grid's cells need the pinned settings from the worker's start (ftbench worker --portable).
+        activate()
+    elif pinned():
+        raise ValueError(
+            f"grid {grid!r} is native (not submitted with --portable): start its workers without --portable"
+        )
     learners.load_plugins(cfg["run"]["plugins"])  # a grid's plugins must be importable on every worker
     cfg = copy.deepcopy(cfg)
     cfg["run"]["out"] = str(out)
