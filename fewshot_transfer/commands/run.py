@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from fewshot_transfer import portable
-from fewshot_transfer.config import DEFAULT_LEARNERS, resolve_config, to_toml
+from fewshot_transfer.config import DEFAULT_LEARNERS, resolve_config
 from fewshot_transfer.harness.selection import RULES, check_rule, is_oracle
 
 log = logging.getLogger(__name__)
@@ -218,24 +218,19 @@ def main(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     cfg = build_config(args)
     start_portable(cfg, args)
-    import torch
-
     from fewshot_transfer import learners
     from fewshot_transfer.commands import console as make_console
-    from fewshot_transfer.harness.benchmark import prepare
     from fewshot_transfer.harness.outputs import render, render_curves, render_gallery
-    from fewshot_transfer.harness.rundir import check_run_dir
+    from fewshot_transfer.harness.rundir import check_out_path, open_run
     from fewshot_transfer.harness.runner import control_rows, plan_cells, resolve_learners, resolve_seeds, run_grid
-    from fewshot_transfer.harness.store import atomic_write_text
     from fewshot_transfer.provenance import code_version
     from fewshot_transfer.tuning.protocol import PROTOCOLS, tune_learners
 
     console = make_console()
     run_cfg = cfg["run"]
-    if int(run_cfg.get("threads") or 0) > 0:
-        torch.set_num_threads(int(run_cfg["threads"]))
     out = Path(run_cfg["out"])
-    learners.load_plugins(cfg["run"]["plugins"])
+    check_out_path(out)  # before any study: a bad --out fails at once
+    learners.load_plugins(cfg["run"]["plugins"])  # plugin learners' names resolve below
     if run_cfg.get("protocol") not in PROTOCOLS:
         raise ValueError(f"run.protocol must be one of {', '.join(PROTOCOLS)}, got {run_cfg.get('protocol')!r}")
     names = resolve_learners(run_cfg["learners"], cfg)
@@ -253,9 +248,7 @@ def main(args: argparse.Namespace) -> int:
         cfg, outcome = tune_learners(cfg, names, out, console=console, show_progress=not args.no_progress)
         for name, text in outcome.items():
             console.print(f"  {name}: {text}")
-    check_run_dir(out, cfg)
-    bench = prepare(cfg, out)
-    atomic_write_text(out / "config.toml", to_toml(cfg))
+    bench = open_run(cfg, out)
     controls = control_rows(
         names, run_cfg.get("controls", ""), [k for _, k in bench.shots], cfg, strict=args.controls is not None
     )

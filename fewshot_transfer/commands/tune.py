@@ -171,11 +171,10 @@ def main(args: argparse.Namespace) -> int:
     cfg = build_config(args)
     start_portable(cfg, args)  # run.portable (--set run.portable=true): trials with portable floats
     import optuna
-    import torch
     from rich.console import Console
 
     from fewshot_transfer import learners
-    from fewshot_transfer.harness.benchmark import prepare
+    from fewshot_transfer.harness.rundir import open_run
     from fewshot_transfer.harness.store import atomic_write_text
     from fewshot_transfer.tuning.space import searched_names
     from fewshot_transfer.tuning.storage import default_storage, make_storage, redact
@@ -188,14 +187,12 @@ def main(args: argparse.Namespace) -> int:
         raise ValueError("--trials, --episodes and --top must be >= 1")
     learners.load_plugins(cfg["run"]["plugins"])
     cls = learners.get(args.learner)
-    if int(cfg["run"].get("threads") or 0) > 0:
-        torch.set_num_threads(int(cfg["run"]["threads"]))
     out = Path(args.out)
     pinned = dict(cfg.get("learners", {}).get(cls.name, {}))
     free, fixed = searched_names(cls, pinned)
     enqueue = parse_enqueue(args.enqueue, free)
     cls.resolve_params(cfg)  # unknown pinned names fail here, before any data is loaded
-    bench = prepare(cfg, out)
+    bench = open_run(cfg, out, check=False, write_config=False)  # a study folder: no run's config.toml
     split = selection_split(
         bench, args.selection, args.shots, val_fraction=args.val_fraction, seed=int(cfg["data"]["split"]["seed"])
     )

@@ -211,21 +211,13 @@ def _worker(
     os.environ.update(env)
     signal.signal(signal.SIGTERM, _exit_on_term)
     _stop_when_run_dies()
-    import torch
 
-    from fewshot_transfer import learners
-    from fewshot_transfer.harness.benchmark import prepare
+    from fewshot_transfer.harness.rundir import open_run
     from fewshot_transfer.harness.store import CellStore
 
-    torch.set_num_threads(threads)
-    if config["run"].get("portable"):
-        # The pinned variables came with the process (the run set them before it started the
-        # fork server); oneDNN and NNPACK are switched off per process. Raises if they did not.
-        from fewshot_transfer.portable import activate
-
-        activate()
-    learners.load_plugins(config["run"].get("plugins", []))
-    bench = prepare(config, Path(out_dir), device=device)
+    # run.portable: the pinned variables came with the process (the run set them before it
+    # started the fork server); open_run switches oneDNN and NNPACK off here, or raises.
+    bench = open_run(config, Path(out_dir), device=device, threads=threads, check=False, write_config=False)
     store = CellStore(bench.out_dir)
     while (spec := tasks.get()) is not None:
         events.put(("start", spec, None))

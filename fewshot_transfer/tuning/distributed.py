@@ -36,7 +36,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from fewshot_transfer.config import config_hash, load_config_text, run_identity, to_toml
-from fewshot_transfer.portable import activate, pinned
+from fewshot_transfer.portable import pinned
 from fewshot_transfer.tuning.storage import heartbeat_thread, jsonable, redact, worker_id
 
 log = logging.getLogger(__name__)
@@ -178,38 +178,31 @@ def work(
     console=None,
 ) -> dict:
     """Run queued cells of ``grid`` until none is left (or ``max_cells`` ran); returns counts."""
-    import torch
     from optuna.exceptions import UpdateFinishedTrialError
     from optuna.trial import TrialState
 
-    from fewshot_transfer import learners
     from fewshot_transfer.data.splits import TargetSplit, save_split
-    from fewshot_transfer.harness.benchmark import prepare
-    from fewshot_transfer.harness.rundir import check_run_dir
+    from fewshot_transfer.harness.rundir import check_run_dir, open_run
     from fewshot_transfer.harness.runner import run_cell
     from fewshot_transfer.harness.store import CellSpec, CellStore, atomic_write_text
 
     study, cfg, attrs = load_grid(storage, grid)
-    if cfg["run"].get("portable"):
-        # A portable grid's cells need the pinned settings from the worker's start (ftbench worker --portable).
-        activate()
-    elif pinned():
+    if not cfg["run"].get("portable") and pinned():
         raise ValueError(
             f"grid {grid!r} is native (not submitted with --portable): start its workers without --portable"
         )
-    learners.load_plugins(cfg["run"]["plugins"])  # a grid's plugins must be importable on every worker
     cfg = copy.deepcopy(cfg)
     cfg["run"]["out"] = str(out)
     if device:
         cfg["run"]["device"] = device
-    if int(cfg["run"].get("threads") or 0) > 0:
-        torch.set_num_threads(int(cfg["run"]["threads"]))
     out = Path(out)
-    check_run_dir(out, cfg)
+    check_run_dir(out, cfg)  # before the submitter's split is adopted into it
     split_path = out / "split.json"
     if not split_path.is_file():
         save_split(TargetSplit.from_json(attrs["split"]), split_path)
-    bench = prepare(cfg, out)
+    # A portable grid's cells need the pinned settings from the worker's start (ftbench worker
+    # --portable; open_run raises without them); a grid's plugins must import on every worker.
+    bench = open_run(cfg, out, check=False, write_config=False)  # config.toml once the data match
     if bench.split.to_json() != attrs["split"] or bench.data_fingerprint != attrs["data"]:
         raise ValueError(
             f"this machine's data (fingerprint {bench.data_fingerprint}) or {split_path} differ from grid {grid!r}'s "

@@ -104,12 +104,12 @@ def tune_learners(
     ``tuned_from`` naming the studies, plus a one-line outcome per study."""
     import optuna
 
-    from fewshot_transfer.harness.benchmark import prepare
+    from fewshot_transfer.harness.rundir import open_run
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     run = config["run"]
     tune_dir = Path(out) / "tuning"
-    bench = prepare(config, tune_dir)
+    bench = open_run(config, tune_dir, check=False, write_config=False)  # studies' folder, not a run's
     tasks, outcome = plan_studies(config, names, bench.shots)
     make_storage(default_storage(tune_dir), heartbeat=None, grace=None)  # the schema once, before workers race
     tuned = copy.deepcopy(config)
@@ -153,17 +153,13 @@ def _tune_one(
     independent (own sampler seed, own draws), so the parameters do not depend on the number
     of jobs. A worker process prepares its own benchmark; in-process the caller's is reused."""
     import optuna
-    import torch
 
-    from fewshot_transfer.harness.benchmark import prepare
+    from fewshot_transfer.harness.rundir import open_run
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    if int(config["run"].get("threads") or 0) > 0:
-        torch.set_num_threads(int(config["run"]["threads"]))
-    learners.load_plugins(config["run"].get("plugins", []))
     tune_dir = Path(out) / "tuning"
-    if bench is None:
-        bench = prepare(config, tune_dir)
+    if bench is None:  # a process of its own (--jobs): set up like every cell's process
+        bench = open_run(config, tune_dir, check=False, write_config=False)
     split = selection_split(
         bench, task.rule, task.label, val_fraction=VAL_FRACTION, seed=int(config["data"]["split"]["seed"])
     )
