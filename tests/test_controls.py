@@ -281,27 +281,47 @@ def test_training_replicates_share_the_episode_and_average_before_pairing(tmp_pa
     assert math.isclose(avg["metrics"]["dice"], (recs[0]["metrics"]["dice"] + recs[1]["metrics"]["dice"]) / 2)
 
 
-def test_cells_written_before_control_arms_get_their_control_from_the_runs_config(tmp_path):
-    from fewshot_transfer.config import to_toml
+def test_cells_written_before_control_arms_get_their_control_from_the_records(tmp_path):
+    """Read through the store, old cells get the control the learners declared then, decided by
+    the parameters the run's cells record (no config, no learner registry)."""
+    from fewshot_transfer.harness.store import load_records
 
-    (tmp_path / "config.toml").write_text(to_toml(_cfg()))
+    schedule = {"steps": 200, "lr": 0.006, "batch_size": 8}
 
-    def rec(name: str, seed: int, dice: float) -> dict:
-        return {
+    def rec(name: str, seed: int, dice: float, k: int = 2, **params) -> None:
+        record = {
             "learner": name,
-            "k": 2,
-            "k_label": "2",
+            "k": k,
+            "k_label": str(k),
             "seed": seed,
             "status": "ok",
             "family": "meta",
-            "run_dir": str(tmp_path),
+            "supports_k0": name == "dual-adv",
+            "params": {**schedule, **params},
             "metrics": {"dice": dice, "dice_global": dice, "pred_fraction": 0.01, "true_fraction": 0.01, "hd95": 1.0},
         }
+        (tmp_path / "cells").mkdir(exist_ok=True)
+        (tmp_path / "cells" / f"{name}__k-{k}__seed-{seed}.json").write_text(json.dumps(record))
 
-    records = [rec("finetune", s, 0.5 + 0.01 * s) for s in range(3)] + [
-        rec("maml", s, 0.52 + 0.01 * s + 0.001 * s * s) for s in range(3)
-    ]
-    rows = {r["learner"]: r for r in build_rows(records)}
+    for s in range(3):
+        rec("finetune", s, 0.5 + 0.01 * s)
+        rec("maml", s, 0.52 + 0.01 * s + 0.001 * s * s, meta_steps=100)
+        rec("metasgd", s, 0.5, lr=0.003, meta_steps=100)  # tuned away from finetune's lr
+        rec("dual-adv", s, 0.4, k=0, lambda_adv=0.01)
+        rec("anil-control", s, 0.4)  # the learner anil's derived control replaced
+    records = load_records([tmp_path])
+    assert all("control" not in json.loads(p.read_text()) for p in (tmp_path / "cells").glob("*.json"))
+    rows = {r["learner"]: r for r in build_rows(records) if r["k"] == 2}
     assert rows["maml"]["control"] == "finetune"
     assert math.isclose(rows["maml"]["mech"], 0.02 + 0.001 * (0 + 1 + 4) / 3)
+    assert rows["metasgd"]["control"] == "metasgd-control" and math.isnan(rows["metasgd"]["mech"])
     assert rows["finetune"]["control"] == "scratch" and math.isnan(rows["finetune"]["mech"])  # no scratch cells
+    assert rows["anil-control"]["control"] == ""
+    k0 = {r["learner"]: r for r in build_rows(records) if r["k"] == 0}
+    assert k0["dual-adv"]["control"] == "dual-adv-control"
+    # a recorded control is kept as it is
+    path = tmp_path / "cells" / "finetune__k-2__seed-0.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "control": "recorded"}))
+    assert [r["control"] for r in load_records([tmp_path]) if r["learner"] == "finetune" and r["seed"] == 0] == [
+        "recorded"
+    ]
