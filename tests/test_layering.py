@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1] / PACKAGE
 #: of one layer are independent of each other (adaptation and meta do not import each other,
 #: nor do data and models). The core modules form one unit.
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("commands / experiments", ("commands", "cli", "experiments")),
+    ("commands / experiments / testing", ("commands", "cli", "experiments", "testing")),
     ("tuning", ("tuning",)),
     ("harness", ("harness",)),
     ("learners", ("learners",)),
