@@ -7,7 +7,14 @@ Run it without installing anything into the package:
 
 With ``entropy_weight = 0`` it adds no rows and no term, so the shared loop runs exactly
 finetune's steps: the control "my method with its extra term off is its baseline" holds by
-construction, and the leaderboard's gain over finetune is the term's effect.
+construction, and the leaderboard's gain over finetune is the term's effect. ``control``
+declares it (``ftbench run --controls`` shows the mechanism gain against finetune's row), and
+``check_learner`` checks it bit for bit (and that the term does move the weights):
+
+    from fewshot_transfer.learners import load_plugins
+    from fewshot_transfer.testing import check_learner
+    load_plugins(["examples/my_learner.py"])
+    check_learner("entropy-min")  # a minute on one core; raises naming the check that fails
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ from typing import Any
 import torch
 
 from fewshot_transfer import (
+    Control,
     Learner,
     LearnerContext,
     Segmenter,
@@ -56,6 +64,8 @@ class EntropyMin(Learner):
     uses_unlabeled = True  # without this flag ctx.unlabeled raises: the context withholds it
     defaults = {"lr": 0.006, "entropy_weight": 0.1, "unlabeled_batch": 4}  # lr = finetune's: weight 0 is finetune
     bounds = {"entropy_weight": (0.0, 10.0)}
+    #: the mechanism off (no unlabeled rows, no term) is finetune, bit for bit
+    control = Control(off={"entropy_weight": 0.0}, same_as="finetune")
 
     @staticmethod
     def search_space(trial: Any) -> dict[str, Any]:

@@ -17,6 +17,7 @@ __version__ = "0.1.0"
 #: Public name -> module that defines it.
 _API: dict[str, str] = {
     "Learner": "fewshot_transfer.learners.base",
+    "Control": "fewshot_transfer.learners.base",
     "register": "fewshot_transfer.learners.base",
     "LearnerContext": "fewshot_transfer.training",
     "Params": "fewshot_transfer.training",

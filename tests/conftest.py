@@ -7,27 +7,11 @@ import os
 import pytest
 import torch
 
-#: Overrides that shrink the default benchmark to seconds: 32 px, a base-4 U-Net, 5 steps.
-TINY = [
-    "--set",
-    "data.size=32",
-    "--set",
-    "model.base=4",
-    "--set",
-    "model.depth=3",
-    "--set",
-    "train.steps=5",
-    "--set",
-    "train.pretrain_steps=5",
-    "--set",
-    "train.batch_size=4",
-    "--set",
-    "data.phantom.source_patients=6",
-    "--set",
-    "data.phantom.target_patients=10",
-    "--set",
-    "data.phantom.slices_per_patient=6",
-]
+from fewshot_transfer.testing import TINY as CHECK_TINY
+
+#: Overrides that shrink the default benchmark to seconds: 32 px, a base-4 U-Net, 5 steps
+#: (``fewshot_transfer.testing.TINY``, the config its learner checks run on), as CLI arguments.
+TINY = [arg for override in CHECK_TINY for arg in ("--set", override)]
 
 
 #: End-to-end modules: they run the CLI or whole learners on a tiny benchmark (grids, tuning
@@ -41,6 +25,7 @@ INTEGRATION_MODULES = frozenset(
         "test_distributed.py",
         "test_harness.py",
         "test_meta_learners.py",
+        "test_registry.py",
         "test_run_on_imported.py",
         "test_tuning.py",
     }

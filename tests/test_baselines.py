@@ -9,6 +9,7 @@ from fewshot_transfer import learners
 from fewshot_transfer.config import resolve_config
 from fewshot_transfer.harness.benchmark import prepare
 from fewshot_transfer.metrics import evaluate
+from fewshot_transfer.testing import registered
 
 from conftest import TINY
 
@@ -27,7 +28,7 @@ def _dice(data, segmenter) -> float:
     return summary["dice"]
 
 
-@pytest.mark.parametrize("name", ["scratch", "source-only", "finetune", "joint"])
+@pytest.mark.parametrize("name", registered("baseline"))
 def test_baseline_learns(bench, name):
     """Target learners are judged on the target test set; source-only (zero-shot) on source validation."""
     cls = learners.get(name)

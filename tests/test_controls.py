@@ -1,7 +1,10 @@
 """Control arms (issue #22): every learner beside the same learner and stream with its mechanism off.
 
-The identities are checked on the trained weights (every tensor of the state dict), not only
-on predictions; each comes with a non-vacuity check (the mechanism on gives other weights).
+Which row serves as a control, the controls' parameters, the run's control rows and their
+mechanism gain. The bit-for-bit identity of every declared control with its ``same_as`` and
+the non-vacuity of every mechanism are checked for the whole registry in
+``tests/test_registry.py`` (``fewshot_transfer.testing``); the identities here are the
+mechanism-specific ones, on the trained weights (every tensor of the state dict).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from fewshot_transfer.harness.benchmark import prepare
 from fewshot_transfer.harness.leaderboard import build_rows
 from fewshot_transfer.harness.runner import control_rows, plan_cells
 from fewshot_transfer.learners.controls import control_row
+from fewshot_transfer.testing import registered
 
 from conftest import TINY
 
@@ -42,38 +46,19 @@ def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
 
 
 def test_every_learner_with_a_mechanism_names_its_control():
-    learners.available()  # control_row reads the registry the package discovers
+    """At the default parameters a learner whose control is ``same_as`` another learner is served
+    by that learner's row (the parameters they share agree), every other one by its derived row;
+    read off the registry, so a new learner is covered when it is registered."""
     cfg = _cfg()
-    expected = {
-        "finetune": "scratch",
-        "joint": "joint-control",
-        "adaptseg": "adaptseg-control",
-        "adaptseg-balanced": "adaptseg-balanced-control",
-        "dual-adv": "dual-adv-control",
-        "single-adv": "single-adv-control",
-        "maml": "finetune",
-        "fomaml": "finetune",
-        "reptile": "finetune",
-        "metasgd": "finetune",
-        "anil": "anil-control",
-        "maml-fewstep": "maml-fewstep-control",
-        "pseudo-label": "scratch",
-        "mean-teacher": "scratch",
-        "pseudo-label-cap": "finetune",
-        "mean-teacher-cap": "finetune",
-        "ua-mt": "scratch",
-        "fixmatch": "scratch",
-        "unimatch": "scratch",
-        "cps": "scratch",
-        "bcp": "scratch",
-    }
-    for name, row in expected.items():
-        assert control_row(name, 2, cfg) == row, name
+    with_control = [n for n in registered() if learners.get(n).control is not None]
+    assert len(with_control) >= 20  # every built-in mechanism declares one (scratch and source-only do not)
+    for name in with_control:
+        same_as = learners.get(name).control.same_as
+        assert control_row(name, 2, cfg) == (same_as or f"{name}-control"), name
+        # at k = 0 same_as (scratch or finetune) has no cell: a k = 0 learner's control is its own row
+        expected_k0 = f"{name}-control" if learners.get(name).supports_k0 else None
+        assert control_row(name, 0, cfg) == expected_k0, name
     assert control_row("scratch", 2, cfg) is None and control_row("source-only", 0, cfg) is None
-    # at k = 0 finetune has no cell: a k = 0 learner's control is its own derived row there
-    assert control_row("pseudo-label-cap", 0, cfg) == "pseudo-label-cap-control"
-    assert control_row("dual-adv", 0, cfg) == "dual-adv-control"
-    assert control_row("finetune", 0, cfg) is None
     assert "adaptseg-control" not in learners.available()  # --learners all runs learners, --controls adds these
     assert "adaptseg-control" in learners.available(controls=True)
 
@@ -115,48 +100,6 @@ def test_control_rows_are_added_once_and_only_where_needed(tmp_path):
         control_rows(names, "dual-adv@one", [0, 2], cfg)
     with pytest.raises(ValueError, match="not among the run's learners"):
         control_rows(names, "adaptseg", [0, 2], cfg)
-
-
-@pytest.mark.integration
-def test_shared_controls_are_their_row_bit_for_bit(tmp_path):
-    """A control served by another learner's row computes exactly that row's weights."""
-    torch.set_num_threads(1)
-    pins = [f"learners.{n}.lr={LR}" for n in ("scratch", "finetune", "maml", "pseudo-label", "pseudo-label-cap")]
-    cfg = _cfg([*pins, "learners.maml.meta_steps=1"])
-    bench = prepare(cfg, tmp_path)
-    for name, row in (
-        ("finetune", "scratch"),
-        ("maml", "finetune"),
-        ("pseudo-label", "scratch"),
-        ("pseudo-label-cap", "finetune"),
-    ):
-        assert control_row(name, 2, cfg) == row
-        derived = _weights(bench, f"{name}-control", 2)
-        assert _same(derived, _weights(bench, row, 2)), f"{name}-control is not {row}"
-        assert not _same(_weights(bench, name, 2), derived), f"{name}: the mechanism changes nothing"
-
-
-@pytest.mark.integration
-@pytest.mark.parametrize("k", [0, 2])
-def test_adversarial_control_is_the_same_stream_with_lambda_zero(tmp_path, k):
-    """lambda_adv = 0 on the learner's own stream; with no source or unlabeled rows it is finetune."""
-    torch.set_num_threads(1)
-    cfg = _cfg([f"learners.adaptseg.lr={LR}", f"learners.finetune.lr={LR}", "learners.adaptseg.lambda_adv=0.5"])
-    bench = prepare(cfg, tmp_path)
-    control = _weights(bench, "adaptseg-control", k)
-    assert not _same(_weights(bench, "adaptseg", k), control)  # non-vacuity: the adversary moves the weights
-    if k:
-        bare = _cfg(
-            [
-                f"learners.adaptseg.lr={LR}",
-                f"learners.finetune.lr={LR}",
-                "learners.adaptseg.source_share=0.0",
-                "learners.adaptseg.unlabeled_share=0.0",
-                "learners.adaptseg.aux_seg_weight=0.0",
-            ]
-        )
-        bench = prepare(bare, tmp_path / "bare")
-        assert _same(_weights(bench, "adaptseg-control", k), _weights(bench, "finetune", k))
 
 
 @pytest.mark.integration
@@ -281,27 +224,47 @@ def test_training_replicates_share_the_episode_and_average_before_pairing(tmp_pa
     assert math.isclose(avg["metrics"]["dice"], (recs[0]["metrics"]["dice"] + recs[1]["metrics"]["dice"]) / 2)
 
 
-def test_cells_written_before_control_arms_get_their_control_from_the_runs_config(tmp_path):
-    from fewshot_transfer.config import to_toml
+def test_cells_written_before_control_arms_get_their_control_from_the_records(tmp_path):
+    """Read through the store, old cells get the control the learners declared then, decided by
+    the parameters the run's cells record (no config, no learner registry)."""
+    from fewshot_transfer.harness.store import load_records
 
-    (tmp_path / "config.toml").write_text(to_toml(_cfg()))
+    schedule = {"steps": 200, "lr": 0.006, "batch_size": 8}
 
-    def rec(name: str, seed: int, dice: float) -> dict:
-        return {
+    def rec(name: str, seed: int, dice: float, k: int = 2, **params) -> None:
+        record = {
             "learner": name,
-            "k": 2,
-            "k_label": "2",
+            "k": k,
+            "k_label": str(k),
             "seed": seed,
             "status": "ok",
             "family": "meta",
-            "run_dir": str(tmp_path),
+            "supports_k0": name == "dual-adv",
+            "params": {**schedule, **params},
             "metrics": {"dice": dice, "dice_global": dice, "pred_fraction": 0.01, "true_fraction": 0.01, "hd95": 1.0},
         }
+        (tmp_path / "cells").mkdir(exist_ok=True)
+        (tmp_path / "cells" / f"{name}__k-{k}__seed-{seed}.json").write_text(json.dumps(record))
 
-    records = [rec("finetune", s, 0.5 + 0.01 * s) for s in range(3)] + [
-        rec("maml", s, 0.52 + 0.01 * s + 0.001 * s * s) for s in range(3)
-    ]
-    rows = {r["learner"]: r for r in build_rows(records)}
+    for s in range(3):
+        rec("finetune", s, 0.5 + 0.01 * s)
+        rec("maml", s, 0.52 + 0.01 * s + 0.001 * s * s, meta_steps=100)
+        rec("metasgd", s, 0.5, lr=0.003, meta_steps=100)  # tuned away from finetune's lr
+        rec("dual-adv", s, 0.4, k=0, lambda_adv=0.01)
+        rec("anil-control", s, 0.4)  # the learner anil's derived control replaced
+    records = load_records([tmp_path])
+    assert all("control" not in json.loads(p.read_text()) for p in (tmp_path / "cells").glob("*.json"))
+    rows = {r["learner"]: r for r in build_rows(records) if r["k"] == 2}
     assert rows["maml"]["control"] == "finetune"
     assert math.isclose(rows["maml"]["mech"], 0.02 + 0.001 * (0 + 1 + 4) / 3)
+    assert rows["metasgd"]["control"] == "metasgd-control" and math.isnan(rows["metasgd"]["mech"])
     assert rows["finetune"]["control"] == "scratch" and math.isnan(rows["finetune"]["mech"])  # no scratch cells
+    assert rows["anil-control"]["control"] == ""
+    k0 = {r["learner"]: r for r in build_rows(records) if r["k"] == 0}
+    assert k0["dual-adv"]["control"] == "dual-adv-control"
+    # a recorded control is kept as it is
+    path = tmp_path / "cells" / "finetune__k-2__seed-0.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "control": "recorded"}))
+    assert [r["control"] for r in load_records([tmp_path]) if r["learner"] == "finetune" and r["seed"] == 0] == [
+        "recorded"
+    ]

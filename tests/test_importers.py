@@ -259,3 +259,23 @@ def test_label_origin_is_validated(tmp_path):
     (out / "dataset.json").write_text(json.dumps(meta))
     with pytest.raises(DatasetError, match='"label_origin" is \'robot\'; set it to "manual"'):
         read_spec(out)
+
+
+def test_every_importer_module_declares_its_kind_once(capsys):
+    """A kind is written in its module only: discovery finds every module of the package, and
+    ``ftbench data import --help`` lists each one's own HELP line."""
+    from pathlib import Path
+
+    from fewshot_transfer.cli import main
+    from fewshot_transfer.data import importers
+
+    kinds = importers.builtin_kinds()
+    modules = {m.__name__.rsplit(".", 1)[1] for m in kinds.values()}
+    files = {p.stem for p in Path(importers.__file__).parent.glob("*.py")} - {"__init__", "common"}
+    assert modules == files
+    assert all(m.KIND == kind and m.HELP and m.LAYOUT and callable(m.plan) for kind, m in kinds.items())
+    with pytest.raises(SystemExit):
+        main(["data", "import", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for kind, module in kinds.items():
+        assert f"{kind} {' '.join(str(module.HELP).split())}" in text

@@ -8,6 +8,9 @@ mirrored in docs/architecture.md.
 from __future__ import annotations
 
 import ast
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 PACKAGE = "fewshot_transfer"
@@ -17,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1] / PACKAGE
 #: of one layer are independent of each other (adaptation and meta do not import each other,
 #: nor do data and models). The core modules form one unit.
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("commands", ("commands", "cli")),
+    ("commands / experiments / testing", ("commands", "cli", "experiments", "testing")),
     ("tuning", ("tuning",)),
     ("harness", ("harness",)),
     ("learners", ("learners",)),
@@ -222,3 +225,74 @@ def test_layer_order_is_the_documented_one():
     doc = (ROOT.parent / "docs" / "architecture.md").read_text()
     order = " → ".join(name for name, _ in LAYERS)
     assert order in doc, f"docs/architecture.md must state the layer order: {order}"
+
+
+#: What reads results: leaderboard, LaTeX, plots, claims judging, the HTML report and their commands.
+REPORTING = (
+    "fewshot_transfer.harness.leaderboard",
+    "fewshot_transfer.harness.latex",
+    "fewshot_transfer.harness.plots",
+    "fewshot_transfer.harness.claims",
+    "fewshot_transfer.harness.outputs",
+    "fewshot_transfer.harness.html_report",
+    "fewshot_transfer.harness.store",
+    "fewshot_transfer.harness.reproduce",
+    "fewshot_transfer.commands.leaderboard",
+    "fewshot_transfer.commands.claims",
+    "fewshot_transfer.commands.report",
+)
+
+NO_EXECUTION = """
+import importlib, json, sys
+for name in sys.argv[3:]:
+    importlib.import_module(name)
+from fewshot_transfer.cli import main
+rc = main(["leaderboard", sys.argv[1], "--out", sys.argv[2], "--latex"])
+loaded = sorted(m for m in sys.modules if m.split(".")[0] == "torch" or m.startswith("fewshot_transfer.learners"))
+rows = json.loads(open(sys.argv[2] + "/leaderboard.json").read())["rows"]
+print(json.dumps({"rc": rc, "loaded": loaded, "controls": {r["learner"]: r["control"] for r in rows}}))
+"""
+
+
+def _old_cell(run: Path, learner: str, seed: int, dice: float, params: dict) -> None:
+    """A cell as written before cells recorded their control arm (no ``control`` field)."""
+    record = {
+        "learner": learner,
+        "k": 2,
+        "k_label": "2",
+        "seed": seed,
+        "status": "ok",
+        "family": "meta" if learner == "maml" else "baseline",
+        "supports_k0": False,
+        "params": params,
+        "metrics": {"dice": dice, "dice_global": dice, "pred_fraction": 0.01, "true_fraction": 0.01, "hd95": 1.0},
+    }
+    (run / "cells").mkdir(parents=True, exist_ok=True)
+    (run / "cells" / f"{learner}__k-2__seed-{seed}.json").write_text(json.dumps(record))
+
+
+def test_reporting_imports_neither_torch_nor_the_learners(tmp_path):
+    """Rendering a leaderboard (with LaTeX and the plot) of cells from before control arms:
+    their controls come from what the cells record (``store.upgrade_records``), and nothing on
+    the way imports torch or a learner."""
+    from fewshot_transfer.config import resolve_config, to_toml
+
+    run = tmp_path / "run"
+    schedule = {"steps": 200, "lr": 0.006, "batch_size": 8}
+    for seed in range(3):
+        _old_cell(run, "finetune", seed, 0.5 + 0.01 * seed, schedule)
+        _old_cell(run, "maml", seed, 0.52 + 0.02 * seed, {**schedule, "meta_steps": 100})
+        _old_cell(run, "reptile", seed, 0.51 + 0.02 * seed, {**schedule, "lr": 0.003, "meta_steps": 100})
+    (run / "config.toml").write_text(to_toml(resolve_config(None, [])))  # the old upgrade read it, and the registry
+    proc = subprocess.run(
+        [sys.executable, "-c", NO_EXECUTION, str(run), str(tmp_path / "out"), *REPORTING],
+        cwd=ROOT.parent,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["rc"] == 0 and result["loaded"] == []
+    # maml at finetune's parameters is served by finetune's row; reptile at another lr by its own
+    assert result["controls"] == {"finetune": "scratch", "maml": "finetune", "reptile": "reptile-control"}

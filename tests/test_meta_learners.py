@@ -1,6 +1,7 @@
-"""Every meta-learner end to end through ``ftbench run`` on a tiny config, plus the protocol's
-controls (0 meta-steps is finetune, bit for bit), ANIL's adaptation, the meta-validation
-summary, Reptile's interpolation, Meta-SGD's clamped rates, caching and the report."""
+"""Every meta-learner end to end through ``ftbench run`` on a tiny config, ANIL's adaptation, the
+meta-validation summary, Reptile's interpolation, Meta-SGD's clamped rates, caching and the
+report. The protocol's controls (0 meta-steps is finetune, bit for bit) are checked with every
+learner's in tests/test_registry.py."""
 
 from __future__ import annotations
 
@@ -22,12 +23,12 @@ from fewshot_transfer.meta import training as mt
 from fewshot_transfer.meta.engine import inner_adapt, module_params
 from fewshot_transfer.meta.training import MetaConfig, head_prefixes, task_sizes
 from fewshot_transfer.models import UNet
+from fewshot_transfer.testing import registered
 from fewshot_transfer.training import Params, slice_batches, train_steps
 
 from conftest import TINY as TINY_ARGS
 
-META = ("maml", "maml-fewstep", "fomaml", "reptile", "anil", "anil-control", "metasgd")
-META_TRAINED = tuple(n for n in META if n != "anil-control")
+META = tuple(registered("meta"))
 TINY = [
     "--set",
     "data.size=32",
@@ -48,7 +49,7 @@ TINY = [
 ]
 
 
-def budget(names=META_TRAINED, meta_steps=2) -> list[str]:
+def budget(names=META, meta_steps=2) -> list[str]:
     out = []
     for n in names:
         out += ["--set", f"learners.{n}.meta_steps={meta_steps}", "--set", f"learners.{n}.meta_batch=2"]
@@ -83,6 +84,7 @@ def tiny_run(tmp_path_factory):
 
 
 def test_registered_as_meta_family():
+    assert META, "the registry lists no learner of this family"
     names = learners.available(controls=True)
     for n in META:
         assert n in names
@@ -97,15 +99,14 @@ def test_every_meta_learner_runs_through_ftbench(tiny_run, name):
         assert rec["status"] == "ok", rec.get("reason")
         assert rec["family"] == "meta"
         assert 0.0 <= rec["metrics"]["dice"] <= 1.0 or math.isnan(rec["metrics"]["dice"])
-        if name in META_TRAINED:
-            assert rec["params"]["meta_steps"] == 2
+        assert rec["params"]["meta_steps"] == 2
         curves = (tiny_run / "cells" / f"{name}__k-{k}__seed-0.curves.csv").read_text()
         assert "meta-val" in curves  # meta-validation loss before / after, in every cell
 
 
 def test_meta_training_is_cached_once_per_seed_across_k(tiny_run):
     cache = tiny_run / "cache" / "models"
-    for name in META_TRAINED:
+    for name in META:
         own = [
             p for p in cache.glob(f"meta-{name}-*.pt") if re.fullmatch(rf"meta-{re.escape(name)}-[0-9a-f]+\.pt", p.name)
         ]
@@ -155,14 +156,8 @@ def test_search_spaces_declare_meta_hyperparameters():
     for name in META:
         cls = learners.get(name)
         study = optuna.create_study()
-        trial = study.ask()
-        if cls.control_of:  # anil-control: anil's parameters with meta_steps = 0, never tuned itself
-            with pytest.raises(ValueError, match="is not tuned"):
-                cls.search_space(trial)
-            continue
-        space = cls.search_space(trial)
-        if name in META_TRAINED:
-            assert {"inner_steps", "meta_lr", "meta_steps"} <= set(space), name
+        space = cls.search_space(study.ask())
+        assert {"inner_steps", "meta_lr", "meta_steps"} <= set(space), name
         assert set(space) <= set(cls.defaults), name  # every searched key is a valid hyperparameter
 
 
@@ -226,22 +221,6 @@ def bench(tmp_path_factory):
 def _ctx(bench, name: str, k: int = 3, seed: int = 0, **params):
     ctx = bench.context(learners.get(name), k, seed=seed)
     return dataclasses.replace(ctx, params=Params({**ctx.params, **params}))
-
-
-@pytest.mark.parametrize("name", ["maml", "fomaml", "reptile", "metasgd"])
-def test_zero_meta_steps_is_finetune_bit_identical(bench, name):
-    """The protocol's control: with 0 meta-steps a meta-learner runs finetune's loop from the
-    source model on finetune's stream, so weights and loss curves are bit-identical (1 thread)."""
-    torch.set_num_threads(1)
-    ft_ctx = bench.context(learners.get("finetune"), 3, seed=0)
-    ft = learners.get("finetune")().fit(ft_ctx).model
-    ctx = _ctx(bench, name, meta_steps=0)
-    meta = learners.get(name)().fit(ctx).model
-    for (n, a), (_, b) in zip(ft.state_dict().items(), meta.state_dict().items()):
-        assert torch.equal(a, b), n
-    target = lambda c: [r for r in c.curves.rows if r["phase"] == "target"]
-    assert target(ctx) == target(ft_ctx) and target(ctx)
-    assert ctx.summary["meta"]["improved"] is None and ctx.summary["meta"]["meta_steps"] == 0
 
 
 @pytest.mark.parametrize("name", ["anil", "anil-control"])

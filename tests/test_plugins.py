@@ -82,6 +82,21 @@ def test_run_with_a_plugin_file(tmp_path, plugin_file, clean_registry):
 
 
 @pytest.mark.integration
+def test_the_plugin_example_passes_the_learner_checks(tmp_path, plugin_file, clean_registry):
+    """The checks every built-in passes (tests/test_registry.py), run the way a plugin author
+    would: smoke fit, its declared control equal to finetune bit for bit, the term not vacuous."""
+    from fewshot_transfer.testing import check_learner
+
+    learners.load_plugins([str(plugin_file)])
+    done = check_learner("entropy-min", work_dir=tmp_path / "check")
+    assert done == [
+        "entropy-min: fit at k = 1, finite predictions",
+        "entropy-min: mechanism on != entropy-min-control at k = 1",
+        "entropy-min: entropy-min-control == finetune bit for bit at k = 1",
+    ]
+
+
+@pytest.mark.integration
 def test_tune_with_a_plugin_file(tmp_path, plugin_file, clean_registry):
     out = tmp_path / "tune"
     args = [
@@ -171,6 +186,7 @@ def test_public_api_is_lazy_and_complete():
     names = set(fewshot_transfer.__all__) - {"__version__"}
     assert {
         "Learner",
+        "Control",
         "register",
         "LearnerContext",
         "Params",

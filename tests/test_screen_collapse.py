@@ -1,18 +1,10 @@
-"""benchmarks/screen_collapse.py: grid parsing and the collapse rule (the adversary's doing only)."""
+"""fewshot_transfer/experiments/screen_collapse.py: grid parsing and the collapse rule (the adversary's doing only)."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
-spec = importlib.util.spec_from_file_location("screen_collapse", ROOT / "benchmarks" / "screen_collapse.py")
-screen = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(screen)
+from fewshot_transfer.experiments import screen_collapse as screen
 
 
 def test_axes_keep_phantom_specs_whole_and_quote_strings():

@@ -1,4 +1,4 @@
-"""Semi-supervised learners: fair-protocol controls, learning, label hygiene, k = 0, tuning space."""
+"""Semi-supervised learners: learning, label hygiene, k = 0, tuning space (their controls: tests/test_registry.py)."""
 
 from __future__ import annotations
 
@@ -18,22 +18,17 @@ from fewshot_transfer.learners.pseudo_label import PseudoLabelHooks, masked_bce,
 from fewshot_transfer.learners.ua_mt import binary_entropy
 from fewshot_transfer.learners.unimatch import channel_dropout, confident_bce
 from fewshot_transfer.metrics import evaluate
+from fewshot_transfer.testing import registered
 from fewshot_transfer.training import Params, labeled_batches, train_steps
 from fewshot_transfer.tuning.space import searched_names
 
 from conftest import TINY
 
 STEPS = 60
-NEW = ("bcp", "unimatch", "fixmatch", "cps", "ua-mt")
-SEMI = ("pseudo-label", "pseudo-label-cap", "mean-teacher", "mean-teacher-cap", *NEW)
-#: Each semi-supervised learner with its unlabeled weight at 0 is this supervised learner.
-COUNTERPART = {
-    "pseudo-label": "scratch",
-    "pseudo-label-cap": "finetune",
-    "mean-teacher": "scratch",
-    "mean-teacher-cap": "finetune",
-    **dict.fromkeys(NEW, "scratch"),
-}
+#: The registered semi-supervised learners (their control identities, unlabeled weight 0 =
+#: scratch / finetune bit for bit, are checked with every learner's in tests/test_registry.py).
+SEMI = tuple(registered("semi"))
+#: The loss-curve column of each learner's unlabeled term (by name without ``-cap``).
 TERM = {
     "pseudo-label": "pseudo",
     "mean-teacher": "consistency",
@@ -80,6 +75,7 @@ def _term(name: str) -> str:
 
 
 def test_registered_as_semi_family():
+    assert SEMI, "the registry lists no learner of this family"
     for name in SEMI:
         cls = learners.get(name)
         assert cls.family == "semi" and cls.uses_unlabeled and cls.uses_target
@@ -104,23 +100,6 @@ def test_search_space_resolves(name):
 
 
 @pytest.mark.parametrize("name", SEMI)
-def test_unlabeled_weight_zero_is_the_supervised_counterpart(bench, name):
-    """Weight 0 reproduces scratch / finetune bit for bit (every tensor of the state dict); weight 1
-    does not (the term is live)."""
-    base = COUNTERPART[name]
-    reference = _ctx(bench, base, steps=SHORT)
-    off = _ctx(bench, name, **_short(name), unlabeled_weight=0.0)
-    on = _ctx(bench, name, **_short(name), unlabeled_weight=1.0)
-    assert off.params.lr == reference.params.lr
-    expected = learners.get(base)().fit(reference).model.state_dict()
-    got = learners.get(name)().fit(off).model.state_dict()
-    assert got.keys() == expected.keys() and all(torch.equal(got[k], expected[k]) for k in expected)
-    live = learners.get(name)().fit(on).model.state_dict()
-    assert not all(torch.equal(live[k], expected[k]) for k in expected)
-    assert any(_term(name) in row for row in on.curves.rows)
-
-
-@pytest.mark.parametrize("name", SEMI)
 def test_semi_learner_learns(bench, name):
     """Trained on 3 shots plus unlabeled slices, Dice beats the untrained backbone and the loss falls."""
     ctx = _ctx(bench, name, lr=0.002)  # the tiny backbone's lr (phantom-scale defaults are higher)
@@ -132,7 +111,7 @@ def test_semi_learner_learns(bench, name):
     assert any(_term(name) in row for row in ctx.curves.rows)
 
 
-@pytest.mark.parametrize("name", ["pseudo-label", "mean-teacher-cap", *NEW])
+@pytest.mark.parametrize("name", SEMI)
 def test_unlabeled_masks_are_never_read(bench, name):
     """The same unlabeled images with every mask set to lesion (and flagged labeled) give the same model."""
     ctx = _ctx(bench, name, **_short(name))
@@ -146,18 +125,7 @@ def test_unlabeled_masks_are_never_read(bench, name):
     assert np.array_equal(a, b)
 
 
-@pytest.mark.parametrize("name", ["pseudo-label-cap", "mean-teacher-cap"])
-def test_cap_variants_run_at_k0(bench, name):
-    """With no shots the -cap variants train on CAP rows plus the unlabeled term, from the source model."""
-    ctx = _ctx(bench, name, **_short(name))
-    ctx = dataclasses.replace(ctx, support=ctx.support.subset([]), k=0)
-    source = ctx.segmenter(ctx.source_model()).predict_proba(bench.test_set.images)
-    proba = learners.get(name)().fit(ctx).predict_proba(bench.test_set.images)
-    assert np.isfinite(proba).all() and not np.array_equal(proba, source)
-    assert any(_term(name) in row for row in ctx.curves.rows)
-
-
-@pytest.mark.parametrize("name", ["pseudo-label", "mean-teacher", *NEW])
+@pytest.mark.parametrize("name", [n for n in SEMI if not learners.get(n).supports_k0])
 def test_plain_variants_refuse_k0(bench, name):
     ctx = _ctx(bench, name)
     ctx = dataclasses.replace(ctx, support=ctx.support.subset([]), k=0)

@@ -19,16 +19,6 @@ _FORMAT = (
     "manifest.csv (image,mask,patient,split,slice; one row per image or volume)."
 )
 _CACHE_HELP = "decoded-dataset cache (default $FTBENCH_CACHE/datasets or ~/.cache/ftbench/datasets)"
-_KIND_HELP = {
-    "medseg": "MedSeg COVID-19 #1 (tr_im/tr_mask/val_im.nii.gz) and/or #2 (rp_im/, rp_msk/)",
-    "covid19-ct-seg": "COVID-19-CT-Seg, Ma et al. 20 cases (ct_scans/, infection_mask/)",
-    "mosmed": "MosMedData (studies/CT-*/, masks/*_mask.nii.gz)",
-    "semiseg": "COVID-SemiSeg, Inf-Net layout (TrainingSet/, TestingSet/)",
-    "semiseg-pseudo": "COVID-SemiSeg's 1600 pseudo-labeled slices as a machine-labeled source "
-    "(sites coronacases, radiopaedia)",
-    "msd": "Medical Segmentation Decathlon / nnU-Net raw (imagesTr/, labelsTr/, dataset.json)",
-    "folder": "any images + masks listed in a CSV with columns image,mask,patient[,split]",
-}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -63,9 +53,9 @@ def _register_info(sub: argparse._SubParsersAction) -> None:
 
 
 def _register_import(sub: argparse._SubParsersAction) -> None:
-    from fewshot_transfer.data.importers import plugin_kinds
+    from fewshot_transfer.data.importers import kind_help
 
-    helps = {**_KIND_HELP, **{k: f"plugin {m}" for k, m in plugin_kinds().items()}}
+    helps = kind_help()  # each importer module declares its own line
     kinds = "\n".join(f"  {k:15s} {v}" for k, v in helps.items())
     p = sub.add_parser(
         "import",

@@ -2,7 +2,7 @@
 
 The one implementation of "A − B at k, paired over units, Holm over a family" that
 ``ftbench claims`` (and its older spelling ``scripts/judge_claims.py``) and the positive
-controls (``benchmarks/bench_controls.py``) use. Reads cell records only: no torch, no
+controls (``fewshot_transfer/experiments/controls.py``) use. Reads cell records only: no torch, no
 learner is imported (the reporting layer).
 
     ftbench claims configs/claims.toml \\

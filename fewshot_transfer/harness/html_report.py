@@ -109,24 +109,6 @@ def check_run_dirs(run_dirs: list[Path]) -> None:
             )
 
 
-def _recorded_controls(records: list[dict]) -> list[dict]:
-    """Cells from before control rows were recorded get the control their run's rendered
-    ``leaderboard.json`` names (``ftbench leaderboard`` derived it from the learners), so the
-    report never imports the learners to find it; none when that file has no such row."""
-    known: dict[str, dict[tuple[str, str], str]] = {}
-    out = []
-    for r in records:
-        if "control" not in r:
-            run_dir = str(r.get("run_dir", ""))
-            if run_dir not in known:
-                path = Path(run_dir) / "leaderboard.json"
-                rows = json.loads(path.read_text()).get("rows", []) if path.is_file() else []
-                known[run_dir] = {(x["learner"], x["k_label"]): x.get("control") or "" for x in rows}
-            r = {**r, "control": known[run_dir].get((r["learner"], r["k_label"]), "")}
-        out.append(r)
-    return out
-
-
 def _facts(run_dirs: list[Path], records: list[dict], rows: list[dict]) -> dict[str, str]:
     """The header: ``header_meta`` plus the provenance a reader needs to trust or redo a number."""
     facts: dict[str, str] = {"runs": ", ".join(str(d) for d in run_dirs)}
@@ -399,7 +381,7 @@ def write_report(
     """Write ``out_dir/report.html`` for the merged cells of ``run_dirs``; returns its path."""
     run_dirs = [Path(d) for d in run_dirs]
     check_run_dirs(run_dirs)
-    records = _recorded_controls(load_records(run_dirs))
+    records = load_records(run_dirs)  # cells from before control arms get theirs there
     if not records:
         raise ValueError(f"no finished cells in {', '.join(map(str, run_dirs))}; run `ftbench run` first")
     rows = build_rows(records, saved_shots(run_dirs))

@@ -20,7 +20,6 @@ from pathlib import Path
 
 import numpy as np
 
-from fewshot_transfer.config import load_toml
 from fewshot_transfer.harness.reproduce import reproduce_command
 from fewshot_transfer.harness.selection import DEFAULTS, is_oracle, rule_label
 from fewshot_transfer.harness.stats import holm, mean_ci, paired_diff, rank_with_ties
@@ -159,30 +158,6 @@ _NO_MECHANISM = {
 }
 
 
-def _control_of(record: dict, configs: dict[str, dict | None]) -> str:
-    """The record's control row; cells written before control arms existed get it from their
-    run's ``config.toml`` (the same rule: ``learners/controls.py``), so older runs show the
-    mechanism gains their own rows already allow (finetune vs scratch, the meta-learners vs
-    finetune)."""
-    if "control" in record:
-        return record["control"] or ""
-    run_dir = str(record.get("run_dir", ""))
-    if run_dir not in configs:
-        path = Path(run_dir) / "config.toml"
-        configs[run_dir] = load_toml(path) if run_dir and path.is_file() else None
-    config = configs[run_dir]
-    if config is None:
-        return ""
-    from fewshot_transfer import learners  # only here: cells with a recorded control never import the learners
-    from fewshot_transfer.learners.controls import control_row
-
-    try:
-        learners.get(record["learner"])  # discovers the registry that control_row reads
-        return control_row(record["learner"], int(record["k"]), config) or ""
-    except (ValueError, KeyError):  # a learner or parameter this code no longer knows
-        return ""
-
-
 def _mechanism_gains(rows: list[dict], by_cell: dict[tuple[str, str], dict[int, dict]]) -> None:
     """Fill each row's mechanism gain: learner − its own control arm (``learners/controls.py``),
     paired by seed, with a 95% t-CI; p-values Holm-corrected over every such test of the run."""
@@ -255,7 +230,6 @@ def build_rows(records: list[dict], shots: list[tuple[str, int]] | None = None) 
     """Aggregate cells into one row per (learner, k); k-independent learners appear at every k,
     learners without a k = 0 cell that need target labels get an "n/a" row there."""
     records = average_replicates(_dedupe(_by_rule(records)))
-    configs: dict[str, dict | None] = {}
     ks = _k_columns(records, shots)
     by_cell: dict[tuple[str, str], dict[int, dict]] = defaultdict(dict)
     learner_order: list[str] = []
@@ -329,7 +303,8 @@ def build_rows(records: list[dict], shots: list[tuple[str, int]] | None = None) 
                 "gain_p_holm": math.nan,
                 "gain_ref": ref_name,
                 **_NO_MECHANISM,
-                "control": _control_of(any_rec, configs),
+                # cells from before control arms get theirs where they are read (store.upgrade_records)
+                "control": any_rec.get("control") or "",
                 "pred_fraction": pred_f,
                 "true_fraction": true_f,
                 "collapsed": bool(seeds) and pred_f < COLLAPSE_RATIO * true_f,

@@ -4,6 +4,10 @@ A cell file appears only once it is complete (written to a temp file, then renam
 interrupted or killed run never leaves half a result, and a rerun skips exactly the cells
 that exist. Several processes may share one directory: two writers of the same cell
 produce identical content and the rename is atomic.
+
+Records are upgraded where they are read (:meth:`CellStore.records`): a field that older
+cells lack is filled in from what the cells themselves record, never from the live learner
+registry, so reading results imports neither torch nor the learners.
 """
 
 from __future__ import annotations
@@ -86,7 +90,8 @@ class CellStore:
         return p
 
     def records(self) -> list[dict]:
-        return [r for r in (read_cell(p) for p in sorted(self.root.glob("*.json"))) if r is not None]
+        """Every cell of the run, upgraded to the current record (:func:`upgrade_records`)."""
+        return upgrade_records([r for r in (read_cell(p) for p in sorted(self.root.glob("*.json"))) if r is not None])
 
 
 def read_cell(path: Path) -> dict | None:
@@ -101,6 +106,58 @@ def read_cell(path: Path) -> dict | None:
         return None
     record.setdefault("run_dir", str(Path(path).parent.parent))
     return record
+
+
+#: The control arms the learners declared (``Control(off, same_as)``, ``learners/base.py``) in
+#: commit 54732c5, from which on every cell records its ``control``. A cell written before has
+#: no such field; it is rebuilt from this frozen table and the parameters the run's cells
+#: record (:func:`upgrade_records`). A learner added since always records its control, so the
+#: table never grows; a plugin learner's old cells stay without one (as before).
+LEGACY_CONTROLS: dict[str, tuple[dict[str, float], str | None]] = {
+    "finetune": ({}, "scratch"),
+    "joint": ({"source_share": 0.0}, None),
+    **dict.fromkeys(("single-adv", "dual-adv", "adaptseg", "adaptseg-balanced"), ({"lambda_adv": 0.0}, None)),
+    **dict.fromkeys(("maml", "fomaml", "metasgd", "reptile"), ({"meta_steps": 0}, "finetune")),
+    **dict.fromkeys(("anil", "maml-fewstep"), ({"meta_steps": 0}, None)),
+    **dict.fromkeys(("pseudo-label", "mean-teacher"), ({"unlabeled_weight": 0.0}, "scratch")),
+    **dict.fromkeys(("pseudo-label-cap", "mean-teacher-cap"), ({"unlabeled_weight": 0.0}, "finetune")),
+}
+
+
+def legacy_control(record: dict, params_at: dict[tuple[str, str], dict]) -> str:
+    """The control row of a cell written before cells recorded it (``learners/controls.py``'s
+    rule, read off the records): ``same_as`` when the run has its cell at this k and its
+    recorded parameters agree with the learner's own with the mechanism off, otherwise the
+    derived ``NAME-control`` row; "" for a learner without a control (and at k = 0 for one
+    that needs target labels).
+
+    ``params_at`` maps (learner, k label) to the parameters the run's cells record. When the
+    run has no ``same_as`` cell at this k (so no row to compare, and no mechanism gain either),
+    the row named is ``same_as`` at k > 0, what the rule gives at the default parameters of
+    the code that wrote these cells, and ``NAME-control`` at k = 0 (``same_as`` never has k = 0
+    cells: scratch and finetune need target labels)."""
+    name = str(record["learner"])
+    if name not in LEGACY_CONTROLS or (int(record["k"]) == 0 and not record.get("supports_k0")):
+        return ""
+    off, same_as = LEGACY_CONTROLS[name]
+    if same_as:
+        theirs = params_at.get((same_as, str(record["k_label"])))
+        if theirs is None:
+            return same_as if int(record["k"]) > 0 else f"{name}-control"
+        mine = {**(record.get("params") or {}), **off}
+        if all(mine.get(key, value) == value for key, value in theirs.items()):
+            return same_as
+    return f"{name}-control"
+
+
+def upgrade_records(records: list[dict]) -> list[dict]:
+    """The cells of one run as the current code reads them. Cells written before control arms
+    were recorded get their ``control`` (:func:`legacy_control`); the others are returned as
+    they are."""
+    if all("control" in r for r in records):
+        return records
+    params_at = {(str(r["learner"]), str(r["k_label"])): r.get("params") or {} for r in records if r.get("params")}
+    return [r if "control" in r else {**r, "control": legacy_control(r, params_at)} for r in records]
 
 
 def load_records(run_dirs: Iterable[Path]) -> list[dict]:

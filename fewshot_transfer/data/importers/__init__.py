@@ -1,16 +1,20 @@
 """Converters from public COVID-19 CT layouts (read in place, never downloaded) to the dataset format.
 
-One module per layout, each exposing ``LAYOUT`` (a one-line description of what it
-expects) and ``plan(src, options) -> Plan``. :func:`import_dataset` builds the output
-folder from a plan atomically and validates it with the same reader the loader uses.
-Installed distributions add kinds through the ``ftbench.importers`` entry-point group
-(name = kind, value = a module with the same two names).
+One module per layout, each declaring its kind once: ``KIND`` (the name ``ftbench data
+import KIND`` takes), ``HELP`` (its line in ``--help``), ``LAYOUT`` (a one-line description
+of what it expects) and ``plan(src, options) -> Plan``. The modules of this package are
+discovered (:func:`builtin_kinds`), as learners are: a new layout is one new module, nothing
+else to edit. :func:`import_dataset` builds the output folder from a plan atomically and
+validates it with the same reader the loader uses. Installed distributions add kinds
+through the ``ftbench.importers`` entry-point group (name = kind, value = a module with
+``LAYOUT`` and ``plan``).
 """
 
 from __future__ import annotations
 
 import importlib
 import logging
+import pkgutil
 from collections import Counter
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
@@ -23,23 +27,46 @@ from fewshot_transfer.data.importers.common import ImportOptions, Plan, place_fi
 
 log = logging.getLogger(__name__)
 
-#: Import kind -> module under ``fewshot_transfer.data.importers``.
-KINDS: dict[str, str] = {
-    "medseg": "medseg",
-    "covid19-ct-seg": "covid19_ct_seg",
-    "mosmed": "mosmed",
-    "semiseg": "semiseg",
-    "semiseg-pseudo": "semiseg_pseudo",
-    "msd": "msd",
-    "folder": "folder",
-}
+#: What every importer module declares (``common`` and ``_``-prefixed modules are helpers).
+DECLARES = ("KIND", "HELP", "LAYOUT", "plan")
+_builtin: dict[str, ModuleType] | None = None
 #: Entry-point group through which installed distributions add import kinds.
 ENTRY_POINT_GROUP = "ftbench.importers"
 
 
+def builtin_kinds() -> dict[str, ModuleType]:
+    """The importers of this package by the ``KIND`` each declares, sorted by kind."""
+    global _builtin
+    if _builtin is None:
+        found: dict[str, ModuleType] = {}
+        for info in pkgutil.iter_modules(__path__):
+            if info.name == "common" or info.name.startswith("_"):
+                continue
+            module = importlib.import_module(f"{__name__}.{info.name}")
+            missing = [n for n in DECLARES if not hasattr(module, n)]
+            if missing:
+                raise TypeError(f"importer module {module.__name__} lacks {', '.join(missing)}")
+            if module.KIND in found:
+                raise TypeError(
+                    f"import kind {module.KIND!r} declared by {found[module.KIND].__name__} and {module.__name__}"
+                )
+            found[module.KIND] = module
+        _builtin = dict(sorted(found.items()))
+    return _builtin
+
+
 def plugin_kinds() -> dict[str, str]:
     """Kinds contributed by installed distributions: kind -> module name (not imported yet)."""
-    return {ep.name: ep.value for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.name not in KINDS}
+    return {ep.name: ep.value for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.name not in builtin_kinds()}
+
+
+def kind_help() -> dict[str, str]:
+    """Every import kind with its ``--help`` line: the built-ins' ``HELP``, a plugin's module
+    name (plugins are imported only when used)."""
+    return {
+        **{kind: str(module.HELP) for kind, module in builtin_kinds().items()},
+        **{kind: f"plugin {module}" for kind, module in plugin_kinds().items()},
+    }
 
 
 @dataclass
@@ -137,11 +164,12 @@ def keep_sites(rows: list, sites: tuple[str, ...], kind: str) -> list:
 
 
 def _module(kind: str) -> ModuleType:
-    if kind in KINDS:
-        return importlib.import_module(f"fewshot_transfer.data.importers.{KINDS[kind]}")
+    builtin = builtin_kinds()
+    if kind in builtin:
+        return builtin[kind]
     extra = plugin_kinds()
     if kind not in extra:
-        raise DatasetError(f"unknown import kind {kind!r}; choose one of {', '.join([*KINDS, *extra])}")
+        raise DatasetError(f"unknown import kind {kind!r}; choose one of {', '.join([*builtin, *extra])}")
     try:
         module = importlib.import_module(extra[kind])
     except Exception as exc:
@@ -156,10 +184,11 @@ def _module(kind: str) -> ModuleType:
 
 __all__ = [
     "ENTRY_POINT_GROUP",
-    "KINDS",
+    "builtin_kinds",
     "ImportOptions",
     "ImportReport",
     "import_dataset",
+    "kind_help",
     "layout_help",
     "plan_import",
     "plugin_kinds",

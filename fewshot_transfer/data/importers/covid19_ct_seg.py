@@ -33,6 +33,9 @@ from fewshot_transfer.data.importers.common import (
 )
 from fewshot_transfer.data.readers import NIFTI_SUFFIXES, read_image
 
+#: The import kind (``ftbench data import covid19-ct-seg``) and its line in ``--help``.
+KIND = "covid19-ct-seg"
+HELP = "COVID-19-CT-Seg, Ma et al. 20 cases (ct_scans/, infection_mask/)"
 LAYOUT = "ct_scans/*.nii(.gz) + infection_mask/ (or lung_and_infection_mask/, infection = 3) [+ lung_mask/]"
 
 

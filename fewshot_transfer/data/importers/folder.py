@@ -29,6 +29,9 @@ from fewshot_transfer.data.importers.common import (
 )
 from fewshot_transfer.data.readers import file_kind, read_image, read_label
 
+#: The import kind (``ftbench data import folder``) and its line in ``--help``.
+KIND = "folder"
+HELP = "any images + masks listed in a CSV with columns image,mask,patient[,split]"
 LAYOUT = "a CSV with columns image,mask,patient[,split] (paths relative to the CSV) plus the files it lists"
 REQUIRED = ("image", "mask", "patient")
 

@@ -33,6 +33,9 @@ from fewshot_transfer.data.importers.common import (
 )
 from fewshot_transfer.data.readers import NIFTI_SUFFIXES, read_image
 
+#: The import kind (``ftbench data import medseg``) and its line in ``--help``.
+KIND = "medseg"
+HELP = "MedSeg COVID-19 #1 (tr_im/tr_mask/val_im.nii.gz) and/or #2 (rp_im/, rp_msk/)"
 LAYOUT = "tr_im.nii.gz + tr_mask.nii.gz (+ val_im.nii.gz) for MedSeg #1, and/or rp_im/, rp_msk/ (+ rp_lung_msk/) for MedSeg #2"
 LABELS = {1: "ground-glass opacity", 2: "consolidation", 3: "pleural effusion"}
 

@@ -15,6 +15,9 @@ from fewshot_transfer.data.errors import DatasetError
 from fewshot_transfer.data.importers.common import FileSource, ImportOptions, Plan, list_files, nifti_stem
 from fewshot_transfer.data.readers import NIFTI_SUFFIXES
 
+#: The import kind (``ftbench data import mosmed``) and its line in ``--help``.
+KIND = "mosmed"
+HELP = "MosMedData (studies/CT-*/, masks/*_mask.nii.gz)"
 LAYOUT = "studies/CT-*/<study>.nii.gz + masks/<study>_mask.nii.gz"
 
 

@@ -27,6 +27,9 @@ from fewshot_transfer.data.importers.common import (
 )
 from fewshot_transfer.data.readers import NIFTI_SUFFIXES
 
+#: The import kind (``ftbench data import msd``) and its line in ``--help``.
+KIND = "msd"
+HELP = "Medical Segmentation Decathlon / nnU-Net raw (imagesTr/, labelsTr/, dataset.json)"
 LAYOUT = "imagesTr/, labelsTr/, dataset.json [+ imagesTs/] (MSD task or nnU-Net raw dataset folder)"
 
 

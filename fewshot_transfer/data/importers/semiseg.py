@@ -31,6 +31,9 @@ from fewshot_transfer.data.readers import RASTER_SUFFIXES, read_label
 TRAIN = "TrainingSet/LungInfection-Train/Doctor-label"
 TEST = "TestingSet/LungInfection-Test"
 PSEUDO = "TrainingSet/LungInfection-Train/Pseudo-label/Imgs"
+#: The import kind (``ftbench data import semiseg``) and its line in ``--help``.
+KIND = "semiseg"
+HELP = "COVID-SemiSeg, Inf-Net layout (TrainingSet/, TestingSet/)"
 LAYOUT = f"{TRAIN}/{{Imgs,GT}}, {TEST}/{{Imgs,GT}}, {PSEUDO} (the Inf-Net Dataset/ folder)"
 
 

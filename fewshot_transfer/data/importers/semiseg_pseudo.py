@@ -33,6 +33,9 @@ from fewshot_transfer.data.importers.semiseg import binarize
 from fewshot_transfer.data.readers import RASTER_SUFFIXES
 
 PSEUDO = "TrainingSet/LungInfection-Train/Pseudo-label"
+#: The import kind (``ftbench data import semiseg-pseudo``) and its line in ``--help``.
+KIND = "semiseg-pseudo"
+HELP = "COVID-SemiSeg's 1600 pseudo-labeled slices as a machine-labeled source (sites coronacases, radiopaedia)"
 LAYOUT = f"{PSEUDO}/{{Imgs/*.jpg, GT/*.png}} (the Inf-Net Dataset/ folder; GT = the published pseudo-labels)"
 #: Sub-site -> what identifies it in a volume name.
 SITES = {"coronacases": "coronacases", "radiopaedia": "radiopaedia"}

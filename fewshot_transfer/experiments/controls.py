@@ -1,9 +1,9 @@
 """Positive controls of the adversarial mechanisms: scenarios built so that each mechanism is needed.
 
-    python benchmarks/bench_controls.py scanner-shift              # adaptseg beats its lambda = 0 control at k = 0
-    python benchmarks/bench_controls.py class-conditional          # dual-adv beats single-adv and its control
-    python benchmarks/bench_controls.py imbalance                  # adaptseg collapses, its control and the balanced one do not
-    python benchmarks/bench_controls.py scanner-shift --draw 1 --out results/controls/scanner-shift-replication
+    python -m fewshot_transfer.experiments.controls scanner-shift              # adaptseg beats its lambda = 0 control at k = 0
+    python -m fewshot_transfer.experiments.controls class-conditional          # dual-adv beats single-adv and its control
+    python -m fewshot_transfer.experiments.controls imbalance                  # adaptseg collapses, its control and the balanced one do not
+    python -m fewshot_transfer.experiments.controls scanner-shift --draw 1 --out results/controls/scanner-shift-replication
 
 A scenario is a frozen config preset (``configs/scenarios/<name>.toml``: phantom domains,
 step budget, the hyperparameters its learners share, and ``[control]``: the k values, the
@@ -50,6 +50,7 @@ from fewshot_transfer import learners
 from fewshot_transfer.adaptation.losses import confident_regions
 from fewshot_transfer.atomic import atomic_write_text
 from fewshot_transfer.config import load_toml, resolve_config, to_toml
+from fewshot_transfer.experiments import ROOT
 from fewshot_transfer.harness.benchmark import Benchmark, prepare
 from fewshot_transfer.harness.claims import ALPHA, K_INDEPENDENT, compare
 from fewshot_transfer.harness.leaderboard import COLLAPSE_RATIO
@@ -59,7 +60,6 @@ from fewshot_transfer.harness.store import CellSpec, write_csv
 from fewshot_transfer.metrics import evaluate
 from fewshot_transfer.provenance import code_version
 
-ROOT = Path(__file__).resolve().parents[1]
 #: Seed offset of one data draw (phantom patients, test set, unlabeled pool, split).
 DRAW_STRIDE = 7919
 
@@ -305,7 +305,11 @@ def report_lines(pre: dict, outcome: dict) -> list[str]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m fewshot_transfer.experiments.controls",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     ap.add_argument("scenario", help="a preset in configs/scenarios/ (scanner-shift, class-conditional, imbalance)")
     ap.add_argument("--seeds", type=int, default=0, help="episodes (default: the preset's run.seeds)")
     ap.add_argument("--first-seed", type=int, default=0, help="seeds first-seed .. first-seed + seeds - 1")
@@ -453,7 +457,7 @@ def write(
 ) -> None:
     out.mkdir(parents=True, exist_ok=True)
     write_csv(out / "cells.csv", rows)
-    command = "python benchmarks/bench_controls.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    command = "python -m fewshot_transfer.experiments.controls " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     code = code_version()
     frozen = preset_commit(preset)
     spec = cfg["control"]

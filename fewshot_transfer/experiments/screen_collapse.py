@@ -1,13 +1,13 @@
 """Screen a grid of scenarios for output-space collapse (issue #22, the imbalance positive control).
 
-    python benchmarks/screen_collapse.py imbalance \\
+    python -m fewshot_transfer.experiments.screen_collapse imbalance \\
         --axis 'data.source=phantom:covid?seed=1000&lesion_size=0.5|phantom:covid?seed=1000' \\
         --axis 'learners.adaptseg.lambda_adv=0.01|0.1|1' --axis 'learners.adaptseg.d_depth=2|4' \\
         --seeds 2 --out results/controls/imbalance-grid
 
 Collapse is a large effect (predicted lesion area below a fifth of the true one), so a
 screen of a few seeds per grid point finds where it happens; a point that collapses is then
-judged properly by ``bench_controls.py imbalance --set ...`` (10 seeds, Holm over every
+judged properly by ``python -m fewshot_transfer.experiments.controls imbalance --set ...`` (10 seeds, Holm over every
 point screened, replication on a new draw). For every grid point and seed the screen runs
 k = 0 cells of the scenario's ``must_collapse`` learner (adaptseg); its λ = 0 control and
 source-only depend only on the data axes, so they run once per data point and seed. A point
@@ -16,7 +16,7 @@ its control's is not and the source model itself detects the target lesions (sou
 pred/true >= 0.5): only then is the collapse the adversary's doing.
 
 Writes ``grid.csv`` (one row per cell), ``points.csv`` (one row per grid point, means over
-seeds) and ``README.md``; resumable (``OUT/progress.jsonl``, the same as bench_controls).
+seeds) and ``README.md``; resumable (``OUT/progress.jsonl``, the same as ``experiments/controls.py``).
 """
 
 from __future__ import annotations
@@ -32,17 +32,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_controls import ROOT, Progress, cell, with_draw  # noqa: E402
-
-from fewshot_transfer import learners  # noqa: E402
-from fewshot_transfer.atomic import atomic_write_text  # noqa: E402
-from fewshot_transfer.config import load_toml, resolve_config, to_toml  # noqa: E402
-from fewshot_transfer.harness.benchmark import prepare  # noqa: E402
-from fewshot_transfer.harness.leaderboard import COLLAPSE_RATIO  # noqa: E402
-from fewshot_transfer.harness.store import write_csv  # noqa: E402
-from fewshot_transfer.metrics import evaluate  # noqa: E402
-from fewshot_transfer.provenance import code_version  # noqa: E402
+from fewshot_transfer import learners
+from fewshot_transfer.atomic import atomic_write_text
+from fewshot_transfer.config import load_toml, resolve_config, to_toml
+from fewshot_transfer.experiments import ROOT
+from fewshot_transfer.experiments.controls import Progress, cell, with_draw
+from fewshot_transfer.harness.benchmark import prepare
+from fewshot_transfer.harness.leaderboard import COLLAPSE_RATIO
+from fewshot_transfer.harness.store import write_csv
+from fewshot_transfer.metrics import evaluate
+from fewshot_transfer.provenance import code_version
 
 
 def parse_axis(text: str) -> tuple[str, list[str]]:
@@ -68,11 +67,15 @@ def grid_points(axes: list[tuple[str, list[str]]]) -> list[dict[str, str]]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m fewshot_transfer.experiments.screen_collapse",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     ap.add_argument("scenario", help="a preset in configs/scenarios/ with must_collapse (imbalance)")
     ap.add_argument("--axis", action="append", default=[], metavar="KEY=V1|V2", help="one grid axis (repeat)")
     ap.add_argument("--seeds", type=int, default=2, help="seeds per grid point (default 2)")
-    ap.add_argument("--draw", type=int, default=0, help="data draw (as bench_controls)")
+    ap.add_argument("--draw", type=int, default=0, help="data draw (as experiments.controls)")
     ap.add_argument("--out", required=True)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every point")
@@ -170,7 +173,7 @@ def summarize(points: list[dict], rows: list[dict], learner: str, control: str, 
 def write(out: Path, args, rows: list[dict], points: list[dict], learner: str, control: str) -> None:
     write_csv(out / "grid.csv", rows)
     write_csv(out / "points.csv", points)
-    command = "python benchmarks/screen_collapse.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    command = "python -m fewshot_transfer.experiments.screen_collapse " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     code = code_version()
     head = list(points[0])
     fmt = lambda v: f"{v:.3f}" if isinstance(v, float) else str(v)  # noqa: E731

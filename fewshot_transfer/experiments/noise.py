@@ -1,8 +1,8 @@
 """The noise floor of a cell: CPU kernel path, training noise at a fixed episode, episode to episode.
 
-    python benchmarks/bench_noise.py                      # scratch + finetune, k = 5, 5 episodes x 4 replicates
-    python benchmarks/bench_noise.py --out results/noise  # also writes noise.json and README.md there
-    python benchmarks/bench_noise.py --work results/noise --from-runs --out results/noise  # recompute, no training
+    python -m fewshot_transfer.experiments.noise                      # scratch + finetune, k = 5, 5 episodes x 4 replicates
+    python -m fewshot_transfer.experiments.noise --out results/noise  # also writes noise.json and README.md there
+    python -m fewshot_transfer.experiments.noise --work results/noise --from-runs --out results/noise  # recompute, no training
 
 Three sources move a cell's Dice, and a verdict must be larger than all of them:
 
@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
-ROOT = Path(__file__).resolve().parents[1]
+from fewshot_transfer.experiments import ROOT
 
 
 def ftbench(args: list[str], env: dict | None = None) -> None:
@@ -126,7 +126,11 @@ def kernel_sd(diffs: np.ndarray) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m fewshot_transfer.experiments.noise",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     ap.add_argument("--learners", default="scratch,finetune", help="two learners: the gain is second − first")
     ap.add_argument("--k", type=int, default=5)
     ap.add_argument("--episodes", type=int, default=5)
@@ -200,7 +204,7 @@ def main() -> None:
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
-        command = "python benchmarks/bench_noise.py " + " ".join(sys.argv[1:])
+        command = "python -m fewshot_transfer.experiments.noise " + " ".join(sys.argv[1:])
         block = "```\n" + "\n".join(lines) + "\n```\n"
         readme = out / "README.md"
         if args.from_runs and readme.exists() and readme.read_text().count("```") >= 2:
