@@ -41,7 +41,8 @@ import torch
 
 from fewshot_transfer import learners
 from fewshot_transfer.config import resolve_config
-from fewshot_transfer.harness.benchmark import Benchmark, prepare
+from fewshot_transfer.harness.benchmark import Benchmark
+from fewshot_transfer.harness.rundir import open_run
 from fewshot_transfer.harness.runner import PRETRAIN_PHASE
 from fewshot_transfer.learners.base import Learner
 from fewshot_transfer.learners.controls import SUFFIX, control_row
@@ -120,7 +121,8 @@ class Checker:
     def __init__(self, bench: Benchmark | None = None, *, work_dir: Path | str | None = None) -> None:
         if bench is None:
             root = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix="ftbench-check-"))
-            bench = prepare(tiny_config([f'data.cache_dir="{root / "cache"}"']), root / "bench")
+            cfg = tiny_config([f'data.cache_dir="{root / "cache"}"'])
+            bench = open_run(cfg, root / "bench", threads=0, check=False, write_config=False)  # threads: the caller's
         self.bench = bench
         self._fits: dict[tuple[str, int, str], Fit] = {}
 

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TINY
 from fewshot_transfer.cli import main
 from fewshot_transfer.harness.rundir import check_out_path, check_run_dir
+
+from conftest import TINY
 
 PACKAGE = Path(__file__).resolve().parents[1] / "fewshot_transfer"
 

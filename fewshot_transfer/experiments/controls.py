@@ -51,9 +51,10 @@ from fewshot_transfer.adaptation.losses import confident_regions
 from fewshot_transfer.atomic import atomic_write_text
 from fewshot_transfer.config import load_toml, resolve_config, to_toml
 from fewshot_transfer.experiments import ROOT
-from fewshot_transfer.harness.benchmark import Benchmark, prepare
+from fewshot_transfer.harness.benchmark import Benchmark
 from fewshot_transfer.harness.claims import ALPHA, K_INDEPENDENT, compare
 from fewshot_transfer.harness.leaderboard import COLLAPSE_RATIO
+from fewshot_transfer.harness.rundir import open_run
 from fewshot_transfer.harness.runner import probe_reading, run_cell
 from fewshot_transfer.harness.stats import holm, parse_comparison
 from fewshot_transfer.harness.store import CellSpec, write_csv
@@ -333,7 +334,7 @@ def main() -> None:
     cfg = with_draw(resolve_config(work / "preset.toml", args.set), args.draw)
     cfg["control"] = spec
     seeds = list(range(args.first_seed, args.first_seed + (args.seeds or int(cfg["run"]["seeds"]))))
-    bench = prepare(cfg, work)
+    bench = open_run(cfg, work, threads=args.threads, check=False, write_config=False)
     print(
         f"{args.scenario} (draw {args.draw}): {spec['claim']}\n  seeds {seeds[0]}..{seeds[-1]}, "
         f"{cfg['train']['steps']} steps, source {cfg['data']['source']}, target {cfg['data']['target']}",

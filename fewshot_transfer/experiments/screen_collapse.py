@@ -37,8 +37,8 @@ from fewshot_transfer.atomic import atomic_write_text
 from fewshot_transfer.config import load_toml, resolve_config, to_toml
 from fewshot_transfer.experiments import ROOT
 from fewshot_transfer.experiments.controls import Progress, cell, with_draw
-from fewshot_transfer.harness.benchmark import prepare
 from fewshot_transfer.harness.leaderboard import COLLAPSE_RATIO
+from fewshot_transfer.harness.rundir import open_run
 from fewshot_transfer.harness.store import write_csv
 from fewshot_transfer.metrics import evaluate
 from fewshot_transfer.provenance import code_version
@@ -104,7 +104,13 @@ def main() -> None:
         overrides = [*fixed, *(quoted(k, v) for k, v in point.items())]
         cfg = with_draw(resolve_config(out / "preset.toml", overrides), args.draw)
         key = hashlib.sha1(_label(data_point).encode()).hexdigest()[:10]
-        bench = prepare(cfg, Path("runs") / "screens" / f"{args.scenario}-draw{args.draw}" / key)
+        bench = open_run(
+            cfg,
+            Path("runs") / "screens" / f"{args.scenario}-draw{args.draw}" / key,
+            threads=args.threads,
+            check=False,
+            write_config=False,
+        )
         for seed in range(args.seeds):
             # the control and source-only depend on the data axes only: once per data point and seed
             for name, where in ((learner, point), (control, data_point), ("source-only", data_point)):
