@@ -136,18 +136,22 @@ def legacy_control(record: dict, params_at: dict[tuple[str, str], dict]) -> str:
     the row named is ``same_as`` at k > 0, what the rule gives at the default parameters of
     the code that wrote these cells, and ``NAME-control`` at k = 0 (``same_as`` never has k = 0
     cells: scratch and finetune need target labels)."""
-    name = str(record["learner"])
-    if name not in LEGACY_CONTROLS or (int(record["k"]) == 0 and not record.get("supports_k0")):
+    name, k = str(record["learner"]), int(record.get("k", 0))
+    if name not in LEGACY_CONTROLS or (k == 0 and not record.get("supports_k0")):
         return ""
     off, same_as = LEGACY_CONTROLS[name]
     if same_as:
-        theirs = params_at.get((same_as, str(record["k_label"])))
+        theirs = params_at.get((same_as, _k_label(record)))
         if theirs is None:
-            return same_as if int(record["k"]) > 0 else f"{name}-control"
+            return same_as if k > 0 else f"{name}-control"
         mine = {**(record.get("params") or {}), **off}
         if all(mine.get(key, value) == value for key, value in theirs.items()):
             return same_as
     return f"{name}-control"
+
+
+def _k_label(record: dict) -> str:
+    return str(record.get("k_label", record.get("k", "")))
 
 
 def upgrade_records(records: list[dict]) -> list[dict]:
@@ -156,7 +160,7 @@ def upgrade_records(records: list[dict]) -> list[dict]:
     they are."""
     if all("control" in r for r in records):
         return records
-    params_at = {(str(r["learner"]), str(r["k_label"])): r.get("params") or {} for r in records if r.get("params")}
+    params_at = {(str(r["learner"]), _k_label(r)): r.get("params") or {} for r in records if r.get("params")}
     return [r if "control" in r else {**r, "control": legacy_control(r, params_at)} for r in records]
 
 
