@@ -25,6 +25,7 @@ from fewshot_transfer.harness.selection import DEFAULTS, is_oracle, rule_label
 from fewshot_transfer.harness.stats import holm, mean_ci, paired_diff, rank_with_ties
 from fewshot_transfer.harness.store import atomic_write_text, write_csv
 from fewshot_transfer.metrics import INFNET_KEYS
+from fewshot_transfer.plan import TunedFrom
 from fewshot_transfer.portable import NAME as PORTABLE
 from fewshot_transfer.portable import NATIVE, modes_of
 from fewshot_transfer.provenance import machines_of
@@ -277,6 +278,7 @@ def build_rows(records: list[dict], shots: list[tuple[str, int]] | None = None) 
             charged = [sum(c["charged"].values()) for c in costs if c.get("charged") is not None]
             any_rec = next(iter(cells.values()))
             first_ok = ok[seeds[0]] if seeds else any_rec
+            tuned = TunedFrom.read(any_rec.get("tuned_from"))
             row = {
                 "learner": name,
                 "family": any_rec.get("family", ""),
@@ -312,10 +314,10 @@ def build_rows(records: list[dict], shots: list[tuple[str, int]] | None = None) 
                 "charged_s": _mean_of(charged),
                 "budget": budget_text(first_ok.get("budget")),
                 "selection": any_rec.get("selection", ""),
-                "selection_rule": any_rec.get("selection_rule") or (DEFAULTS if not any_rec.get("tuned_from") else ""),
+                "selection_rule": any_rec.get("selection_rule") or (DEFAULTS if not tuned else ""),
                 "sampler_seed": any_rec.get("sampler_seed"),
                 "params": dict(first_ok.get("params") or {}),
-                "tuned_from": any_rec.get("tuned_from") or "",
+                "tuned_from": tuned.text,
                 "protocol": any_rec.get("protocol"),
                 "command": reproduce_command(
                     any_rec.get("run_dir", "."),
@@ -596,12 +598,8 @@ def selected_hyperparameters(rows: list[dict]) -> str:
 
 
 def _study_trials(tuned_from: str) -> str:
-    """``finetune-k5 trial #3`` for each study a ``tuned_from`` names (storage URL left out)."""
-    parts = []
-    for part in filter(None, tuned_from.split("; ")):
-        trial = re.search(r"trial #\d+", part)
-        parts.append(part.split(" @ ")[0] + (f" {trial.group(0)}" if trial else ""))
-    return "; ".join(parts)
+    """``finetune-k5 trial #3`` for each study a row's ``tuned_from`` names (storage URL left out)."""
+    return "; ".join(f"{s.study} trial #{s.trial}" for s in TunedFrom.read(tuned_from).studies)
 
 
 def _fmt_value(v) -> str:

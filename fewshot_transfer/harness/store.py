@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from fewshot_transfer.atomic import atomic_open, atomic_write_text
+from fewshot_transfer.plan import TunedFrom
 
 log = logging.getLogger(__name__)
 
@@ -156,12 +157,21 @@ def _k_label(record: dict) -> str:
 
 def upgrade_records(records: list[dict]) -> list[dict]:
     """The cells of one run as the current code reads them. Cells written before control arms
-    were recorded get their ``control`` (:func:`legacy_control`); the others are returned as
-    they are."""
+    were recorded get their ``control`` (:func:`legacy_control`); cells written before
+    ``tuned_from`` was structured get it as a list of studies (:class:`~fewshot_transfer.plan.TunedFrom`)."""
+    records = [_structured_tuned_from(r) for r in records]
     if all("control" in r for r in records):
         return records
     params_at = {(str(r["learner"]), _k_label(r)): r.get("params") or {} for r in records if r.get("params")}
     return [r if "control" in r else {**r, "control": legacy_control(r, params_at)} for r in records]
+
+
+def _structured_tuned_from(record: dict) -> dict:
+    """A record whose ``tuned_from`` is the old ``"; "``-joined string, with the studies it names."""
+    value = record.get("tuned_from")
+    if not isinstance(value, str):
+        return record
+    return {**record, "tuned_from": TunedFrom.read(value).to_json() or None}
 
 
 def load_records(run_dirs: Iterable[Path]) -> list[dict]:
