@@ -42,6 +42,7 @@ import torch
 from fewshot_transfer import learners
 from fewshot_transfer.config import resolve_config
 from fewshot_transfer.harness.benchmark import Benchmark
+from fewshot_transfer.harness.planning import as_config, with_tables
 from fewshot_transfer.harness.rundir import open_run
 from fewshot_transfer.harness.runner import PRETRAIN_PHASE
 from fewshot_transfer.learners.base import Learner
@@ -128,14 +129,14 @@ class Checker:
 
     def config_for(self, name: str, params: dict[str, Any]) -> dict:
         """The benchmark's config with ``[learners.NAME]`` updated by ``params``."""
-        config = self.bench.config
+        config = as_config(self.bench.plan)
         table = {**config.get("learners", {}).get(name, {}), **params}
         return {**config, "learners": {**config.get("learners", {}), name: table}}
 
     def fit(self, name: str, k: int, config: dict) -> Fit:
         """``name`` trained at (k, :data:`SEED`) under ``config``, once per resolved parameters."""
         cls = learners.get(name)
-        bench = dataclasses.replace(self.bench, config=config)
+        bench = dataclasses.replace(self.bench, plan=with_tables(self.bench.plan, config["learners"]))
         ctx = bench.context(cls, k, SEED)
         key = (name, k, json.dumps(dict(ctx.params), sort_keys=True, default=str))
         if key not in self._fits:

@@ -20,7 +20,8 @@ from fewshot_transfer.cli import main
 from fewshot_transfer.config import resolve_config
 from fewshot_transfer.harness.benchmark import prepare
 from fewshot_transfer.harness.leaderboard import build_rows
-from fewshot_transfer.harness.runner import control_rows, plan_cells
+from fewshot_transfer.harness.planning import control_rows
+from fewshot_transfer.harness.runner import plan_cells
 from fewshot_transfer.learners.controls import control_row
 from fewshot_transfer.testing import registered
 

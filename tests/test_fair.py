@@ -263,7 +263,7 @@ def _plain_loop_metrics(bench, learner: str, k: int, seed: int) -> dict:
     torch.manual_seed(seed)
     model = ctx.source_model() if learner == "finetune" else ctx.new_model()
     batches = slice_batches(ctx, ctx.support, p.batch_size)
-    opt = torch.optim.Adam(model.parameters(), lr=p.lr, weight_decay=float(ctx.train_cfg["weight_decay"]))
+    opt = torch.optim.Adam(model.parameters(), lr=p.lr, weight_decay=ctx.train.weight_decay)
     gen = ctx.torch_generator(salt=zlib.crc32(b"target") % 10_000)
     model.train()
     for _ in range(p.steps):
@@ -273,7 +273,7 @@ def _plain_loop_metrics(bench, learner: str, k: int, seed: int) -> dict:
         loss.backward()
         opt.step()
     proba = ctx.segmenter(model.eval()).predict_proba(bench.test_set.images)
-    pred = (proba >= ctx.train_cfg["threshold"]).astype(np.uint8)
+    pred = (proba >= ctx.train.threshold).astype(np.uint8)
     summary = evaluate(pred, bench.test_set.masks, bench.test_set.spacing)[0]
     return {**summary, **infnet_metrics(list(proba), list(bench.test_set.masks))}
 
@@ -349,7 +349,7 @@ def test_tuned_protocol_gives_every_learner_the_same_budget(tmp_path, capsys):
     for k in (1, 3):
         cell = json.loads((out / "cells" / f"finetune__k-{k}__seed-0.json").read_text())
         assert cell["params"]["lr"] == saved["learners"][f"finetune@k={k}"]["lr"]
-        assert cell["tuned_from"].startswith(f"finetune-k{k} @ ") and cell["selection_rule"] == "val"
+        assert [s["study"] for s in cell["tuned_from"]] == [f"finetune-k{k}"] and cell["selection_rule"] == "val"
     # A rerun resumes: no new trials, no recomputed cells, the same parameters.
     before = {p.name: p.stat().st_mtime_ns for p in (out / "cells").glob("*.json")}
     assert main(argv) == 0

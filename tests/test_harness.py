@@ -14,7 +14,8 @@ import pytest
 from fewshot_transfer.cli import main
 from fewshot_transfer.config import resolve_config, run_identity
 from fewshot_transfer.harness.benchmark import prepare
-from fewshot_transfer.harness.runner import plan_cells, resolve_seeds
+from fewshot_transfer.harness.planning import resolve_seeds
+from fewshot_transfer.harness.runner import plan_cells
 from fewshot_transfer.metrics import INFNET_KEYS
 from fewshot_transfer.provenance import code_version
 

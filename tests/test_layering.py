@@ -27,7 +27,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("adaptation / meta", ("adaptation", "meta")),
     ("training", ("training",)),
     ("data / models", ("data", "models")),
-    ("core", ("config", "atomic", "augment", "families", "losses", "metrics", "portable", "provenance")),
+    ("core", ("config", "atomic", "augment", "families", "losses", "metrics", "plan", "portable", "provenance")),
 )
 CORE = "core"
 #: ``fewshot_transfer/__init__.py`` is the public-API facade: it re-exports names from every

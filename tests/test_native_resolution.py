@@ -7,7 +7,7 @@ exactly as before. Fixtures are written here (never read from ../shared).
 
 from __future__ import annotations
 
-import copy
+import dataclasses
 import shutil
 
 import numpy as np
@@ -195,7 +195,7 @@ def test_semiseg_without_test_split_uses_folds(tmp_path):
         assert '"folds"' in saved and '"fold"' in saved
     assert benches[0].split.folds == benches[1].split.folds
     # The run directory's split names its fold; another fold in the same directory is refused.
-    other = copy.deepcopy(benches[0].config)
-    other["data"]["split"]["fold"] = 1
+    plan = benches[0].plan
+    other = dataclasses.replace(plan, data=dataclasses.replace(plan.data, split={**plan.data.split, "fold": 1}))
     with pytest.raises(ValueError, match="use another --out for each fold"):
         prepare(other, benches[0].out_dir)

@@ -22,6 +22,7 @@ from fewshot_transfer.data.loader import load_run_domain
 from fewshot_transfer.data.splits import save_split, split_target
 from fewshot_transfer.harness import gallery
 from fewshot_transfer.harness.html_report import write_report
+from fewshot_transfer.plan import DataPlan
 
 from conftest import TINY
 
@@ -208,7 +209,7 @@ def test_report_imports_neither_torch_nor_the_learners(tmp_path):
     cfg = resolve_config(None, [*_overrides(TINY), 'run.shots="0,2"', f'data.cache_dir="{cache}"', f'run.out="{run}"'])
     (run / "config.toml").write_text(to_toml(cfg))
     sp = cfg["data"]["split"]
-    target = load_run_domain(cfg, "target")
+    target = load_run_domain(DataPlan.from_table(cfg["data"]), "target")
     split = split_target(target, fractions=(sp["support"], sp["unlabeled"], sp["test"]), seed=sp["seed"])
     save_split(split, run / "split.json")
     proc = subprocess.run(

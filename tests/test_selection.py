@@ -24,6 +24,7 @@ from fewshot_transfer.harness.benchmark import prepare
 from fewshot_transfer.harness.latex import escape, spread, to_latex
 from fewshot_transfer.harness.selection import applied_rule, caveat
 from fewshot_transfer.learners.base import REGISTRY
+from fewshot_transfer.plan import TunedFrom
 from fewshot_transfer.tuning.study import make_sampler, study_seed, trial_config
 from fewshot_transfer.tuning.validation import fold_of_shots, selection_split
 
@@ -131,7 +132,8 @@ def test_killed_tuned_run_resumes_its_orphan_and_never_repeats_a_draw(tmp_path, 
         s.study_name: s.user_attrs["ftbench_tune"]["sampler_seed"] for s in optuna.get_all_study_summaries(storage=url)
     }
     assert seeds == {f"{n}-k2": study_seed(n, "2") for n in names} and len(set(seeds.values())) == 2
-    assert f"sampler seed {seeds['finetune-k2']}" in tuned["tuned_from"]
+    assert TunedFrom.read(tuned["tuned_from"]).studies[-1].sampler_seed == seeds["finetune-k2"]
+    assert f"sampler seed {seeds['finetune-k2']}" in TunedFrom.read(tuned["tuned_from"]).text
     assert set(tuned["learners"]) >= {"test-threshold@k=2", "finetune@k=2"}
 
 
@@ -328,15 +330,17 @@ def test_tune_selection_oracle_is_marked_in_best_toml(tmp_path, threshold_learne
 
 
 def test_a_control_row_is_never_tuned_itself():
+    from fewshot_transfer.harness.planning import run_plan
     from fewshot_transfer.tuning.protocol import plan_studies
 
     cfg = resolve_config(None, _overrides(TINY) + ['run.shots="0,2"'])
-    tasks, skipped = plan_studies(cfg, ["dual-adv", "dual-adv-control"], [("0", 0), ("2", 2)])
+    tasks, skipped = plan_studies(run_plan(cfg), ["dual-adv", "dual-adv-control"], [("0", 0), ("2", 2)])
     assert {t.learner for t in tasks} == {"dual-adv"}
     assert "control arm of dual-adv" in skipped["dual-adv-control"]
 
 
 def test_source_val_warns_where_it_selects_for_the_source_task(caplog):
+    from fewshot_transfer.harness.planning import run_plan
     from fewshot_transfer.tuning.protocol import plan_studies
 
     assert caveat("source-val", 0) == "" and caveat("val", 5) == "" and caveat("shots", 5) == ""
@@ -345,5 +349,5 @@ def test_source_val_warns_where_it_selects_for_the_source_task(caplog):
         caplog.clear()
         cfg = resolve_config(None, _overrides(TINY) + ['run.selection="source-val"'])
         with caplog.at_level("WARNING", logger="fewshot_transfer.tuning.protocol"):
-            plan_studies(cfg, ["finetune", "dual-adv"], shots)
+            plan_studies(run_plan(cfg), ["finetune", "dual-adv"], shots)
         assert any("source-val at k = 2" in r.getMessage() for r in caplog.records) is warned

@@ -162,7 +162,7 @@ def test_pseudo_label_term_is_cross_entropy_on_the_teachers_confident_pixels(ben
     [(name, weight, term)], stats = hooks.terms(batch)
     with torch.no_grad():
         prob = torch.sigmoid(model(x[2:]))
-    label = (prob >= float(ctx.train_cfg["threshold"])).float()
+    label = (prob >= ctx.train.threshold).float()
     keep = (torch.maximum(prob, 1 - prob) >= ctx.params.confidence).float()
     assert 0 < keep.mean() < 1  # some pixels are ignored, so the mask is exercised
     assert (name, weight) == ("pseudo", ctx.params.unlabeled_weight)

@@ -17,6 +17,7 @@ from fewshot_transfer.cli import main
 from fewshot_transfer.config import resolve_config
 from fewshot_transfer.harness.benchmark import prepare
 from fewshot_transfer.learners.base import REGISTRY, Learner
+from fewshot_transfer.plan import TunedFrom
 from fewshot_transfer.tuning.space import PinnedTrial, searched_names
 from fewshot_transfer.tuning.storage import make_storage, redact
 from fewshot_transfer.tuning.validation import validation_benchmark
@@ -153,7 +154,17 @@ def test_tune_prunes_a_trial_and_writes_best_toml(tmp_path, threshold_learner, c
         assert t.intermediate_values[1] == pytest.approx(t.value)
     best = resolve_config(out / "best.toml")
     assert best["learners"]["test-threshold"]["t"] == study.best_trial.params["t"]
-    assert best["tuned_from"] == (
+    # tuned_from is structured: one table per study, read back as the one-line provenance.
+    assert best["tuned_from"] == {
+        "test-threshold-k2": {
+            "storage": f"sqlite:///{out / 'study.db'}",
+            "trial": study.best_trial.number,
+            "score_name": "val Dice",
+            "score": study.best_trial.value,
+            "sampler_seed": 0,
+        }
+    }
+    assert TunedFrom.read(best["tuned_from"]).text == (
         f"test-threshold-k2 @ sqlite:///{out / 'study.db'} trial #{study.best_trial.number} "
         f"(val Dice {study.best_trial.value:.4f}, sampler seed 0)"
     )
@@ -200,7 +211,9 @@ def test_tune_finetune_resumes_and_best_toml_runs(tmp_path):
     best = resolve_config(out / "best.toml")
     assert best["learners"]["finetune"]["steps"] == 3
     assert best["learners"]["finetune"]["lr"] == pytest.approx(study.best_trial.params["lr"])
-    assert best["tuned_from"].startswith(f"finetune-k2 @ {storage} trial #{study.best_trial.number}")
+    assert TunedFrom.read(best["tuned_from"]).text.startswith(
+        f"finetune-k2 @ {storage} trial #{study.best_trial.number}"
+    )
     # best.toml drives a benchmark run; its rows carry tuned_from.
     run_out = tmp_path / "bench"
     assert (
@@ -223,7 +236,9 @@ def test_tune_finetune_resumes_and_best_toml_runs(tmp_path):
         == 0
     )
     rows = json.loads((run_out / "leaderboard.json").read_text())["rows"]
-    assert rows and rows[0]["learner"] == "finetune" and rows[0]["tuned_from"] == best["tuned_from"]
+    assert (
+        rows and rows[0]["learner"] == "finetune" and rows[0]["tuned_from"] == TunedFrom.read(best["tuned_from"]).text
+    )
     assert "tuned (finetune-k2 @" in (run_out / "leaderboard.md").read_text()
     print(f"tiny tune + resume + run: {time.perf_counter() - t0:.1f} s")
 

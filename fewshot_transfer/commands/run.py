@@ -221,8 +221,9 @@ def main(args: argparse.Namespace) -> int:
     from fewshot_transfer import learners
     from fewshot_transfer.commands import console as make_console
     from fewshot_transfer.harness.outputs import render, render_curves, render_gallery
+    from fewshot_transfer.harness.planning import resolve_learners, resolve_seeds
     from fewshot_transfer.harness.rundir import check_out_path, open_run
-    from fewshot_transfer.harness.runner import control_rows, plan_cells, resolve_learners, resolve_seeds, run_grid
+    from fewshot_transfer.harness.runner import plan_cells, run_grid
     from fewshot_transfer.provenance import code_version
     from fewshot_transfer.tuning.protocol import PROTOCOLS, tune_learners
 
@@ -234,7 +235,7 @@ def main(args: argparse.Namespace) -> int:
     if run_cfg.get("protocol") not in PROTOCOLS:
         raise ValueError(f"run.protocol must be one of {', '.join(PROTOCOLS)}, got {run_cfg.get('protocol')!r}")
     names = resolve_learners(run_cfg["learners"], cfg)
-    seeds = resolve_seeds(run_cfg["seeds"])
+    resolve_seeds(run_cfg["seeds"])  # a bad --seeds fails before any study
     if getattr(args, "selection", None) and run_cfg["protocol"] != "tuned":
         raise ValueError("--selection chooses how --protocol tuned selects hyperparameters; add --protocol tuned")
     if run_cfg["protocol"] == "tuned":
@@ -248,23 +249,21 @@ def main(args: argparse.Namespace) -> int:
         cfg, outcome = tune_learners(cfg, names, out, console=console, show_progress=not args.no_progress)
         for name, text in outcome.items():
             console.print(f"  {name}: {text}")
-    bench = open_run(cfg, out)
-    controls = control_rows(
-        names, run_cfg.get("controls", ""), [k for _, k in bench.shots], cfg, strict=args.controls is not None
-    )
-    replicates = int(run_cfg.get("replicates", 1))
-    if replicates < 1:
-        raise ValueError(f"run.replicates must be >= 1, got {replicates}")
-    cells = plan_cells(bench, [*names, *controls], seeds, only_at=controls, replicates=replicates)
+    if int(run_cfg.get("replicates", 1)) < 1:
+        raise ValueError(f"run.replicates must be >= 1, got {run_cfg.get('replicates')}")
+    bench = open_run(cfg, out, strict_controls=args.controls is not None)
+    plan, controls = bench.plan, bench.controls
+    replicates = plan.run.replicates
+    cells = plan_cells(bench, [*plan.run.learners, *controls], plan.run.seeds, only_at=controls, replicates=replicates)
     console.print(
-        f"[bold]ftbench run[/bold]: {len(names)} learners"
+        f"[bold]ftbench run[/bold]: {len(plan.run.learners)} learners"
         + (f" + {len(controls)} control arms ({', '.join(controls)})" if controls else "")
-        + f" x k={','.join(lab for lab, _ in bench.shots)} x {len(seeds)} seeds"
+        + f" x k={','.join(lab for lab, _ in bench.shots)} x {len(plan.run.seeds)} seeds"
         + (f" x {replicates} training replicates" if replicates > 1 else "")
         + f" = {len(cells)} cells -> {out}"
     )
     records = run_grid(
-        bench, cells, retry_failed=args.retry_failed, show_progress=not args.no_progress, jobs=int(run_cfg["jobs"])
+        bench, cells, retry_failed=args.retry_failed, show_progress=not args.no_progress, jobs=plan.run.jobs
     )
     wall = time.perf_counter() - t0
     train_s = sum(r.get("timing", {}).get("train_s", 0.0) for r in records)
@@ -277,8 +276,8 @@ def main(args: argparse.Namespace) -> int:
         "code (this render)": code_version(),
         "config": str(out / "config.toml"),
     }
-    render([out], out, meta=meta, console=console, shots=bench.shots, metrics=cfg["eval"]["metrics"])
-    if run_cfg.get("plots"):
+    render([out], out, meta=meta, console=console, shots=bench.shots, metrics=plan.metrics)
+    if plan.run.plots:
         extra = render_gallery(bench, records, out) + render_curves(out)
         console.print(f"plots: {len(extra)} PNGs (galleries in {out}, loss curves in {out / 'cells'})")
     console.print(

@@ -194,7 +194,7 @@ def main(args: argparse.Namespace) -> int:
     cls.resolve_params(cfg)  # unknown pinned names fail here, before any data is loaded
     bench = open_run(cfg, out, check=False, write_config=False)  # a study folder: no run's config.toml
     split = selection_split(
-        bench, args.selection, args.shots, val_fraction=args.val_fraction, seed=int(cfg["data"]["split"]["seed"])
+        bench, args.selection, args.shots, val_fraction=args.val_fraction, seed=int(bench.plan.data.split["seed"])
     )
     label, k, info = split.label, split.k, split.info
     if warning := caveat(split.rule, k):

@@ -206,10 +206,9 @@ def submit_main(args: argparse.Namespace) -> int:
     import optuna
     from rich.console import Console
 
-    from fewshot_transfer import learners
     from fewshot_transfer.commands.run import build_config
     from fewshot_transfer.harness.rundir import open_run
-    from fewshot_transfer.harness.runner import plan_cells, resolve_learners, resolve_seeds
+    from fewshot_transfer.harness.runner import plan_cells
     from fewshot_transfer.tuning.distributed import submit
     from fewshot_transfer.tuning.storage import redact
 
@@ -217,10 +216,8 @@ def submit_main(args: argparse.Namespace) -> int:
     out = _out(args)
     args.out = str(out)
     cfg = build_config(args)
-    learners.load_plugins(cfg["run"]["plugins"])  # plugin learners' names resolve below
-    names = resolve_learners(cfg["run"]["learners"], cfg)
-    seeds = resolve_seeds(cfg["run"]["seeds"])
     bench = open_run(cfg, out, check=False, write_config=False)  # plans the cells; workers write config.toml
+    names, seeds = bench.plan.run.learners, bench.plan.run.seeds
     cells = plan_cells(bench, names, seeds)
     result = submit(_storage(args), args.grid, cfg, bench, cells, retry_failed=args.retry_failed)
     Console().print(

@@ -49,6 +49,7 @@ from fewshot_transfer.data.dataset_format import (
 from fewshot_transfer.data.errors import DatasetError, DatasetWarning, IntensityConventionWarning
 from fewshot_transfer.data.readers import read_image, read_label
 from fewshot_transfer.data.slices import NativeSlice, SliceSet, hu_to_unit
+from fewshot_transfer.plan import DataPlan
 
 log = logging.getLogger(__name__)
 
@@ -222,32 +223,30 @@ def load_domain(
     return load_dataset(path, size=size, cache_dir=cache_dir)
 
 
-def load_run_domain(config: dict, role: str) -> SliceSet:
-    """A run's ``source`` or ``target`` domain as its resolved config (``[data]``) states it."""
-    data_cfg = config["data"]
-    ph = data_cfg["phantom"]
+def load_run_domain(data: DataPlan, role: str) -> SliceSet:
+    """A run's ``source`` or ``target`` domain as its plan's ``[data]`` states it."""
+    ph = data.phantom
     phantom = {
         "n_patients": int(ph["source_patients" if role == "source" else "target_patients"]),
         "n_slices": int(ph["slices_per_patient"]),
         "seed": int(ph["seed"]),
     }
-    cache_dir = Path(data_cfg["cache_dir"]) if data_cfg.get("cache_dir") else None
-    return load_domain(str(data_cfg[role]), size=int(data_cfg["size"]), cache_dir=cache_dir, phantom=phantom)
+    cache_dir = Path(data.cache_dir) if data.cache_dir else None
+    return load_domain(getattr(data, role), size=data.size, cache_dir=cache_dir, phantom=phantom)
 
 
-def decoded_in_cache(config: dict, role: str = "target") -> bool:
+def decoded_in_cache(data: DataPlan, role: str = "target") -> bool:
     """Whether a run's dataset folder is in the decoded cache at its ``data.size``, so loading it
     decodes (and resizes, with torch) nothing; False for phantoms and unions of domains."""
-    data_cfg = config["data"]
-    path = Path(str(data_cfg[role])).expanduser()
+    path = Path(getattr(data, role)).expanduser()
     if not (path / DATASET_JSON).is_file():
         return False
     try:
         stats = check_files(path, read_manifest(path))
     except DatasetError:
         return False
-    cdir = Path(data_cfg["cache_dir"]).expanduser() if data_cfg.get("cache_dir") else cache.default_cache_dir()
-    key = cache.cache_key(path, stats, {"size": int(data_cfg["size"]), "loader": LOADER_VERSION})
+    cdir = Path(data.cache_dir).expanduser() if data.cache_dir else cache.default_cache_dir()
+    key = cache.cache_key(path, stats, {"size": data.size, "loader": LOADER_VERSION})
     return cache.entry_path(cdir, key).is_file()
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fewshot_transfer.config import config_at_k, config_hash
+from fewshot_transfer.config import config_hash
 from fewshot_transfer.data.cache import cache_root
 from fewshot_transfer.data.loader import label_origin, load_run_domain, native_slices
 from fewshot_transfer.data.samplers import labeled_fraction, resolve_shots, support_indices, support_pool_size
@@ -31,7 +31,9 @@ from fewshot_transfer.data.splits import (
     verify_split,
 )
 from fewshot_transfer.harness.store import training_seed
+from fewshot_transfer.plan import CellPlan, RunPlan
 from fewshot_transfer.training import LearnerContext, ModelCache, ProgressCallback, pretrained_source_model
+from fewshot_transfer.training.params import Params
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +47,7 @@ def resolve_device(name: str) -> torch.device:
 
 @dataclass
 class Benchmark:
-    config: dict
+    plan: RunPlan
     out_dir: Path
     source: SliceSet
     target: SliceSet
@@ -63,11 +65,13 @@ class Benchmark:
     #: (k, seed) -> unlabeled set; not an init field, so a ``dataclasses.replace`` copy with
     #: another support pool (the tuning split) starts with an empty cache.
     _unlabeled: dict[tuple[int, int], SliceSet] = field(default_factory=dict, init=False, repr=False)
+    #: The control rows ``run.controls`` added to the grid (row -> the k it runs at).
+    controls: dict[str, set[int]] = field(default_factory=dict, init=False, repr=False)
 
     @property
     def eligible(self) -> int:
         """Slices a support set is drawn from: the largest valid k (what ``all`` means)."""
-        return support_pool_size(self.support_pool, float(self.config["data"]["include_negative"]))
+        return support_pool_size(self.support_pool, self.plan.data.include_negative)
 
     @property
     def resolution(self) -> str:
@@ -96,9 +100,7 @@ class Benchmark:
             if k == 0:
                 idx = np.empty(0, dtype=np.int64)
             else:
-                idx = support_indices(
-                    self.support_pool, k, seed=seed, include_negative=float(self.config["data"]["include_negative"])
-                )
+                idx = support_indices(self.support_pool, k, seed=seed, include_negative=self.plan.data.include_negative)
             self._supports[key] = (idx, self.support_pool.subset(idx))
         return self._supports[key]
 
@@ -130,8 +132,25 @@ class Benchmark:
     def labeled_fraction(self, k: int) -> float:
         return labeled_fraction(k, self.eligible) if k else 0.0
 
+    def cell_plan(self, learner_cls, k: int, k_label: str) -> CellPlan:
+        """The plan's entry of the learner at k; a learner the run did not plan (a test's, a
+        tuning trial's) is added to the plan once, from the plan's own tables."""
+        from fewshot_transfer.harness.planning import add_cell
+
+        try:
+            return self.plan.cell(learner_cls.name, k_label)
+        except KeyError:
+            self.plan = add_cell(self.plan, learner_cls, k, k_label)
+            return self.plan.cell(learner_cls.name, k_label)
+
     def context(
-        self, learner_cls, k: int, seed: int, callback: ProgressCallback | None = None, replicate: int = 0
+        self,
+        learner_cls,
+        k: int,
+        seed: int,
+        callback: ProgressCallback | None = None,
+        replicate: int = 0,
+        k_label: str | None = None,
     ) -> LearnerContext:
         """The cell's context: the (k, seed) shots (empty at k = 0 and for learners that take no
         target labels) and, for learners with ``uses_unlabeled``, :meth:`unlabeled_set`;
@@ -149,9 +168,9 @@ class Benchmark:
             else None,
             k=k if learner_cls.uses_target else 0,
             seed=training_seed(seed, replicate),
-            config=self.config,
-            # A control row takes its learner's parameters, so its learner's per-k table too.
-            params=learner_cls.resolve_params(config_at_k(self.config, learner_cls.control_of or learner_cls.name, k)),
+            train=self.plan.train,
+            model=self.plan.model,
+            params=Params(self.cell_plan(learner_cls, k, str(k) if k_label is None else k_label).values),
             device=self.device,
             cache=self.cache,
             callback=callback,
@@ -173,18 +192,24 @@ def resolve_grid_shots(spec: str, pool_size: int) -> list[tuple[str, int]]:
     return ([("0", 0)] if zero else []) + (resolve_shots(",".join(rest), pool_size) if rest else [])
 
 
-def prepare(config: dict, out_dir: Path, *, device: str | None = None) -> Benchmark:
-    """Load source and target, split by patient (saving/verifying ``split.json``), resolve shots."""
+def prepare(plan: RunPlan | dict, out_dir: Path, *, device: str | None = None) -> Benchmark:
+    """Load source and target, split by patient (saving/verifying ``split.json``), resolve shots.
+
+    A config dict is resolved into its plan first (``harness/planning.py``)."""
+    if isinstance(plan, dict):
+        from fewshot_transfer.harness.planning import run_plan
+
+        plan = run_plan(plan)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    data_cfg = config["data"]
-    cache_dir = Path(data_cfg["cache_dir"]) if data_cfg.get("cache_dir") else None
-    source = load_run_domain(config, "source")
-    target = load_run_domain(config, "target")
+    data = plan.data
+    cache_dir = Path(data.cache_dir) if data.cache_dir else None
+    source = load_run_domain(data, "source")
+    target = load_run_domain(data, "target")
     if source.shape != target.shape:
         raise ValueError(f"source {source.shape} and target {target.shape} slice sizes differ; set data.size")
 
-    sp = data_cfg["split"]
+    sp = data.split
     folds, fold = int(sp.get("folds", 0)), int(sp.get("fold", 0))
     # A dataset's own test split replaces the fold protocol (split_target says so; fold must be 0).
     own_test = bool(folds) and has_own_test_split(target)
@@ -221,7 +246,7 @@ def prepare(config: dict, out_dir: Path, *, device: str | None = None) -> Benchm
     # Only the test set keeps its original-resolution masks (scored there); the pools train at data.size.
     test = replace(pools["test"], native=native_slices(pools["test"]))
     bench = Benchmark(
-        config=config,
+        plan=plan,
         out_dir=out_dir,
         source=source,
         target=target,
@@ -232,10 +257,10 @@ def prepare(config: dict, out_dir: Path, *, device: str | None = None) -> Benchm
         unlabeled_pool=pools["unlabeled"],
         test_set=test,
         shots=[],
-        device=resolve_device(device or str(config["run"]["device"])),
+        device=resolve_device(device or plan.run.device),
         cache=ModelCache((cache_dir or cache_root()) / "models"),
     )
-    bench.shots = resolve_grid_shots(str(config["run"]["shots"]), bench.eligible)
+    bench.shots = resolve_grid_shots(plan.run.shots, bench.eligible)
     log.info(
         "source %s: %d train / %d val slices; target %s: support %d (%d eligible), unlabeled %d, test %d slices",
         source.name,

@@ -144,19 +144,20 @@ def _from_data(run_dir: Path, rows: np.ndarray) -> GallerySlices:
     from fewshot_transfer.data.errors import DatasetError
     from fewshot_transfer.data.loader import decoded_in_cache, load_run_domain
     from fewshot_transfer.data.splits import load_split
+    from fewshot_transfer.plan import DataPlan
 
     config_path, split_path = run_dir / "config.toml", run_dir / "split.json"
     if not (config_path.is_file() and split_path.is_file()):
         raise GalleryUnavailable(f"{run_dir} has no config.toml and split.json to find its test slices with")
-    config = load_toml(config_path)
-    spec = str(config["data"]["target"])
-    if not spec.startswith("phantom:") and not decoded_in_cache(config):
+    data = DataPlan.from_table(load_toml(config_path)["data"])
+    spec = data.target
+    if not spec.startswith("phantom:") and not decoded_in_cache(data):
         raise GalleryUnavailable(
-            f"the target {spec} is not decoded at data.size {config['data']['size']} in this machine's cache "
+            f"the target {spec} is not decoded at data.size {data.size} in this machine's cache "
             "(decoding it resizes with torch, which a report does not import)"
         )
     try:
-        target = load_run_domain(config, "target")
+        target = load_run_domain(data, "target")
         split = load_split(split_path)
         test = split.pools(target)["test"]
     except (DatasetError, ValueError, OSError) as exc:

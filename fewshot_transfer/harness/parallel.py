@@ -32,6 +32,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from fewshot_transfer.harness.store import CellSpec
+from fewshot_transfer.plan import RunPlan
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +93,7 @@ CellFn = Callable[..., dict]
 
 
 def run_parallel(
-    config: dict,
+    plan: RunPlan,
     out_dir: Path,
     cells: list[CellSpec],
     *,
@@ -120,7 +121,7 @@ def run_parallel(
     procs = [
         ctx.Process(
             target=_worker,
-            args=(config, str(out_dir), run_cell, device, threads, dict(os.environ), tasks, events),
+            args=(plan, str(out_dir), run_cell, device, threads, dict(os.environ), tasks, events),
             name=f"ftbench-worker-{i}",
             daemon=True,
         )
@@ -202,7 +203,7 @@ def _stop_when_run_dies() -> None:
 
 
 def _worker(
-    config: dict, out_dir: str, run_cell: CellFn, device: str, threads: int, env: dict[str, str], tasks, events
+    plan: RunPlan, out_dir: str, run_cell: CellFn, device: str, threads: int, env: dict[str, str], tasks, events
 ) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     # A forkserver child inherits the server's environment, which may be older than the
@@ -212,12 +213,13 @@ def _worker(
     signal.signal(signal.SIGTERM, _exit_on_term)
     _stop_when_run_dies()
 
-    from fewshot_transfer.harness.rundir import open_run
+    from fewshot_transfer.harness.rundir import open_plan
     from fewshot_transfer.harness.store import CellStore
 
     # run.portable: the pinned variables came with the process (the run set them before it
-    # started the fork server); open_run switches oneDNN and NNPACK off here, or raises.
-    bench = open_run(config, Path(out_dir), device=device, threads=threads, check=False, write_config=False)
+    # started the fork server); open_plan switches oneDNN and NNPACK off here, or raises.
+    # The plan comes resolved, cell entries included: a worker resolves nothing again.
+    bench = open_plan(plan, Path(out_dir), device=device, threads=threads)
     store = CellStore(bench.out_dir)
     while (spec := tasks.get()) is not None:
         events.put(("start", spec, None))

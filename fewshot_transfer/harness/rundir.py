@@ -14,6 +14,7 @@ from fewshot_transfer.config import load_toml, run_identity, to_toml
 
 if TYPE_CHECKING:
     from fewshot_transfer.harness.benchmark import Benchmark
+    from fewshot_transfer.plan import RunPlan
 
 
 def check_out_path(out: Path) -> None:
@@ -68,35 +69,57 @@ def open_run(
     threads: int | None = None,
     check: bool = True,
     write_config: bool = True,
+    strict_controls: bool = False,
 ) -> Benchmark:
-    """Set up this process for ``cfg``'s cells and prepare its benchmark in ``out``.
+    """Resolve ``cfg`` into the run's plan once and prepare its benchmark in ``out``.
+
+    The plan (:func:`~fewshot_transfer.harness.planning.run_plan`) holds an entry for every
+    row of the grid: the run's learners and the control rows ``run.controls`` adds
+    (``strict_controls``: the user named them, so an unknown one is an error). With
+    ``write_config`` the resolved ``config.toml`` and the plan (``plan.json``) are written
+    (a tuning folder or a worker of another's run skips it).
+    """
+    from fewshot_transfer.harness.planning import PLAN_FILE, grid_rows, run_plan, with_cells
+
+    plan = run_plan(cfg)
+    out = Path(out)
+    if check:
+        check_run_dir(out, cfg)
+    bench = open_plan(plan, out, device=device, threads=threads, check=not check)
+    names, controls = grid_rows(plan, bench.shots, strict_controls)
+    bench.plan = with_cells(plan, [*names, *controls], bench.shots)
+    bench.controls = controls
+    if write_config:
+        atomic_write_text(out / "config.toml", to_toml(cfg))
+        atomic_write_text(out / PLAN_FILE, bench.plan.to_json())
+    return bench
+
+
+def open_plan(
+    plan: RunPlan, out: Path, *, device: str | None = None, threads: int | None = None, check: bool = True
+) -> Benchmark:
+    """Set up this process for ``plan``'s cells and prepare its benchmark in ``out``.
 
     In this order, the same in every command and worker process (so a cell's floats do not
     depend on which one ran it): torch's thread count (``threads``, else ``run.threads``;
     0 = torch's default), portable kernels (``run.portable``: the pinned variables must have
-    come with the process), the run's plugins, the run-directory check (``check``), the data
-    and split (:func:`~fewshot_transfer.harness.benchmark.prepare`), and the resolved
-    ``config.toml`` (``write_config``; a tuning folder or a worker of another's run skips it).
+    come with the process), the run's plugins, the output-path check (``check``), and the data
+    and split (:func:`~fewshot_transfer.harness.benchmark.prepare`).
     """
     import torch
 
     from fewshot_transfer import learners
     from fewshot_transfer.harness.benchmark import prepare
 
-    n = int(cfg["run"].get("threads") or 0) if threads is None else int(threads)
+    n = plan.run.threads if threads is None else int(threads)
     if n > 0:
         torch.set_num_threads(n)
-    if cfg["run"].get("portable"):
+    if plan.run.portable:
         from fewshot_transfer.portable import activate
 
         activate()
-    learners.load_plugins(cfg["run"].get("plugins", []))
+    learners.load_plugins(plan.run.plugins)
     out = Path(out)
     if check:
-        check_run_dir(out, cfg)
-    else:
         check_out_path(out)
-    bench = prepare(cfg, out, device=device)
-    if write_config:
-        atomic_write_text(out / "config.toml", to_toml(cfg))
-    return bench
+    return prepare(plan, out, device=device)

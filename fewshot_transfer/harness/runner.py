@@ -9,7 +9,6 @@ recorded as failed with its reason, and the grid continues.
 from __future__ import annotations
 
 import logging
-import re
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import replace
@@ -20,22 +19,12 @@ import torch
 from fewshot_transfer import learners
 from fewshot_transfer.adaptation.probe import class_probe
 from fewshot_transfer.atomic import atomic_open
-from fewshot_transfer.config import config_at_k, config_hash, k_key
 from fewshot_transfer.data.slices import SliceSet
 from fewshot_transfer.harness.benchmark import Benchmark
 from fewshot_transfer.harness.gallery import GALLERY_FILE, choose_rows, read_gallery, write_gallery
 from fewshot_transfer.harness.parallel import producers_first, resolve_jobs, run_parallel
 from fewshot_transfer.harness.reproduce import reproduce_command
-from fewshot_transfer.harness.selection import (
-    DEFAULT_RULE,
-    DEFAULTS,
-    RULES,
-    applied_rule,
-    rule_label,
-    study_name,
-)
 from fewshot_transfer.harness.store import CellSpec, CellStore, write_csv
-from fewshot_transfer.learners.controls import control_row, with_controls
 from fewshot_transfer.metrics import evaluate, hd95_unit, infnet_metrics
 from fewshot_transfer.portable import float_mode
 from fewshot_transfer.provenance import code_version, machine
@@ -48,72 +37,6 @@ log = logging.getLogger(__name__)
 #: 2: test slices scored at their original resolution; a dataset's own unlabeled patients
 #: are the unlabeled pool (all labeled training patients go to the support pool); folds.
 PROTOCOL_VERSION = 2
-
-
-def resolve_learners(spec: str | list[str], config: dict | None = None) -> list[str]:
-    """``all`` or a comma list of registered learner names, validated; with ``config``, every
-    learner's hyperparameters are resolved too, so a bad value fails before any work."""
-    names = spec if isinstance(spec, list) else [s.strip() for s in str(spec).split(",") if s.strip()]
-    if names == ["all"]:
-        names = learners.available()
-    for n in names:
-        cls = learners.get(n)
-        if config is not None:
-            cls.resolve_params(config)
-            for key in config.get("learners", {}):
-                if key.startswith(f"{n}@k="):
-                    cls.resolve_params(config_at_k(config, n, int(key.split("=", 1)[1])))
-    return names
-
-
-def resolve_seeds(spec: int | str | list) -> list[int]:
-    """``3`` -> [0, 1, 2]; ``"0,4,7"`` or a list -> those seeds."""
-    if isinstance(spec, list):
-        return [int(s) for s in spec]
-    text = str(spec).strip()
-    if "," in text:
-        return [int(s) for s in text.split(",") if s.strip()]
-    n = int(text)
-    if n < 1:
-        raise ValueError(f"--seeds must be >= 1, got {n}")
-    return list(range(n))
-
-
-def control_rows(names: list[str], spec: str, ks: list[int], config: dict, strict: bool = True) -> dict[str, set[int]]:
-    """The control-arm rows to add for ``run.controls`` = ``spec`` ("", "none", "all" or a comma
-    list of the requested learners, each optionally ``NAME@K`` = its control at that k only):
-    row -> the k it is needed at (``learners/controls.py``).
-
-    ``strict`` = False (the config's default, not the user's ``--controls``) skips listed
-    learners the run does not have instead of refusing."""
-    text = str(spec or "").strip()
-    if text in ("", "none"):
-        return {}
-    entries = [(n, None) for n in names] if text == "all" else [_control_entry(s) for s in text.split(",") if s.strip()]
-    unknown = [n for n, _ in entries if n not in names]
-    if unknown and strict:
-        raise ValueError(
-            f"run.controls names {', '.join(unknown)}, not among the run's learners ({', '.join(names)}); "
-            "use 'all', 'none' or a comma list of them (NAME@K: at k = K only)"
-        )
-    wanted = [(n, at) for n, at in entries if n in names]
-    for name, _ in wanted:
-        learners.get(name)  # discovers the built-ins (and their control rows) when not yet imported
-    return with_controls(wanted, ks, config, requested=names)
-
-
-def _control_entry(item: str) -> tuple[str, int | None]:
-    """``"dual-adv"`` -> (name, None = every k); ``"dual-adv@0"`` -> (name, 0)."""
-    name, sep, k = item.strip().partition("@")
-    if not sep:
-        return name, None
-    try:
-        at = int(k)
-    except ValueError:
-        at = -1
-    if at < 0:
-        raise ValueError(f"run.controls entry {item.strip()!r}: after '@' give a k >= 0 (e.g. dual-adv@0)")
-    return name.strip(), at
 
 
 def plan_cells(
@@ -144,54 +67,6 @@ def plan_cells(
         cells = [replace(c, replicate=r) for c in cells for r in range(replicates)]
     order = {n: i for i, n in enumerate(learner_names)}
     return sorted(cells, key=lambda c: (c.seed, c.replicate, c.k, order[c.learner]))
-
-
-def _tuned_from(config: dict, learner: str, k: int, k_label: str) -> str | None:
-    """The study a learner's hyperparameters at this k came from: with a study per k
-    (``[learners."NAME@k=K"]``) that k's own study, else (one study for every k, or a
-    ``best.toml``) the learner's studies named ``LEARNER-k...``; None when it was not tuned."""
-    parts = [p for p in str(config.get("tuned_from") or "").split("; ") if p]
-    tables = config.get("learners", {})
-    if not parts:
-        return None
-    if any(key.startswith(f"{learner}@k=") for key in tables):
-        if k_key(learner, k) not in tables:
-            return None
-        names = {study_name(learner, k_label, rule) for rule in RULES}
-        return "; ".join(p for p in parts if p.split(" @ ")[0] in names) or None
-    if learner not in tables:
-        return None
-    own = [part for part in parts if part.startswith(f"{learner}-k")]
-    return "; ".join(own or parts)
-
-
-def selection(config: dict) -> str:
-    """How the hyperparameters of a run were chosen, in words (the leaderboard header shows it)."""
-    run = config.get("run", {})
-    if run.get("protocol") == "tuned":
-        rule = run.get("selection", DEFAULT_RULE)
-        where = f"one study at k = {run['tune_shots']} for every k" if run.get("tune_shots") else "a study per k"
-        return (
-            f"tuned, {int(run['trials'])} random draws per learner and k, selection rule {rule} "
-            f"({rule_label(rule)}; {where})"
-        )
-    return "defaults"
-
-
-def cell_selection(config: dict, tuned_from: str | None, k: int) -> str:
-    """The selection token of one cell (a rule of ``harness/selection.py`` or ``defaults``)."""
-    if not tuned_from:
-        return DEFAULTS
-    rule = str(config.get("run", {}).get("selection") or DEFAULT_RULE)
-    if config.get("run", {}).get("protocol") == "tuned" and not config["run"].get("tune_shots"):
-        return applied_rule(rule, k)
-    return rule
-
-
-def _sampler_seed(tuned_from: str | None) -> int | None:
-    """The sampler seed a study's provenance names (``..., sampler seed S)``), if any."""
-    match = re.search(r"sampler seed (\d+)", tuned_from or "")
-    return int(match.group(1)) if match else None
 
 
 #: The ``train_steps`` phase of source pretraining: a cached, k-independent cost charged
@@ -226,24 +101,23 @@ def cell_cost(budget: dict[str, dict] | None, charged: dict[str, float] | None, 
     return {"target_s": own, "charged": charged, "total_s": own + extra, "recorded": budget is not None}
 
 
-def run_cell(
-    bench: Benchmark, spec: CellSpec, callback: ProgressCallback | None = None, tuned_from: str | None = None
-) -> dict:
-    """Fit one learner on one support set and evaluate it on the whole test set."""
+def run_cell(bench: Benchmark, spec: CellSpec, callback: ProgressCallback | None = None) -> dict:
+    """Fit one learner on one support set and evaluate it on the whole test set; what the cell
+    trains with and is labelled with is its entry in the run's plan."""
     cls = learners.get(spec.learner)
-    ctx = bench.context(cls, spec.k, spec.seed, callback, replicate=spec.replicate)
+    entry = bench.cell_plan(cls, spec.k, spec.k_label)
+    ctx = bench.context(cls, spec.k, spec.seed, callback, replicate=spec.replicate, k_label=spec.k_label)
     bench.cache.begin_cell()
-    tuned = tuned_from or _tuned_from(bench.config, cls.control_of or spec.learner, spec.k, spec.k_label)
     record: dict = {
         "cell_id": spec.cell_id,
         "learner": spec.learner,
-        "family": cls.family,
+        "family": entry.family,
         "supports_k0": bool(cls.supports_k0 or cls.k_independent),
-        "control": control_row(spec.learner, spec.k, bench.config),
-        "control_of": cls.control_of,
-        "selection": selection(bench.config),
-        "selection_rule": cell_selection(bench.config, tuned, spec.k),
-        "sampler_seed": _sampler_seed(tuned),
+        "control": entry.control,
+        "control_of": entry.control_of,
+        "selection": bench.plan.run.selection_text,
+        "selection_rule": entry.selection_rule,
+        "sampler_seed": entry.tuned_from.sampler_seed,
         "k": spec.k,
         "k_label": spec.k_label,
         "seed": spec.seed,
@@ -253,10 +127,10 @@ def run_cell(
         "support_pool_size": bench.eligible,
         "support_patients": sorted(set(ctx.support.patients.tolist())),
         "params": dict(ctx.params),
-        "tuned_from": tuned,
+        "tuned_from": entry.tuned_from.to_json() or None,
         "protocol": PROTOCOL_VERSION,
         "provenance": {
-            "config_hash": config_hash(bench.config),
+            "config_hash": bench.plan.config_hash,
             "code": code_version(),
             "machine": machine(),
             "float_mode": float_mode(),
@@ -290,7 +164,7 @@ def run_cell(
     record.update(budget=budget, cost=cell_cost(budget, charged, ctx.train_seconds), summary=ctx.summary)
     t1 = time.perf_counter()
     test = bench.test_set
-    summary, per_slice, pred, spacing = score(segmenter, test, float(bench.config["train"]["threshold"]))
+    summary, per_slice, pred, spacing = score(segmenter, test, bench.plan.train.threshold)
     eval_s = time.perf_counter() - t1
     record.update(
         status="ok",
@@ -475,9 +349,9 @@ def run_grid(
                     finished(spec, payload["record"])
                 progress.update(task, description=f"{jobs} jobs: " + " | ".join(_label(s) for s in running))
 
-            threads = int(bench.config["run"].get("threads") or 0) or 1
+            threads = bench.plan.run.threads or 1
             run_parallel(
-                bench.config,
+                bench.plan,
                 bench.out_dir,
                 producers_first(todo),
                 run_cell=run_cell,

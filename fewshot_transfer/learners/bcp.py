@@ -83,7 +83,7 @@ class BcpHooks(StepHooks):
         self.pseudo_weight = p.pseudo_weight
         self.ratio = p.mask_ratio
         self.decay = p.ema_decay
-        self.threshold = float(ctx.train_cfg["threshold"])
+        self.threshold = ctx.train.threshold
         self.rows = unlabeled_batches(ctx, ctx.unlabeled, 2 * self.half, salt=801)
         self.gen = ctx.torch_generator(salt=802)
         self.teacher: nn.Module | None = frozen_copy(model) if self.pre == 0 else None

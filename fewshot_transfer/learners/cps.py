@@ -43,12 +43,10 @@ class CpsHooks(StepHooks):
         self.ctx = ctx
         self.model = model
         self.other = ctx.new_model(salt=OTHER_INIT).train()
-        self.opt = torch.optim.Adam(
-            self.other.parameters(), lr=p.lr, weight_decay=float(ctx.train_cfg.get("weight_decay", 0.0))
-        )
+        self.opt = torch.optim.Adam(self.other.parameters(), lr=p.lr, weight_decay=ctx.train.weight_decay)
         self.weight = p.unlabeled_weight
         self.ramp_steps = max(1, round(p.ramp_share * p.steps))
-        self.threshold = float(ctx.train_cfg["threshold"])
+        self.threshold = ctx.train.threshold
         self.rows = unlabeled_batches(ctx, ctx.unlabeled, p.unlabeled_batch, salt=701)
         self.gen = ctx.torch_generator(salt=702)
         self.other_loss: torch.Tensor | None = None

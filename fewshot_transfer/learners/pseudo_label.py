@@ -80,7 +80,7 @@ class PseudoLabelHooks(StepHooks):
         self.warmup = warmup
         self.weight = p.unlabeled_weight
         self.confidence = p.confidence
-        self.threshold = float(ctx.train_cfg["threshold"])
+        self.threshold = ctx.train.threshold
         self.rows = unlabeled_batches(ctx, ctx.unlabeled, p.unlabeled_batch, salt=401)
         self.teacher: nn.Module | None = frozen_copy(model) if warmup == 0 else None
 

@@ -68,7 +68,7 @@ class WeakToStrongHooks(StepHooks):
         self.feature_dropout = feature_dropout
         self.weight = p.unlabeled_weight
         self.confidence = p.confidence
-        self.threshold = float(ctx.train_cfg["threshold"])
+        self.threshold = ctx.train.threshold
         self.strong = StrongConfig()
         self.rows = unlabeled_batches(ctx, ctx.unlabeled, p.unlabeled_batch, salt=601)
         self.gen = ctx.torch_generator(salt=602)

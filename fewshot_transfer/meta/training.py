@@ -181,24 +181,24 @@ def effective_mix(cfg: MetaConfig, k: int) -> float:
 
 
 def cache_key(ctx: LearnerContext, name: str, cfg: MetaConfig) -> dict:
-    train = ctx.train_cfg
+    train = ctx.train
     key: dict[str, Any] = {
         "version": META_VERSION,
         "learner": name,
         "meta": {**cfg.train_key(), "mix_target": effective_mix(cfg, ctx.k)},
-        "model": ctx.config["model"],
+        "model": ctx.model,
         "seed": ctx.seed,
         "source": ctx.source_train.fingerprint,
         "source_rows": len(ctx.source_train),
         "source_val": ctx.source_val.fingerprint,
-        "augment": train.get("augment", True),
+        "augment": train.augment,
     }
     if cfg.init == "source":
         key["pretrain"] = {
             "version": PRETRAIN_VERSION,
-            "steps": train["pretrain_steps"],
-            "lr": train["lr"],
-            "batch_size": train["batch_size"],
+            "steps": train.pretrain_steps,
+            "lr": train.lr,
+            "batch_size": train.batch_size,
         }
     if effective_mix(cfg, ctx.k) > 0:
         key["support"] = {

@@ -18,6 +18,7 @@ from torch import nn
 from fewshot_transfer.augment import AugmentConfig, augment_batch
 from fewshot_transfer.data.slices import SliceSet
 from fewshot_transfer.models.unet import UNet, build_unet
+from fewshot_transfer.plan import TrainPlan
 from fewshot_transfer.training.model_cache import ModelCache
 from fewshot_transfer.training.params import Params
 from fewshot_transfer.training.segmenter import Segmenter
@@ -60,7 +61,9 @@ class LearnerContext:
     _unlabeled: SliceSet | None
     k: int
     seed: int
-    config: dict
+    #: The run's ``[train]`` schedule and ``[model]`` table, from its plan (``fewshot_transfer/plan.py``).
+    train: TrainPlan
+    model: dict
     params: Params
     device: torch.device
     cache: ModelCache
@@ -98,10 +101,6 @@ class LearnerContext:
         """Unlabeled target slices, labels stripped (learners with ``uses_unlabeled``)."""
         return self._pool(self._unlabeled, "unlabeled target pool", "uses_unlabeled")
 
-    @property
-    def train_cfg(self) -> dict:
-        return self.config["train"]
-
     def torch_generator(self, salt: int = 0) -> torch.Generator:
         """A CPU generator seeded from the cell seed (augmentation, sampling)."""
         return torch.Generator().manual_seed(self.seed * 1_000_003 + salt)
@@ -109,7 +108,7 @@ class LearnerContext:
     def new_model(self, salt: int = 0) -> UNet:
         """A freshly initialized backbone; the same seed gives the same weights on CPU."""
         torch.manual_seed(self.seed * 7919 + salt)
-        return build_unet(self.config["model"]).to(self.device)
+        return build_unet(self.model).to(self.device)
 
     def source_model(self) -> UNet:
         """The source-pretrained backbone for this seed (trained once, cached on disk)."""
@@ -127,7 +126,7 @@ class LearnerContext:
         return x, y
 
     def augment(self, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        cfg = AugmentConfig(enabled=bool(self.train_cfg.get("augment", True)))
+        cfg = AugmentConfig(enabled=self.train.augment)
         return augment_batch(x, y, cfg, gen)
 
     def report(self, phase: str, step: int, losses: dict[str, float]) -> None:
@@ -141,4 +140,4 @@ class LearnerContext:
             self.callback(step, {"phase": phase, **losses})  # type: ignore[dict-item]
 
     def segmenter(self, model: nn.Module) -> Segmenter:
-        return Segmenter(model, self.device, float(self.train_cfg["threshold"]), int(self.train_cfg["eval_batch"]))
+        return Segmenter(model, self.device, self.train.threshold, self.train.eval_batch)

@@ -96,7 +96,7 @@ def train_steps(
 ) -> nn.Module:
     """Adam on ``seg(labeled rows) + hook terms`` for ``steps`` steps; see the module docstring."""
     hooks = hooks or StepHooks()
-    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=float(ctx.train_cfg.get("weight_decay", 0.0)))
+    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=ctx.train.weight_decay)
     gen = ctx.torch_generator(salt=zlib.crc32(phase.encode()) % 10_000)
     model.train()
     t0 = time.perf_counter()

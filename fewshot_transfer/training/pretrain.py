@@ -33,28 +33,28 @@ class AuxHeadHooks(StepHooks):
 
 def pretrain_key(ctx: LearnerContext) -> dict:
     """Everything the pretrained weights depend on (the model-cache key)."""
-    train = ctx.train_cfg
+    train = ctx.train
     return {
         "version": PRETRAIN_VERSION,
         "source": ctx.source_train.fingerprint,
         "source_rows": len(ctx.source_train),
-        "model": ctx.config["model"],
-        "steps": train["pretrain_steps"],
-        "lr": train["lr"],
-        "batch_size": train["batch_size"],
-        "augment": train.get("augment", True),
+        "model": ctx.model,
+        "steps": train.pretrain_steps,
+        "lr": train.lr,
+        "batch_size": train.batch_size,
+        "augment": train.augment,
         "seed": ctx.seed,
     }
 
 
 def pretrained_source_model(ctx: LearnerContext) -> UNet:
     """Train (or load) the backbone on labeled source slices for this seed."""
-    train_cfg = ctx.train_cfg
+    schedule = ctx.train
 
     def train() -> dict[str, Any]:
         model = ctx.new_model(salt=1)
-        batches = slice_batches(ctx, ctx.source_train, int(train_cfg["batch_size"]), salt=101)
-        steps, lr = int(train_cfg["pretrain_steps"]), float(train_cfg["lr"])
+        batches = slice_batches(ctx, ctx.source_train, schedule.batch_size, salt=101)
+        steps, lr = schedule.pretrain_steps, schedule.lr
         train_steps(ctx, model, batches, steps=steps, lr=lr, phase="pretrain", hooks=AuxHeadHooks())
         return {k: v.detach().cpu() for k, v in model.state_dict().items()}
 

@@ -25,7 +25,6 @@ with ``BEGIN IMMEDIATE``.
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import math
@@ -35,7 +34,7 @@ import warnings
 from collections import defaultdict
 from pathlib import Path
 
-from fewshot_transfer.config import config_hash, load_config_text, run_identity, to_toml
+from fewshot_transfer.config import apply_overrides, config_hash, load_config_text, run_identity, to_toml
 from fewshot_transfer.portable import pinned
 from fewshot_transfer.tuning.storage import heartbeat_thread, jsonable, redact, worker_id
 
@@ -187,14 +186,13 @@ def work(
     from fewshot_transfer.harness.store import CellSpec, CellStore, atomic_write_text
 
     study, cfg, attrs = load_grid(storage, grid)
-    if not cfg["run"].get("portable") and pinned():
+    if "run" not in run_identity(cfg) and pinned():  # a native grid: no run.portable in its identity
         raise ValueError(
             f"grid {grid!r} is native (not submitted with --portable): start its workers without --portable"
         )
-    cfg = copy.deepcopy(cfg)
-    cfg["run"]["out"] = str(out)
-    if device:
-        cfg["run"]["device"] = device
+    cfg = apply_overrides(
+        cfg, [f"run.out={json.dumps(str(out))}", *([f"run.device={json.dumps(device)}"] if device else [])]
+    )
     out = Path(out)
     check_run_dir(out, cfg)  # before the submitter's split is adopted into it
     split_path = out / "split.json"
@@ -303,8 +301,7 @@ def collect(storage, grid: str, out: Path, *, console=None) -> dict:
 
     study, cfg, attrs = load_grid(storage, grid)
     out = Path(out)
-    cfg = copy.deepcopy(cfg)
-    cfg["run"]["out"] = str(out)
+    cfg = apply_overrides(cfg, [f"run.out={json.dumps(str(out))}"])
     check_run_dir(out, cfg)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "config.toml", to_toml(cfg))

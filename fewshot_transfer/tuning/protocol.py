@@ -30,6 +30,7 @@ from fewshot_transfer import learners
 from fewshot_transfer.config import k_key
 from fewshot_transfer.harness.parallel import resolve_jobs
 from fewshot_transfer.harness.selection import DEFAULTS, applied_rule, caveat, check_rule, study_name
+from fewshot_transfer.plan import RunPlan, StudyRef, TunedFrom
 from fewshot_transfer.tuning.space import searched_names
 from fewshot_transfer.tuning.storage import default_storage, make_storage
 from fewshot_transfer.tuning.study import TuneSpec, best_config, identity, open_study, run_study
@@ -62,12 +63,11 @@ def tuning_shots(shots: list[tuple[str, int]], spec: str = "") -> str:
     return positive[len(positive) // 2]
 
 
-def plan_studies(config: dict, names: list[str], shots: list[tuple[str, int]]) -> tuple[list[StudyTask], dict]:
+def plan_studies(plan: RunPlan, names: list[str], shots: list[tuple[str, int]]) -> tuple[list[StudyTask], dict]:
     """The studies to run, and why each learner or k that gets none keeps its defaults."""
-    run = config["run"]
-    rule = check_rule(str(run.get("selection") or "val"))
-    if run.get("tune_shots"):
-        label = tuning_shots(shots, str(run["tune_shots"]))
+    rule = check_rule(plan.run.selection or "val")
+    if plan.run.tune_shots:
+        label = tuning_shots(shots, plan.run.tune_shots)
         ks = [(label, next((k for lab, k in shots if lab == label), -1))]
     else:
         ks = list(shots)
@@ -81,7 +81,7 @@ def plan_studies(config: dict, names: list[str], shots: list[tuple[str, int]]) -
             skipped[name] = f"not tuned (the control arm of {cls.control_of} takes its parameters)"
             continue
         try:
-            searched_names(cls, dict(config.get("learners", {}).get(name, {})))
+            searched_names(cls, dict(plan.learner_tables.get(name, {})))
         except ValueError as exc:  # nothing left to search: the learner runs as configured
             skipped[name] = f"not tuned ({exc})"
             continue
@@ -107,15 +107,15 @@ def tune_learners(
     from fewshot_transfer.harness.rundir import open_run
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    run = config["run"]
     tune_dir = Path(out) / "tuning"
     bench = open_run(config, tune_dir, check=False, write_config=False)  # studies' folder, not a run's
-    tasks, outcome = plan_studies(config, names, bench.shots)
+    run = bench.plan.run
+    tasks, outcome = plan_studies(bench.plan, names, bench.shots)
     make_storage(default_storage(tune_dir), heartbeat=None, grace=None)  # the schema once, before workers race
     tuned = copy.deepcopy(config)
     tuned.setdefault("learners", {})
-    provenance: list[str] = []
-    jobs = resolve_jobs(int(run.get("jobs") or 0), len(tasks))
+    provenance = TunedFrom()
+    jobs = resolve_jobs(run.jobs, len(tasks))
     if jobs > 1:
         ctx = mp.get_context("spawn")
         with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
@@ -130,14 +130,14 @@ def tune_learners(
             results = [done[task] for task in tasks]
     else:
         results = [_tune_one(config, task, str(out), show_progress, console, bench) for task in tasks]
-    single = bool(run.get("tune_shots"))
+    single = bool(run.tune_shots)
     for task, (best, this) in zip(tasks, results):
         key = task.learner if single else k_key(task.learner, task.k)
         tuned["learners"][key] = best
-        provenance.append(this)
-        outcome[f"{task.learner} k={task.label}"] = f"{this}: {best}"
+        provenance = provenance.plus(this)
+        outcome[f"{task.learner} k={task.label}"] = f"{this.text}: {best}"
     if provenance:
-        tuned["tuned_from"] = "; ".join(provenance)
+        tuned["tuned_from"] = provenance.to_config()
     return tuned, outcome
 
 
@@ -147,7 +147,7 @@ def _name_of(task: StudyTask) -> tuple[str, str, str]:
 
 def _tune_one(
     config: dict, task: StudyTask, out: str, show_progress: bool, console=None, bench=None
-) -> tuple[dict, str]:
+) -> tuple[dict, StudyRef]:
     """One study, run or resumed: (best ``[learners.NAME]`` table, provenance). Top-level so that
     ``--jobs`` can run studies side by side, one single-threaded process each: studies are
     independent (own sampler seed, own draws), so the parameters do not depend on the number
@@ -161,20 +161,20 @@ def _tune_one(
     if bench is None:  # a process of its own (--jobs): set up like every cell's process
         bench = open_run(config, tune_dir, check=False, write_config=False)
     split = selection_split(
-        bench, task.rule, task.label, val_fraction=VAL_FRACTION, seed=int(config["data"]["split"]["seed"])
+        bench, task.rule, task.label, val_fraction=VAL_FRACTION, seed=int(bench.plan.data.split["seed"])
     )
     storage_url = default_storage(tune_dir)
     storage = make_storage(storage_url, heartbeat=None, grace=None)
     spec = TuneSpec(
         learner=task.learner,
         shots=task.label,
-        episodes=int(config["run"]["tune_episodes"]),
+        episodes=bench.plan.run.tune_episodes,
         val_fraction=VAL_FRACTION,
         config=config,
         storage=storage_url,
         study_name=study_name(*_name_of(task)),
         out=tune_dir,
-        n_trials=int(config["run"]["trials"]),
+        n_trials=bench.plan.run.trials,
         heartbeat=None,
         grace=None,
         selection=task.rule,

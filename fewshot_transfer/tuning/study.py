@@ -43,6 +43,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import hashlib
+import json
 import logging
 import math
 import warnings
@@ -52,8 +53,9 @@ from typing import Any
 
 import numpy as np
 
-from fewshot_transfer.config import config_hash, run_identity, to_toml
+from fewshot_transfer.config import apply_overrides, config_hash, run_identity, to_toml
 from fewshot_transfer.harness.selection import DEFAULT_RULE, is_oracle
+from fewshot_transfer.plan import StudyRef, TunedFrom
 from fewshot_transfer.tuning.space import PinnedTrial
 from fewshot_transfer.tuning.storage import DEFAULT_GRACE, DEFAULT_HEARTBEAT, redact, worker_id
 from fewshot_transfer.tuning.validation import SelectionSplit
@@ -212,10 +214,11 @@ def open_study(spec: TuneSpec, storage, ident: dict):
 def trial_config(base: dict, learner: str, params: dict) -> dict:
     """``base`` with ``params`` in ``[learners.NAME]``; per-k tables of an earlier tuned run
     (``[learners."NAME@k=K"]``) are dropped, or they would override every trial's draw."""
-    cfg = copy.deepcopy(base)
-    cfg["learners"] = {k: v for k, v in cfg.get("learners", {}).items() if not k.startswith(f"{learner}@k=")}
-    cfg["learners"][learner] = {**cfg["learners"].get(learner, {}), **params}
-    return cfg
+    tables = {k: v for k, v in base.get("learners", {}).items() if not k.startswith(f"{learner}@k=")}
+    return {
+        **copy.deepcopy(base),
+        "learners": copy.deepcopy({**tables, learner: {**tables.get(learner, {}), **params}}),
+    }
 
 
 def make_objective(spec: TuneSpec, split: SelectionSplit, on_progress: Callable[[str], None] | None = None):
@@ -224,6 +227,7 @@ def make_objective(spec: TuneSpec, split: SelectionSplit, on_progress: Callable[
     import optuna
 
     from fewshot_transfer import learners
+    from fewshot_transfer.harness.planning import run_plan
     from fewshot_transfer.harness.runner import run_cell
     from fewshot_transfer.harness.store import CellSpec, CellStore
 
@@ -234,6 +238,7 @@ def make_objective(spec: TuneSpec, split: SelectionSplit, on_progress: Callable[
     def objective(trial) -> float:
         params = cls.search_space(PinnedTrial(trial, pinned))
         cfg = trial_config(spec.config, spec.learner, params)
+        plan = run_plan(cfg)  # the trial's draw, resolved once for its episodes
         full = cls.resolve_params(cfg)  # validates the names
         trial.set_user_attr("learner_params", {**pinned, **params})
         trial.set_user_attr("worker", worker_id())
@@ -252,7 +257,7 @@ def make_objective(spec: TuneSpec, split: SelectionSplit, on_progress: Callable[
             fits: list[float] = []
             for scoring in split.episode(seed):
                 where = out / scoring.tag if scoring.tag else out
-                bench = dataclasses.replace(scoring.bench, config=cfg, out_dir=where, _supports=scoring.bench._supports)
+                bench = dataclasses.replace(scoring.bench, plan=plan, out_dir=where, _supports=scoring.bench._supports)
                 cell = CellSpec(seed=seed, k=scoring.k, k_label=scoring.k_label, learner=spec.learner)
                 record = run_cell(bench, cell, callback=callback)
                 CellStore(where).save(cell, record)
@@ -347,8 +352,9 @@ def run_study(spec: TuneSpec, study, split: SelectionSplit, *, console=None, sho
     return ran
 
 
-def best_config(spec: TuneSpec, study) -> tuple[dict, str]:
-    """The resolved config with ``[learners.NAME]`` = the best trial's values, and ``tuned_from``."""
+def best_config(spec: TuneSpec, study) -> tuple[dict, StudyRef]:
+    """The resolved config with ``[learners.NAME]`` = the best trial's values and the study's
+    draw added to ``[tuned_from]``, and that draw."""
     from optuna.trial import TrialState
 
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
@@ -362,21 +368,22 @@ def best_config(spec: TuneSpec, study) -> tuple[dict, str]:
         **best.params,
     }
     cfg = trial_config(spec.config, spec.learner, params)
-    this = (
-        f"{spec.study_name} @ {redact(spec.storage)} trial #{best.number} "
-        f"({score_name(spec.selection)} {best.value:.4f}, sampler seed {spec.sampler_seed})"
+    this = StudyRef(
+        study=spec.study_name,
+        storage=redact(spec.storage),
+        trial=best.number,
+        score_name=score_name(spec.selection),
+        score=float(best.value),
+        sampler_seed=spec.sampler_seed,
     )
-    others = [
-        part
-        for part in str(spec.config.get("tuned_from") or "").split("; ")
-        if part and not part.startswith(f"{spec.study_name} @ ")
-    ]
-    cfg["tuned_from"] = "; ".join([*others, this])
-    cfg.setdefault("run", {})
-    cfg["run"]["selection"] = spec.selection
-    cfg["run"]["learners"] = spec.learner
-    cfg["run"]["shots"] = spec.shots
-    cfg["run"]["out"] = str(Path(spec.out) / "benchmark")
+    run = {"selection": spec.selection, "learners": spec.learner, "shots": spec.shots}
+    cfg = apply_overrides(
+        {**cfg, "tuned_from": TunedFrom.read(spec.config.get("tuned_from")).plus(this).to_config()},
+        [
+            *(f"run.{key}={json.dumps(value)}" for key, value in run.items()),
+            f"run.out={json.dumps(str(Path(spec.out) / 'benchmark'))}",
+        ],
+    )
     return cfg, this
 
 
@@ -395,7 +402,7 @@ def write_best(spec: TuneSpec, study, info: dict) -> Path:
     header = [
         "# Written by `ftbench tune`. Usable as `ftbench run --config THIS_FILE`.",
         *(["# ORACLE: these values were selected on the TEST SET; an upper bound, not a result."] if oracle else []),
-        f"# Tuned: [learners.{spec.learner}] <- {this}",
+        f"# Tuned: [learners.{spec.learner}] <- {this.text}",
         f"# Selection rule: {spec.selection}; sampler seed {spec.sampler_seed} (stable hash of learner and k);"
         f" {spec.n_trials} random draws.",
         f"# Objective: mean Dice over {spec.episodes} episodes (seeds 0..{spec.episodes - 1}) at k={spec.shots},",
