@@ -118,7 +118,7 @@ def cold_cache(tmp: Path, name: str, datasets: Path) -> Path:
 def default_grid_flops(step_flops: int, cfg: dict, size: int) -> tuple[float, int]:
     """(FLOPs, cells) the default grid counts; see (d) in the module docstring."""
     from fewshot_transfer import learners
-    from fewshot_transfer.harness.runner import resolve_learners
+    from fewshot_transfer.harness.planning import resolve_learners
 
     seeds = int(cfg["run"]["seeds"])
     shots = [s.strip() for s in str(cfg["run"]["shots"]).split(",")]
