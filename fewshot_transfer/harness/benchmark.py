@@ -30,6 +30,7 @@ from fewshot_transfer.data.splits import (
     split_target,
     verify_split,
 )
+from fewshot_transfer.harness.planning import add_cell, run_plan
 from fewshot_transfer.harness.store import training_seed
 from fewshot_transfer.plan import CellPlan, RunPlan
 from fewshot_transfer.training import LearnerContext, ModelCache, ProgressCallback, pretrained_source_model
@@ -135,8 +136,6 @@ class Benchmark:
     def cell_plan(self, learner_cls, k: int, k_label: str) -> CellPlan:
         """The plan's entry of the learner at k; a learner the run did not plan (a test's, a
         tuning trial's) is added to the plan once, from the plan's own tables."""
-        from fewshot_transfer.harness.planning import add_cell
-
         try:
             return self.plan.cell(learner_cls.name, k_label)
         except KeyError:
@@ -197,8 +196,6 @@ def prepare(plan: RunPlan | dict, out_dir: Path, *, device: str | None = None) -
 
     A config dict is resolved into its plan first (``harness/planning.py``)."""
     if isinstance(plan, dict):
-        from fewshot_transfer.harness.planning import run_plan
-
         plan = run_plan(plan)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
