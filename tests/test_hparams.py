@@ -17,8 +17,10 @@ from typing import Any
 import pytest
 
 from fewshot_transfer import learners
+from fewshot_transfer.cli import main
 from fewshot_transfer.config import resolve_config
 from fewshot_transfer.learners.base import Learner
+from fewshot_transfer.learners.catalog import REGENERATE, markdown
 from fewshot_transfer.learners.hparams import HP, LogUniform
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -97,6 +99,12 @@ def test_every_hyperparameter_has_help(name):
     assert all(hp.help.strip() for hp in cls.hparams.values()), name
 
 
+def test_the_docs_table_is_current():
+    expected = markdown([learners.get(n) for n in learners.available()])
+    current = (ROOT / "docs" / "learners.md").read_text()
+    assert current == expected, f"docs/learners.md is out of date; regenerate it: {REGENERATE}"
+
+
 def test_a_table_derives_defaults_bounds_and_space():
     class Toy(Learner):
         name = "toy"
@@ -116,3 +124,12 @@ def test_separate_defaults_are_refused():
         class Old(Learner):
             name = "old"
             defaults = {"lr": 0.01}
+
+
+def test_learners_command(capsys):
+    assert main(["learners"]) == 0
+    listing = capsys.readouterr().out
+    assert "mean-teacher-cap" in listing and "meta_steps = 0" in listing
+    assert main(["learners", "reptile"]) == 0
+    table = capsys.readouterr().out
+    assert "meta_lr" in table and "log-uniform 0.05 .. 1" in table and "[train]" in table
