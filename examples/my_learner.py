@@ -19,14 +19,15 @@ declares it (``ftbench run --controls`` shows the mechanism gain against finetun
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
 from fewshot_transfer import (
+    HP,
+    LR,
     Control,
     Learner,
     LearnerContext,
+    LogUniform,
     Segmenter,
     StepBatch,
     StepHooks,
@@ -62,17 +63,15 @@ class EntropyMin(Learner):
     family = "semi"
     uses_source = True  # starts from the CAP-pretrained backbone
     uses_unlabeled = True  # without this flag ctx.unlabeled raises: the context withholds it
-    defaults = {"lr": 0.006, "entropy_weight": 0.1, "unlabeled_batch": 4}  # lr = finetune's: weight 0 is finetune
-    bounds = {"entropy_weight": (0.0, 10.0)}
+    #: one table: default, bounds, search distribution and help per hyperparameter (lr = finetune's:
+    #: weight 0 is finetune); defaults, validation, `ftbench tune` and `ftbench learners` read it
+    hparams = {
+        "lr": LR.but(default=0.006, search=LogUniform(3e-4, 3e-3)),
+        "entropy_weight": HP(0.1, "weight of the entropy term", low=0.0, high=10.0, search=LogUniform(0.01, 1.0)),
+        "unlabeled_batch": HP(4, "unlabeled target rows per step"),
+    }
     #: the mechanism off (no unlabeled rows, no term) is finetune, bit for bit
     control = Control(off={"entropy_weight": 0.0}, same_as="finetune")
-
-    @staticmethod
-    def search_space(trial: Any) -> dict[str, Any]:
-        return {
-            "lr": trial.suggest_float("lr", 3e-4, 3e-3, log=True),
-            "entropy_weight": trial.suggest_float("entropy_weight", 0.01, 1.0, log=True),
-        }
 
     def fit(self, ctx: LearnerContext) -> Segmenter:
         p = ctx.params  # typed: p.lr is a float, p.unlabeled_batch an int, checked before any work

@@ -10,7 +10,7 @@ import sys
 from fewshot_transfer import __version__
 
 #: Command modules, each with ``register(subparsers)``; imported lazily so ``--help`` stays fast.
-COMMAND_MODULES = ("run", "leaderboard", "report", "claims", "data", "tune", "worker")
+COMMAND_MODULES = ("run", "leaderboard", "report", "claims", "data", "tune", "worker", "learners")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -14,6 +14,7 @@ from fewshot_transfer.harness.benchmark import prepare
 from fewshot_transfer.learners.base import REGISTRY, Control, register
 from fewshot_transfer.learners.controls import register_controls
 from fewshot_transfer.learners.finetune import Finetune
+from fewshot_transfer.learners.hparams import HP
 from fewshot_transfer.testing import Checker, LearnerCheckError, tiny_config
 
 BUILTINS = learners.available()
@@ -56,7 +57,7 @@ def test_a_mechanism_that_changes_nothing_fails(checker, scratch_registry):
     @_register
     class Inert(Finetune):
         name = "check-inert"
-        defaults = {"lr": 0.006, "strength": 1.0}
+        hparams = {**Finetune.hparams, "strength": HP(1.0, "never read")}
         control = Control(off={"strength": 0.0}, same_as="finetune")  # strength is never read
 
     with pytest.raises(LearnerCheckError, match="the mechanism changes nothing"):
@@ -67,7 +68,7 @@ def test_a_false_same_as_fails(checker, scratch_registry):
     @_register
     class Pretends(Finetune):
         name = "check-pretends"
-        defaults = {"lr": 0.006, "strength": 1.0}
+        hparams = {**Finetune.hparams, "strength": HP(1.0, "switches the lr")}
         control = Control(off={"strength": 0.0}, same_as="scratch")  # it starts from the source model
 
         def fit(self, ctx):

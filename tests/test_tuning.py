@@ -17,6 +17,7 @@ from fewshot_transfer.cli import main
 from fewshot_transfer.config import resolve_config
 from fewshot_transfer.harness.benchmark import prepare
 from fewshot_transfer.learners.base import REGISTRY, Learner
+from fewshot_transfer.learners.hparams import HP, LR, LogUniform, Uniform
 from fewshot_transfer.plan import TunedFrom
 from fewshot_transfer.tuning.space import PinnedTrial, searched_names
 from fewshot_transfer.tuning.storage import make_storage, redact
@@ -47,11 +48,7 @@ class ThresholdLearner(Learner):
 
     name = "test-threshold"
     uses_source = False
-    defaults = {"t": 0.5}
-
-    @staticmethod
-    def search_space(trial):
-        return {"t": trial.suggest_float("t", 0.0, 2.0)}
+    hparams = {"lr": LR.but(search=None), "t": HP(0.5, "brightness threshold", search=Uniform(0.0, 2.0))}
 
     def fit(self, ctx):
         return ctx.segmenter(_Threshold(float(ctx.params["t"])))
@@ -85,13 +82,7 @@ def test_validation_split_is_carved_from_the_support_pool(tmp_path):
 def test_pinned_parameters_are_not_searched():
     class Cls(Learner):
         name = "x"
-
-        @staticmethod
-        def search_space(trial):
-            return {
-                "lr": trial.suggest_float("lr", 1e-4, 1e-2, log=True),
-                "weight_decay": trial.suggest_float("weight_decay", 1e-6, 1e-3, log=True),
-            }
+        hparams = {"weight_decay": HP(0.0, "L2 penalty", search=LogUniform(1e-6, 1e-3))}
 
     free, fixed = searched_names(Cls, {"weight_decay": 1e-4})
     assert free == ["lr"] and fixed == ["weight_decay"]

@@ -14,8 +14,8 @@ from fewshot_transfer.harness.selection import DEFAULT_RULE, RULES, caveat, is_o
 log = logging.getLogger(__name__)
 
 HELP = """\
-Tune one learner's hyperparameters (the search space its class declares in
-search_space()) with Optuna, at one k.
+Tune one learner's hyperparameters (the entries of its table with a search
+distribution: ftbench learners NAME) with Optuna, at one k.
 
 Objective: the mean Dice over --episodes paired episodes (seeds 0..E-1), scored on the
 labels --selection names:

@@ -27,8 +27,6 @@ the leaderboard's pred/true lesion fraction and ``collapsed`` flag show whether 
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import nn
 
@@ -36,6 +34,7 @@ from fewshot_transfer.adaptation.discriminators import OutputDiscriminator
 from fewshot_transfer.adaptation.losses import INPUTS, OutputAdversarialLoss, output_space_input
 from fewshot_transfer.learners.adversarial import AdversarialBatch, AdversarialLearner
 from fewshot_transfer.learners.base import register
+from fewshot_transfer.learners.hparams import HP, Categorical
 from fewshot_transfer.losses import seg_loss
 from fewshot_transfer.training import LearnerContext
 
@@ -56,22 +55,18 @@ class AdaptSeg(AdversarialLearner):
     name = "adaptseg"
     #: Class-balanced weighting of the adversarial terms (adaptseg-balanced sets it).
     balanced: bool = False
-    defaults = {
-        **AdversarialLearner.base_defaults,
-        "lambda_adv": 0.001,
-        "aux_adv_ratio": 0.2,
-        "aux_seg_weight": 0.1,
-        "input": "softmax",
-        "d_depth": 4,
+    hparams = {
+        **AdversarialLearner.hparams,
+        "lambda_adv": AdversarialLearner.hparams["lambda_adv"].but(default=0.001),
+        "aux_adv_ratio": HP(
+            0.2,
+            "weight of the aux-output adversarial term relative to lambda_adv (0: single-level)",
+            search=Categorical((0.0, 0.2)),
+        ),
+        "aux_seg_weight": HP(0.1, "weight of the aux output's segmentation loss"),
+        "input": HP("softmax", f"what the discriminators see: one of {', '.join(INPUTS)}"),
+        "d_depth": HP(4, "stride-2 convolutions of each output discriminator"),
     }
-
-    @staticmethod
-    def search_space(trial: Any) -> dict[str, Any]:
-        return {
-            **AdversarialLearner.search_space(trial),
-            "lambda_adv": trial.suggest_float("lambda_adv", 1e-4, 1e-1, log=True),
-            "aux_adv_ratio": trial.suggest_categorical("aux_adv_ratio", [0.0, 0.2]),
-        }
 
     # -- pieces reused by adaptseg-balanced --------------------------------------------
     def build_adversary(self, ctx: LearnerContext, model: nn.Module) -> OutputAdversary:

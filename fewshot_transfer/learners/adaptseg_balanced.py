@@ -35,35 +35,28 @@ ADVENT's self-information map ``-P log P / log 2`` (``input = "entropy"``).
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
 from fewshot_transfer.adaptation.losses import INPUTS, fraction_penalty, slice_level_prior, soft_lesion_fraction
 from fewshot_transfer.learners.adaptseg import AdaptSeg
 from fewshot_transfer.learners.base import register
+from fewshot_transfer.learners.hparams import HP, Categorical, LogUniform, without
 
 
 @register
 class AdaptSegBalanced(AdaptSeg):
     name = "adaptseg-balanced"
     balanced = True
-    defaults = {
-        **AdaptSeg.defaults,
-        "prior_weight": 1.0,
-        "prior_lo": 0.25,
-        "prior_hi": 4.0,
-        "prior_sharpness": 10.0,
-        "prior_momentum": 0.9,
+    #: ``input`` moves to the end: it is searched here, after prior_weight.
+    hparams = {
+        **without(AdaptSeg.hparams, "input"),
+        "prior_weight": HP(1.0, "weight of the lesion-fraction prior term", search=LogUniform(1e-2, 10.0)),
+        "prior_lo": HP(0.25, "lower end of the prior band, as a multiple of the prior fraction"),
+        "prior_hi": HP(4.0, "upper end of the prior band, as a multiple of the prior fraction"),
+        "prior_sharpness": HP(10.0, "slope of the soft lesion indicator sigmoid(sharpness * logit)"),
+        "prior_momentum": HP(0.9, "EMA momentum of the predicted lesion fraction across batches"),
+        "input": AdaptSeg.hparams["input"].but(search=Categorical(INPUTS)),
     }
-
-    @staticmethod
-    def search_space(trial: Any) -> dict[str, Any]:
-        return {
-            **AdaptSeg.search_space(trial),
-            "prior_weight": trial.suggest_float("prior_weight", 1e-2, 10.0, log=True),
-            "input": trial.suggest_categorical("input", list(INPUTS)),
-        }
 
     def prepare(self, ctx) -> None:
         p = ctx.params

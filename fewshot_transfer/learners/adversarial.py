@@ -38,7 +38,7 @@ import math
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -46,6 +46,7 @@ from torch import nn
 
 from fewshot_transfer.adaptation.discriminators import set_requires_grad
 from fewshot_transfer.learners.base import Control, Learner
+from fewshot_transfer.learners.hparams import HP, LR, IntRange, LogUniform, Uniform
 from fewshot_transfer.training import (
     LearnerContext,
     Segmenter,
@@ -190,41 +191,33 @@ class AdversarialLearner(Learner):
     uses_unlabeled = True
     #: Runs at k = 0 (unsupervised DA: source labels + unlabeled target slices).
     supports_k0: ClassVar[bool] = True
-    #: Shared defaults; subclasses extend them.
-    base_defaults: ClassVar[dict[str, Any]] = {
-        "lr": 0.0005,
-        "d_lr": 0.001,
-        "d_steps": 1,
-        "d_warmup": 50,
-        "source_share": 0.2,
-        "unlabeled_share": 0.25,
-        "lambda_adv": 0.01,
-        "lambda_ramp": 0.25,
-        "probe": True,
+    #: Shared by every adversarial learner; subclasses extend it (searched in this order).
+    hparams: ClassVar[dict[str, HP]] = {
+        "lr": LR.but(default=0.0005),
+        "source_share": HP(
+            0.2,
+            "share of each step's labeled rows that are CAP rows (k = 0: all of them)",
+            low=0.0,
+            high=0.9,
+            search=Uniform(0.0, 0.75, step=0.125),
+        ),
+        "lambda_adv": HP(
+            0.01, "weight of the segmentor's fool-D term (0: the control arm)", low=0.0, search=LogUniform(1e-4, 1e-1)
+        ),
+        "lambda_ramp": HP(
+            0.25, "share of the steps over which lambda_adv ramps up linearly", search=Uniform(0.0, 0.5, step=0.25)
+        ),
+        "d_lr": HP(0.001, "Adam step size of the discriminators", search=LogUniform(1e-4, 1e-2)),
+        "d_steps": HP(1, "discriminator steps after each segmentor step", low=1, search=IntRange(1, 3)),
+        "d_warmup": HP(50, "discriminator steps on the frozen pretrained features before the loop", low=0),
+        "unlabeled_share": HP(0.25, "unlabeled target rows per step, as a share of batch_size"),
+        "probe": HP(True, "read linear probes of domain separability at the aligned layer, before and after"),
     }
     #: The same stream (source, shot and unlabeled rows, D game and probe included) with the
     #: segmentor's adversarial terms at weight 0.
     control: ClassVar[Control | None] = Control(off={"lambda_adv": 0.0})
-    bounds: ClassVar[dict[str, tuple[float | None, float | None]]] = {
-        "source_share": (0.0, 0.9),
-        "lambda_adv": (0.0, None),
-        "d_steps": (1, None),
-        "d_warmup": (0, None),
-    }
 
     # -- hooks --------------------------------------------------------------------------
-    @staticmethod
-    def search_space(trial: Any) -> dict[str, Any]:
-        """What every adversarial learner tunes; subclasses add their own knobs to it."""
-        return {
-            "lr": trial.suggest_float("lr", 1e-4, 1e-2, log=True),
-            "source_share": trial.suggest_float("source_share", 0.0, 0.75, step=0.125),
-            "lambda_adv": trial.suggest_float("lambda_adv", 1e-4, 1e-1, log=True),
-            "lambda_ramp": trial.suggest_float("lambda_ramp", 0.0, 0.5, step=0.25),
-            "d_lr": trial.suggest_float("d_lr", 1e-4, 1e-2, log=True),
-            "d_steps": trial.suggest_int("d_steps", 1, 3),
-        }
-
     def build_adversary(self, ctx: LearnerContext, model: nn.Module) -> nn.Module:
         raise NotImplementedError
 

@@ -11,27 +11,21 @@ adaptation of the source model): ``anil`` − ``anil-control`` is what meta-trai
 
 from __future__ import annotations
 
-from fewshot_transfer.learners.base import Control, Learner, register
-from fewshot_transfer.learners.finetune import Finetune
-from fewshot_transfer.meta.training import META_DEFAULTS, MetaConfig, fit_meta, head_prefixes, meta_search_space
-from fewshot_transfer.training import LearnerContext, Segmenter
+from fewshot_transfer.learners.base import Control, register
+from fewshot_transfer.learners.hparams import HP, Categorical
+from fewshot_transfer.learners.meta_base import MetaLearner, meta_hparams
+from fewshot_transfer.meta.training import HEAD_SCOPES, head_prefixes
+from fewshot_transfer.training import LearnerContext
 
 
 @register
-class ANIL(Learner):
+class ANIL(MetaLearner):
     name = "anil"
-    family = "meta"
-    uses_source = True
-    defaults = {**META_DEFAULTS, "lr": Finetune.defaults["lr"], "meta_steps": 60, "head": "head"}
     control = Control(off={"meta_steps": 0})
+    hparams = {
+        **meta_hparams(second_order=True, meta_steps=60),
+        "head": HP("head", "what adapts: head (the final 1x1 conv) or last_block", search=Categorical(HEAD_SCOPES)),
+    }
 
-    @staticmethod
-    def search_space(trial) -> dict:
-        return {
-            **meta_search_space(trial, second_order=True),
-            "head": trial.suggest_categorical("head", ["head", "last_block"]),
-        }
-
-    def fit(self, ctx: LearnerContext) -> Segmenter:
-        prefixes = head_prefixes(ctx.params.head, ctx.new_model())
-        return fit_meta(ctx, self.name, MetaConfig.from_params(ctx.params, algorithm="maml", adapt=prefixes))
+    def adapt(self, ctx: LearnerContext) -> tuple[str, ...]:
+        return head_prefixes(ctx.params.head, ctx.new_model())

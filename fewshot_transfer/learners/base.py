@@ -1,7 +1,8 @@
 """The learner contract: ``fit(context) -> Segmenter``, declared data needs, typed defaults.
 
 A learner subclasses :class:`Learner`, sets ``name`` / ``family`` / the ``uses_*`` flags,
-lists its hyperparameters with typed ``defaults`` and implements :meth:`fit`. The
+declares its hyperparameters in one table (``hparams``, ``learners/hparams.py``) and
+implements :meth:`fit`. The
 harness resolves its parameters once (defaults < ``[train]`` schedule < ``[learners.NAME]``),
 casts them to the defaults' types and checks their ranges before any work, and builds a
 :class:`~fewshot_transfer.training.LearnerContext` that withholds the pools the learner
@@ -14,12 +15,13 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from fewshot_transfer.families import check_family
+from fewshot_transfer.learners.hparams import HP, SCHEDULE
 from fewshot_transfer.training.context import LearnerContext
 from fewshot_transfer.training.params import Params, cast_value, check_range
 from fewshot_transfer.training.segmenter import Segmenter
 
 #: The ``[train]`` keys every learner inherits as hyperparameters (the common budget).
-SCHEDULE_KEYS = ("steps", "lr", "batch_size")
+SCHEDULE_KEYS = tuple(SCHEDULE)
 
 
 @dataclass(frozen=True)
@@ -40,12 +42,14 @@ class Control:
 
 
 class Learner:
-    """Base class: subclasses set ``name``/``family``/flags and implement :meth:`fit`.
+    """Base class: subclasses set ``name``/``family``/flags, ``hparams`` and implement :meth:`fit`.
 
-    ``defaults`` are the learner's hyperparameters (overridden by ``[learners.NAME]`` in
-    the config); their types are the types the learner receives. ``bounds`` adds ranges
-    beyond the generic ones (steps >= 0, batch sizes >= 1, rates > 0, shares in [0, 1]).
-    :meth:`search_space` declares what ``ftbench tune`` searches.
+    ``hparams`` is the learner's table (the ``[train]`` schedule keys are added in front);
+    from it, when the class is defined, come ``defaults`` (overridden by ``[learners.NAME]``
+    in the config; their types are the types the learner receives), ``bounds`` (ranges
+    beyond the generic ones: steps >= 0, batch sizes >= 1, rates > 0, shares in [0, 1]) and
+    :meth:`search_space` (what ``ftbench tune`` searches). A subclass that declares no
+    table inherits its parent's.
     """
 
     name: ClassVar[str] = ""
@@ -58,12 +62,29 @@ class Learner:
     #: True when the learner can run without target labels (k = 0: ``ctx.k == 0`` and an
     #: empty ``ctx.support``); the others show "n/a" in the k = 0 column.
     supports_k0: ClassVar[bool] = False
+    hparams: ClassVar[dict[str, HP]] = dict(SCHEDULE)
+    #: Derived from ``hparams``: every entry with a default of its own (not the [train] value).
     defaults: ClassVar[dict[str, Any]] = {}
+    #: Derived from ``hparams``: every entry with a ``low`` or ``high``.
     bounds: ClassVar[dict[str, tuple[float | None, float | None]]] = {}
     #: The learner's control arm (``learners/controls.py`` derives its ``NAME-control`` row).
     control: ClassVar[Control | None] = None
     #: Set on a derived control row: the learner whose control it is.
     control_of: ClassVar[str] = ""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        own = cls.__dict__
+        legacy = [key for key in ("defaults", "bounds") if key in own]
+        if legacy:
+            raise TypeError(
+                f"{cls.__name__} sets {' and '.join(legacy)}: declare the hyperparameters in one table instead, "
+                "hparams = {'name': HP(default, 'help', low=..., high=..., search=...)} (docs/plugins.md)"
+            )
+        if "hparams" in own:
+            cls.hparams = {**SCHEDULE, **own["hparams"]}
+            cls.defaults = {name: hp.default for name, hp in cls.hparams.items() if hp.default is not None}
+            cls.bounds = {name: (hp.low, hp.high) for name, hp in cls.hparams.items() if hp.bounded}
 
     @classmethod
     def resolve_params(cls, config: dict) -> Params:
@@ -85,13 +106,17 @@ class Learner:
             values[key] = typed
         return Params(values)
 
-    @staticmethod
-    def search_space(trial: Any) -> dict[str, Any]:
-        """Hyperparameters for Optuna (``trial.suggest_*``); the default tunes lr. Never ``steps``:
-        the target budget (train.steps) is the same for every learner by protocol."""
-        return {
-            "lr": trial.suggest_float("lr", 1e-4, 1e-2, log=True),
-        }
+    @classmethod
+    def search_space(cls, trial: Any) -> dict[str, Any]:
+        """Hyperparameters for Optuna: each table entry with a ``search`` distribution, in table
+        order (the base searches lr only). Never ``steps``: the target budget (train.steps) is
+        the same for every learner by protocol."""
+        return {name: hp.search.suggest(trial, name) for name, hp in cls.hparams.items() if hp.search is not None}
+
+    @classmethod
+    def searched(cls) -> list[str]:
+        """The names :meth:`search_space` suggests, read from the table (no trial needed)."""
+        return [name for name, hp in cls.hparams.items() if hp.search is not None]
 
     def fit(self, ctx: LearnerContext) -> Segmenter:
         raise NotImplementedError

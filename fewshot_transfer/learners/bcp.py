@@ -27,17 +27,22 @@ it is BCP's recipe.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
-
 import numpy as np
 import torch
 from scipy import ndimage
 from torch import nn
 
 from fewshot_transfer.learners.base import register
+from fewshot_transfer.learners.hparams import HP, Uniform
 from fewshot_transfer.learners.pseudo_label import masked_seg_loss
-from fewshot_transfer.learners.scratch import Scratch
-from fewshot_transfer.learners.semi import SemiSupervisedLearner, ema_update, frozen_copy, weak_view
+from fewshot_transfer.learners.semi import (
+    EMA_DECAY,
+    SEMI_HPARAMS,
+    SemiSupervisedLearner,
+    ema_update,
+    frozen_copy,
+    weak_view,
+)
 from fewshot_transfer.training import LearnerContext, StepBatch, StepHooks, unlabeled_batches
 
 
@@ -117,29 +122,18 @@ class BcpHooks(StepHooks):
 @register
 class BidirectionalCopyPaste(SemiSupervisedLearner):
     name = "bcp"
-    #: lr: scratch's (validation-tuned), so that unlabeled_weight = 0 is scratch.
-    defaults: ClassVar[dict[str, Any]] = {
-        "lr": Scratch.defaults["lr"],
-        "unlabeled_weight": 1.0,
-        "pretrain_share": 0.25,
-        "pseudo_weight": 0.5,
-        "mask_ratio": 2 / 3,
-        "ema_decay": 0.99,
+    #: No unlabeled_batch: the unlabeled rows pair with the shot rows, batch_size of them.
+    hparams = {
+        **SEMI_HPARAMS,
+        "pretrain_share": HP(
+            0.25, "share of the steps spent on copy-paste pre-training", search=Uniform(0.1, 0.5, step=0.05)
+        ),
+        "pseudo_weight": HP(0.5, "weight of the pseudo-labeled regions in the mixed loss", low=0.0),
+        "mask_ratio": HP(
+            2 / 3, "side of the pasted box, as a share of the slice's height and width", low=0.0, high=1.0
+        ),
+        "ema_decay": EMA_DECAY,
     }
-    bounds: ClassVar[dict[str, tuple[float | None, float | None]]] = {
-        "unlabeled_weight": (0.0, None),
-        "pseudo_weight": (0.0, None),
-        "mask_ratio": (0.0, 1.0),
-        "ema_decay": (0.0, 1.0),
-    }
-
-    @staticmethod
-    def search_space(trial: Any) -> dict[str, Any]:
-        return {
-            "lr": trial.suggest_float("lr", 1e-4, 1e-2, log=True),
-            "unlabeled_weight": trial.suggest_float("unlabeled_weight", 0.1, 3.0, log=True),
-            "pretrain_share": trial.suggest_float("pretrain_share", 0.1, 0.5, step=0.05),
-        }
 
     def hooks(self, ctx: LearnerContext, model: nn.Module) -> StepHooks:
         return BcpHooks(ctx, model)

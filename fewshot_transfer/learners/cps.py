@@ -20,14 +20,19 @@ scratch's training FLOPs per step); only A is returned.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
-
 import torch
 from torch import nn
 
 from fewshot_transfer.learners.base import register
-from fewshot_transfer.learners.scratch import Scratch
-from fewshot_transfer.learners.semi import SemiSupervisedLearner, sigmoid_rampup, weak_view
+from fewshot_transfer.learners.hparams import Uniform
+from fewshot_transfer.learners.semi import (
+    RAMP_SHARE,
+    SEMI_HPARAMS,
+    UNLABELED_BATCH,
+    SemiSupervisedLearner,
+    sigmoid_rampup,
+    weak_view,
+)
 from fewshot_transfer.losses import seg_loss
 from fewshot_transfer.training import LearnerContext, StepBatch, StepHooks, unlabeled_batches
 
@@ -78,22 +83,11 @@ class CrossPseudoSupervision(SemiSupervisedLearner):
     """Cross pseudo supervision; the evaluated model is segmentor A (scratch's initialisation)."""
 
     name = "cps"
-    #: lr: scratch's (validation-tuned), so that unlabeled_weight = 0 is scratch.
-    defaults: ClassVar[dict[str, Any]] = {
-        "lr": Scratch.defaults["lr"],
-        "unlabeled_weight": 1.0,
-        "ramp_share": 0.3,
-        "unlabeled_batch": 4,
+    hparams = {
+        **SEMI_HPARAMS,
+        "ramp_share": RAMP_SHARE.but(search=Uniform(0.1, 0.5)),
+        "unlabeled_batch": UNLABELED_BATCH,
     }
-    bounds: ClassVar[dict[str, tuple[float | None, float | None]]] = {"unlabeled_weight": (0.0, None)}
-
-    @staticmethod
-    def search_space(trial: Any) -> dict[str, Any]:
-        return {
-            "lr": trial.suggest_float("lr", 1e-4, 1e-2, log=True),
-            "unlabeled_weight": trial.suggest_float("unlabeled_weight", 0.1, 3.0, log=True),
-            "ramp_share": trial.suggest_float("ramp_share", 0.1, 0.5),
-        }
 
     def hooks(self, ctx: LearnerContext, model: nn.Module) -> StepHooks:
         return CpsHooks(ctx, model)

@@ -35,8 +35,6 @@ background dominates.
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import nn
 
@@ -44,6 +42,7 @@ from fewshot_transfer.adaptation.discriminators import PixelDiscriminator
 from fewshot_transfer.adaptation.losses import RegionAdversarialLoss, confident_regions, region_at
 from fewshot_transfer.learners.adversarial import AdversarialBatch, AdversarialLearner
 from fewshot_transfer.learners.base import register
+from fewshot_transfer.learners.hparams import HP, Categorical, IntRange, Uniform, without
 from fewshot_transfer.training import LearnerContext
 
 #: Layers offered to the tuner (all of the backbone's named features are accepted).
@@ -55,24 +54,21 @@ class DualAdversarial(AdversarialLearner):
     name = "dual-adv"
     #: Region names, one discriminator each.
     regions: tuple[str, ...] = ("pos", "neg")
-    defaults = {
-        **AdversarialLearner.base_defaults,
-        "layer": "dec1",
-        "d_kernel": 3,
-        "d_hidden": 0,  # 0 = 2 x the layer's channels
-        "conf_threshold": 0.9,
-        "ignore_radius": 2,
-        "warmup": 0,
+    hparams = {
+        **AdversarialLearner.hparams,
+        "layer": HP("dec1", "the U-Net layer whose features are aligned", search=Categorical(tuple(TUNED_LAYERS))),
+        "d_kernel": HP(3, "kernel size of the pixel discriminators' convolutions"),
+        "d_hidden": HP(0, "discriminator width (0: twice the layer's channels)"),
+        "conf_threshold": HP(
+            0.9,
+            "confidence above which an unlabeled position is routed as lesion or background",
+            search=Uniform(0.7, 0.99),
+        ),
+        "ignore_radius": HP(
+            2, "pixels of ignore band kept between confident background and unsure pixels", search=IntRange(0, 4)
+        ),
+        "warmup": HP(0, "segmentor steps before unlabeled rows are routed by predictions"),
     }
-
-    @staticmethod
-    def search_space(trial: Any) -> dict[str, Any]:
-        return {
-            **AdversarialLearner.search_space(trial),
-            "layer": trial.suggest_categorical("layer", TUNED_LAYERS),
-            "conf_threshold": trial.suggest_float("conf_threshold", 0.7, 0.99),
-            "ignore_radius": trial.suggest_int("ignore_radius", 0, 4),
-        }
 
     def build_adversary(self, ctx: LearnerContext, model: nn.Module) -> RegionAdversarialLoss:
         p = ctx.params
@@ -132,13 +128,8 @@ class DualAdversarial(AdversarialLearner):
 class SingleAdversarial(DualAdversarial):
     name = "single-adv"
     regions = ("all",)
-    defaults = {
-        k: v for k, v in DualAdversarial.defaults.items() if k not in ("conf_threshold", "ignore_radius", "warmup")
-    }
-
-    @staticmethod
-    def search_space(trial: Any) -> dict[str, Any]:
-        return {**AdversarialLearner.search_space(trial), "layer": trial.suggest_categorical("layer", TUNED_LAYERS)}
+    #: One discriminator everywhere: nothing is routed, so no routing knobs.
+    hparams = without(DualAdversarial.hparams, "conf_threshold", "ignore_radius", "warmup")
 
     def pseudo_labels(self, ctx, step):
         return True

@@ -12,6 +12,7 @@ meta-learners' common adaptation, the ``-cap`` semi-supervised learners) inherit
 from __future__ import annotations
 
 from fewshot_transfer.learners.base import Control, Learner, register
+from fewshot_transfer.learners.hparams import LR
 from fewshot_transfer.training import LearnerContext, Segmenter, slice_batches, train_supervised
 
 
@@ -19,7 +20,7 @@ from fewshot_transfer.training import LearnerContext, Segmenter, slice_batches, 
 class Finetune(Learner):
     name = "finetune"
     uses_source = True
-    defaults = {"lr": 0.006}
+    hparams = {"lr": LR.but(default=0.006)}
     #: finetune without the CAP initialisation: scratch at finetune's lr
     control = Control(same_as="scratch")
 

@@ -9,9 +9,10 @@ scratch, bit for bit.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from fewshot_transfer.learners.base import register
+from fewshot_transfer.learners.hparams import without
 from fewshot_transfer.learners.unimatch import UniMatch
 
 
@@ -19,7 +20,4 @@ from fewshot_transfer.learners.unimatch import UniMatch
 class FixMatch(UniMatch):
     name = "fixmatch"
     n_strong: ClassVar[int] = 1
-    defaults: ClassVar[dict[str, Any]] = {k: v for k, v in UniMatch.defaults.items() if k != "feature_dropout"}
-    bounds: ClassVar[dict[str, tuple[float | None, float | None]]] = {
-        k: v for k, v in UniMatch.bounds.items() if k != "feature_dropout"
-    }
+    hparams = without(UniMatch.hparams, "feature_dropout")

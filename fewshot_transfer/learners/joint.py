@@ -12,6 +12,7 @@ validation study ``joint-k5`` behind ``results/tuned`` (lr 0.008459, rounded).
 from __future__ import annotations
 
 from fewshot_transfer.learners.base import Control, Learner, register
+from fewshot_transfer.learners.hparams import HP, LR, Uniform
 from fewshot_transfer.training import LearnerContext, Segmenter, labeled_batches, source_rows, train_supervised
 
 
@@ -19,16 +20,18 @@ from fewshot_transfer.training import LearnerContext, Segmenter, labeled_batches
 class Joint(Learner):
     name = "joint"
     uses_source = True
-    defaults = {"lr": 0.0085, "source_share": 0.25, "from_pretrained": True}
-    bounds = {"source_share": (0.0, 0.9)}
+    hparams = {
+        "lr": LR.but(default=0.0085),
+        "source_share": HP(
+            0.25,
+            "share of each step's rows that are labeled CAP rows",
+            low=0.0,
+            high=0.9,
+            search=Uniform(0.0, 0.75, step=0.125),
+        ),
+        "from_pretrained": HP(True, "start from the CAP-pretrained backbone (false: a fresh one)"),
+    }
     control = Control(off={"source_share": 0.0})
-
-    @staticmethod
-    def search_space(trial) -> dict:
-        return {
-            "lr": trial.suggest_float("lr", 1e-4, 1e-2, log=True),
-            "source_share": trial.suggest_float("source_share", 0.0, 0.75, step=0.125),
-        }
 
     def fit(self, ctx: LearnerContext) -> Segmenter:
         p = ctx.params

@@ -12,23 +12,11 @@ test time the meta-trained init runs exactly finetune's loop (``steps`` Adam ste
 
 from __future__ import annotations
 
-from fewshot_transfer.learners.base import Control, Learner, register
-from fewshot_transfer.learners.finetune import Finetune
-from fewshot_transfer.meta.training import META_DEFAULTS, MetaConfig, fit_meta, meta_search_space
-from fewshot_transfer.training import LearnerContext, Segmenter
+from fewshot_transfer.learners.base import register
+from fewshot_transfer.learners.meta_base import MetaLearner, meta_hparams
 
 
 @register
-class MAML(Learner):
+class MAML(MetaLearner):
     name = "maml"
-    family = "meta"
-    uses_source = True
-    defaults = {**META_DEFAULTS, "lr": Finetune.defaults["lr"], "meta_steps": 30}
-    control = Control(off={"meta_steps": 0}, same_as="finetune")
-
-    @staticmethod
-    def search_space(trial) -> dict:
-        return meta_search_space(trial, second_order=True)
-
-    def fit(self, ctx: LearnerContext) -> Segmenter:
-        return fit_meta(ctx, self.name, MetaConfig.from_params(ctx.params, algorithm="maml", first_order=False))
+    hparams = meta_hparams(second_order=True, meta_steps=30)

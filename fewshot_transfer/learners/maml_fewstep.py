@@ -8,29 +8,31 @@ is why this is its own row and not ``maml``.
 
 from __future__ import annotations
 
-from fewshot_transfer.learners.base import Control, Learner, register
-from fewshot_transfer.meta.training import META_DEFAULTS, MetaConfig, fit_meta, meta_search_space
-from fewshot_transfer.training import LearnerContext, Segmenter
+from typing import Any
+
+from fewshot_transfer.learners.base import Control, register
+from fewshot_transfer.learners.hparams import LR, IntRange, LogUniform
+from fewshot_transfer.learners.meta_base import MetaLearner, meta_hparams
+
+_META = meta_hparams(second_order=True, meta_steps=30)
 
 
 @register
-class MAMLFewStep(Learner):
+class MAMLFewStep(MetaLearner):
     name = "maml-fewstep"
-    family = "meta"
-    uses_source = True
-    defaults = {**META_DEFAULTS, "meta_steps": 30, "inner_lr": 0.01, "test_steps": 10}
+    adaptation = "fewstep"
     control = Control(off={"meta_steps": 0})
+    hparams = {
+        **_META,
+        "lr": LR.but(help="not used by few-step adaptation (inner_lr is); drawn by ftbench tune, not applied"),
+        "inner_lr": _META["inner_lr"].but(search=LogUniform(0.002, 0.1)),
+        "test_steps": _META["test_steps"].but(search=IntRange(5, 50, step=5)),
+    }
 
-    @staticmethod
-    def search_space(trial) -> dict:
-        space = meta_search_space(trial, second_order=True)
+    @classmethod
+    def search_space(cls, trial: Any) -> dict[str, Any]:
+        """The table's space less ``lr``: drawn as the family's first name (as it always was),
+        but few-step adaptation runs on ``inner_lr``, so the draw is not applied."""
+        space = super().search_space(trial)
         del space["lr"]
-        return {
-            **space,
-            "inner_lr": trial.suggest_float("inner_lr", 0.002, 0.1, log=True),
-            "test_steps": trial.suggest_int("test_steps", 5, 50, step=5),
-        }
-
-    def fit(self, ctx: LearnerContext) -> Segmenter:
-        cfg = MetaConfig.from_params(ctx.params, algorithm="maml", first_order=False, adaptation="fewstep")
-        return fit_meta(ctx, self.name, cfg)
+        return space

@@ -28,16 +28,25 @@ labeled CAP rows, and the teacher starts as the source model.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fewshot_transfer.learners.base import Control, register
-from fewshot_transfer.learners.finetune import Finetune
-from fewshot_transfer.learners.scratch import Scratch
-from fewshot_transfer.learners.semi import SemiSupervisedLearner, ema_update, frozen_copy, sigmoid_rampup, weak_view
+from fewshot_transfer.learners.base import register
+from fewshot_transfer.learners.hparams import Uniform
+from fewshot_transfer.learners.semi import (
+    EMA_DECAY,
+    RAMP_SHARE,
+    SEMI_HPARAMS,
+    UNLABELED_BATCH,
+    SemiSupervisedLearner,
+    cap_variant,
+    ema_update,
+    frozen_copy,
+    sigmoid_rampup,
+    weak_view,
+    weight_search,
+)
 from fewshot_transfer.training import (
     LearnerContext,
     StepBatch,
@@ -93,38 +102,21 @@ class MeanTeacherHooks(StepHooks):
 @register
 class MeanTeacher(SemiSupervisedLearner):
     name = "mean-teacher"
-    #: lr: scratch's (validation-tuned), so that unlabeled_weight = 0 is scratch.
-    defaults: ClassVar[dict[str, Any]] = {
-        "lr": Scratch.defaults["lr"],
-        "unlabeled_weight": 1.0,
-        "ema_decay": 0.99,
-        "ramp_share": 0.3,
-        "unlabeled_batch": 4,
+    hparams = {
+        **SEMI_HPARAMS,
+        "unlabeled_weight": weight_search(30.0),
+        "ema_decay": EMA_DECAY.but(search=Uniform(0.9, 0.999)),
+        "ramp_share": RAMP_SHARE,
+        "unlabeled_batch": UNLABELED_BATCH,
     }
-    bounds: ClassVar[dict[str, tuple[float | None, float | None]]] = {
-        "unlabeled_weight": (0.0, None),
-        "ema_decay": (0.0, 1.0),
-    }
-
-    @staticmethod
-    def search_space(trial: Any) -> dict[str, Any]:
-        return {
-            "lr": trial.suggest_float("lr", 1e-4, 1e-2, log=True),
-            "unlabeled_weight": trial.suggest_float("unlabeled_weight", 0.1, 30.0, log=True),
-            "ema_decay": trial.suggest_float("ema_decay", 0.9, 0.999),
-        }
 
     def hooks(self, ctx: LearnerContext, model: nn.Module) -> StepHooks:
         return MeanTeacherHooks(ctx, model)
 
 
-@register
-class MeanTeacherCap(MeanTeacher):
-    """Mean teacher from the CAP-pretrained backbone at finetune's lr; the teacher starts as the source model."""
-
-    name = "mean-teacher-cap"
-    uses_source = True
-    supports_k0 = True
-    from_source = True
-    control = Control(off={"unlabeled_weight": 0.0}, same_as="finetune")
-    defaults = {**MeanTeacher.defaults, "lr": Finetune.defaults["lr"]}
+MeanTeacherCap = register(
+    cap_variant(
+        MeanTeacher,
+        "Mean teacher from the CAP-pretrained backbone at finetune's lr; the teacher starts as the source model.",
+    )
+)

@@ -34,16 +34,20 @@ At k = 0 (``pseudo-label-cap`` only) there are no shots: the labeled part of eac
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fewshot_transfer.learners.base import Control, register
-from fewshot_transfer.learners.finetune import Finetune
-from fewshot_transfer.learners.scratch import Scratch
-from fewshot_transfer.learners.semi import SemiSupervisedLearner, frozen_copy
+from fewshot_transfer.learners.base import register
+from fewshot_transfer.learners.hparams import HP, Uniform
+from fewshot_transfer.learners.semi import (
+    CONFIDENCE,
+    SEMI_HPARAMS,
+    UNLABELED_BATCH,
+    SemiSupervisedLearner,
+    cap_variant,
+    frozen_copy,
+)
 from fewshot_transfer.training import (
     LearnerContext,
     StepBatch,
@@ -107,39 +111,24 @@ class PseudoLabelHooks(StepHooks):
 @register
 class PseudoLabel(SemiSupervisedLearner):
     name = "pseudo-label"
-    #: lr: scratch's (validation-tuned), so that unlabeled_weight = 0 is scratch.
-    defaults: ClassVar[dict[str, Any]] = {
-        "lr": Scratch.defaults["lr"],
-        "unlabeled_weight": 1.0,
-        "confidence": 0.9,
-        "warmup_share": 0.5,
-        "unlabeled_batch": 4,
+    hparams = {
+        **SEMI_HPARAMS,
+        "confidence": CONFIDENCE.but(search=Uniform(0.7, 0.99)),
+        "warmup_share": HP(
+            0.5,
+            "share of the steps trained on the shots alone before the teacher is frozen",
+            search=Uniform(0.25, 0.75, step=0.125),
+        ),
+        "unlabeled_batch": UNLABELED_BATCH,
     }
-    bounds: ClassVar[dict[str, tuple[float | None, float | None]]] = {
-        "unlabeled_weight": (0.0, None),
-        "confidence": (0.5, 1.0),
-    }
-
-    @staticmethod
-    def search_space(trial: Any) -> dict[str, Any]:
-        return {
-            "lr": trial.suggest_float("lr", 1e-4, 1e-2, log=True),
-            "unlabeled_weight": trial.suggest_float("unlabeled_weight", 0.1, 3.0, log=True),
-            "confidence": trial.suggest_float("confidence", 0.7, 0.99),
-            "warmup_share": trial.suggest_float("warmup_share", 0.25, 0.75, step=0.125),
-        }
 
     def hooks(self, ctx: LearnerContext, model: nn.Module) -> StepHooks:
         return PseudoLabelHooks(ctx, model, round(ctx.params.warmup_share * ctx.params.steps))
 
 
-@register
-class PseudoLabelCap(PseudoLabel):
-    """Self-training from the CAP-pretrained backbone at finetune's lr; the teacher is the fine-tuned model."""
-
-    name = "pseudo-label-cap"
-    uses_source = True
-    supports_k0 = True
-    from_source = True
-    control = Control(off={"unlabeled_weight": 0.0}, same_as="finetune")
-    defaults = {**PseudoLabel.defaults, "lr": Finetune.defaults["lr"]}
+PseudoLabelCap = register(
+    cap_variant(
+        PseudoLabel,
+        "Self-training from the CAP-pretrained backbone at finetune's lr; the teacher is the fine-tuned model.",
+    )
+)

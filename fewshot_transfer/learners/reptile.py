@@ -9,24 +9,26 @@ named variant). Tested at the common budget like ``maml``; 0 meta-steps is finet
 
 from __future__ import annotations
 
-from fewshot_transfer.learners.base import Control, Learner, register
-from fewshot_transfer.learners.finetune import Finetune
-from fewshot_transfer.meta.training import META_DEFAULTS, MetaConfig, fit_meta, meta_search_space
-from fewshot_transfer.training import LearnerContext, Segmenter
+from fewshot_transfer.learners.base import register
+from fewshot_transfer.learners.hparams import LogUniform
+from fewshot_transfer.learners.meta_base import MetaLearner, meta_hparams
+
+_META = meta_hparams(second_order=False, meta_steps=40)
 
 
 @register
-class Reptile(Learner):
+class Reptile(MetaLearner):
     name = "reptile"
-    family = "meta"
-    uses_source = True
-    defaults = {**META_DEFAULTS, "lr": Finetune.defaults["lr"], "meta_steps": 40, "meta_opt": "sgd", "meta_lr": 0.5}
-    control = Control(off={"meta_steps": 0}, same_as="finetune")
-    bounds = {"meta_lr": (0.0, 1.0)}
-
-    @staticmethod
-    def search_space(trial) -> dict:
-        return meta_search_space(trial, second_order=False, meta_lr=(0.05, 1.0))
-
-    def fit(self, ctx: LearnerContext) -> Segmenter:
-        return fit_meta(ctx, self.name, MetaConfig.from_params(ctx.params, algorithm="reptile", first_order=True))
+    algorithm = "reptile"
+    first_order = True
+    hparams = {
+        **_META,
+        "meta_lr": _META["meta_lr"].but(
+            default=0.5,
+            help="interpolation factor ε of the outer step",
+            low=0.0,
+            high=1.0,
+            search=LogUniform(0.05, 1.0),
+        ),
+        "meta_opt": _META["meta_opt"].but(default="sgd"),
+    }

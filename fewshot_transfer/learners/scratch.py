@@ -7,6 +7,7 @@ Default lr 6e-3: the best of the 8-trial validation study ``scratch-k5`` behind
 from __future__ import annotations
 
 from fewshot_transfer.learners.base import Learner, register
+from fewshot_transfer.learners.hparams import LR
 from fewshot_transfer.training import LearnerContext, Segmenter, slice_batches, train_supervised
 
 
@@ -14,7 +15,7 @@ from fewshot_transfer.training import LearnerContext, Segmenter, slice_batches, 
 class Scratch(Learner):
     name = "scratch"
     uses_source = False
-    defaults = {"lr": 0.006}
+    hparams = {"lr": LR.but(default=0.006)}
 
     def fit(self, ctx: LearnerContext) -> Segmenter:
         p = ctx.params

@@ -3,7 +3,9 @@
 A semi-supervised learner is its supervised counterpart (scratch, or finetune for the
 ``-cap`` variants) plus :class:`~fewshot_transfer.training.StepHooks` that use the
 unlabeled target slices; subclasses only build those hooks. With ``unlabeled_weight = 0``
-no hook is installed, so the learner *is* its counterpart, bit for bit.
+no hook is installed, so the learner *is* its counterpart, bit for bit. Their common
+hyperparameters (:data:`SEMI_HPARAMS` and the shared entries below) are declared here once,
+and :func:`cap_variant` derives any learner's ``-cap`` form.
 """
 
 from __future__ import annotations
@@ -17,6 +19,9 @@ import torch
 from torch import nn
 
 from fewshot_transfer.learners.base import Control, Learner
+from fewshot_transfer.learners.finetune import Finetune
+from fewshot_transfer.learners.hparams import HP, LR, LogUniform
+from fewshot_transfer.learners.scratch import Scratch
 from fewshot_transfer.training import LearnerContext, Segmenter, StepHooks, labeled_batches, train_steps
 
 
@@ -63,6 +68,25 @@ def weak_view(ctx: LearnerContext, rows: Iterator[torch.Tensor], gen: torch.Gene
     return weak
 
 
+#: What every semi-supervised learner has: scratch's lr (so that weight 0 is scratch) and the
+#: unlabeled term's weight, searched log-uniformly from 0.1 (a learner may widen the top).
+SEMI_HPARAMS: dict[str, HP] = {
+    "lr": LR.but(default=Scratch.defaults["lr"]),
+    "unlabeled_weight": HP(
+        1.0, "weight of the unlabeled term (0: the supervised counterpart)", low=0.0, search=LogUniform(0.1, 3.0)
+    ),
+}
+UNLABELED_BATCH = HP(4, "unlabeled target rows per step")
+EMA_DECAY = HP(0.99, "decay of the EMA teacher", low=0.0, high=1.0)
+RAMP_SHARE = HP(0.3, "share of the steps over which the unlabeled weight ramps up")
+CONFIDENCE = HP(0.9, "pseudo-labels are kept where max(p, 1 - p) reaches it", low=0.5, high=1.0)
+
+
+def weight_search(high: float) -> HP:
+    """``unlabeled_weight`` searched up to ``high`` instead of 3."""
+    return SEMI_HPARAMS["unlabeled_weight"].but(search=LogUniform(0.1, high))
+
+
 class SemiSupervisedLearner(Learner):
     """Base of the ``semi`` family: subclasses implement :meth:`hooks`."""
 
@@ -87,3 +111,24 @@ class SemiSupervisedLearner(Learner):
         hooks = self.hooks(ctx, model) if p.unlabeled_weight else None
         train_steps(ctx, model, batches, steps=p.steps, lr=p.lr, phase="target", hooks=hooks)
         return ctx.segmenter(model)
+
+
+def cap_variant(cls: type[SemiSupervisedLearner], doc: str) -> type[SemiSupervisedLearner]:
+    """``NAME-cap``: ``cls`` from the CAP-pretrained backbone at finetune's lr, so that weight 0
+    is finetune (its control); with CAP rows as its labeled stream it also runs at k = 0.
+    Not registered here: the defining module registers it under a module-level name."""
+    return type(
+        f"{cls.__name__}Cap",
+        (cls,),
+        {
+            "__doc__": doc,
+            "__module__": cls.__module__,
+            "__qualname__": f"{cls.__qualname__}Cap",
+            "name": f"{cls.name}-cap",
+            "uses_source": True,
+            "supports_k0": True,
+            "from_source": True,
+            "control": Control(off={"unlabeled_weight": 0.0}, same_as="finetune"),
+            "hparams": {**cls.hparams, "lr": cls.hparams["lr"].but(default=Finetune.defaults["lr"])},
+        },
+    )

@@ -8,6 +8,7 @@ the unsupervised learners are measured against.
 from __future__ import annotations
 
 from fewshot_transfer.learners.base import Learner, register
+from fewshot_transfer.learners.hparams import LR
 from fewshot_transfer.training import LearnerContext, Segmenter
 
 
@@ -18,10 +19,8 @@ class SourceOnly(Learner):
     uses_target = False
     k_independent = True
     supports_k0 = True
-
-    @staticmethod
-    def search_space(trial) -> dict:
-        return {}
+    #: Nothing to tune: it never trains on the target.
+    hparams = {"lr": LR.but(search=None)}
 
     def fit(self, ctx: LearnerContext) -> Segmenter:
         return ctx.segmenter(ctx.source_model())

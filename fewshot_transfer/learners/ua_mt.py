@@ -19,12 +19,12 @@ With ``unlabeled_weight = 0`` nothing is drawn or run: the run is scratch's, bit
 from __future__ import annotations
 
 import math
-from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
 from fewshot_transfer.learners.base import register
+from fewshot_transfer.learners.hparams import HP
 from fewshot_transfer.learners.mean_teacher import MeanTeacher, MeanTeacherHooks, strong_intensity
 from fewshot_transfer.learners.semi import sigmoid_rampup, weak_view
 from fewshot_transfer.training import LearnerContext, StepBatch, StepHooks
@@ -68,11 +68,10 @@ class UncertaintyAwareHooks(MeanTeacherHooks):
 @register
 class UncertaintyAwareMeanTeacher(MeanTeacher):
     name = "ua-mt"
-    defaults: ClassVar[dict[str, Any]] = {**MeanTeacher.defaults, "uncertainty_passes": 8, "input_noise": 0.1}
-    bounds: ClassVar[dict[str, tuple[float | None, float | None]]] = {
-        **MeanTeacher.bounds,
-        "uncertainty_passes": (1, None),
-        "input_noise": (0.0, None),
+    hparams = {
+        **MeanTeacher.hparams,
+        "uncertainty_passes": HP(8, "noisy teacher passes the uncertainty is measured over", low=1),
+        "input_noise": HP(0.1, "std of the teacher's input noise (clamped at twice it)", low=0.0),
     }
 
     def hooks(self, ctx: LearnerContext, model: nn.Module) -> StepHooks:

@@ -27,7 +27,7 @@ scratch's, bit for bit.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -35,8 +35,15 @@ from torch import nn
 
 from fewshot_transfer.augment import StrongConfig, cutmix_boxes, strong_ct
 from fewshot_transfer.learners.base import register
-from fewshot_transfer.learners.scratch import Scratch
-from fewshot_transfer.learners.semi import SemiSupervisedLearner, weak_view
+from fewshot_transfer.learners.hparams import HP, Uniform
+from fewshot_transfer.learners.semi import (
+    CONFIDENCE,
+    SEMI_HPARAMS,
+    UNLABELED_BATCH,
+    SemiSupervisedLearner,
+    weak_view,
+    weight_search,
+)
 from fewshot_transfer.training import LearnerContext, StepBatch, StepHooks, unlabeled_batches
 
 
@@ -103,27 +110,13 @@ class UniMatch(SemiSupervisedLearner):
     name = "unimatch"
     #: Two strong views and the feature branch; FixMatch sets 1 and 0.
     n_strong: ClassVar[int] = 2
-    #: lr: scratch's (validation-tuned), so that unlabeled_weight = 0 is scratch.
-    defaults: ClassVar[dict[str, Any]] = {
-        "lr": Scratch.defaults["lr"],
-        "unlabeled_weight": 1.0,
-        "confidence": 0.95,
-        "feature_dropout": 0.5,
-        "unlabeled_batch": 4,
+    hparams = {
+        **SEMI_HPARAMS,
+        "unlabeled_weight": weight_search(10.0),
+        "confidence": CONFIDENCE.but(default=0.95, search=Uniform(0.8, 0.99)),
+        "feature_dropout": HP(0.5, "channel dropout rate of the feature-perturbation branch", low=0.0, high=0.95),
+        "unlabeled_batch": UNLABELED_BATCH,
     }
-    bounds: ClassVar[dict[str, tuple[float | None, float | None]]] = {
-        "unlabeled_weight": (0.0, None),
-        "confidence": (0.5, 1.0),
-        "feature_dropout": (0.0, 0.95),
-    }
-
-    @staticmethod
-    def search_space(trial: Any) -> dict[str, Any]:
-        return {
-            "lr": trial.suggest_float("lr", 1e-4, 1e-2, log=True),
-            "unlabeled_weight": trial.suggest_float("unlabeled_weight", 0.1, 10.0, log=True),
-            "confidence": trial.suggest_float("confidence", 0.8, 0.99),
-        }
 
     def hooks(self, ctx: LearnerContext, model: nn.Module) -> StepHooks:
         return WeakToStrongHooks(ctx, model, self.n_strong, ctx.params.get("feature_dropout", 0.0))

@@ -158,13 +158,6 @@ class MetaConfig:
         return {**d, "inner_opt": self.inner_opt, "inner_rate": self.inner_rate}
 
 
-#: MetaConfig fields a learner fixes in code, or that come from the [train] schedule.
-_NOT_PARAMS = ("algorithm", "first_order", "learn_lr", "adapt", "adaptation", "lr", "steps", "batch_size")
-#: Hyperparameters every meta-learner shares (``lr``/``steps``/``batch_size`` come from the
-#: schedule, with finetune's lr as each meta-learner's default).
-META_DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(MetaConfig) if f.name not in _NOT_PARAMS}
-
-
 def head_prefixes(scope: str, model: UNet) -> tuple[str, ...]:
     """ANIL's adapted scope: ``head`` = the final 1x1 conv (``head.*``); ``last_block``
     adds the last (full-resolution) decoder block."""
@@ -503,18 +496,3 @@ def fit_meta(ctx: LearnerContext, name: str, cfg: MetaConfig) -> Segmenter:
     """The whole meta-learner: cached meta-training, adaptation on the shots, a Segmenter."""
     model, lr = meta_trained(ctx, name, cfg)
     return ctx.segmenter(adapt_to_shots(ctx, model, lr, cfg))
-
-
-def meta_search_space(
-    trial: Any, *, second_order: bool = True, meta_lr: tuple[float, float] = (1e-4, 3e-3)
-) -> dict[str, Any]:
-    """Optuna space shared by the meta-learners (second-order ones get a smaller step budget);
-    the test-time ``lr`` is searched like finetune's. ``meta_lr`` is the range of the outer
-    step (an Adam lr by default; Reptile's interpolation factor needs its own range: a name
-    suggested twice with two ranges silently keeps the first)."""
-    return {
-        "lr": trial.suggest_float("lr", 1e-4, 1e-2, log=True),
-        "inner_steps": trial.suggest_int("inner_steps", 1, 5 if second_order else 10),
-        "meta_lr": trial.suggest_float("meta_lr", *meta_lr, log=True),
-        "meta_steps": trial.suggest_int("meta_steps", 10, 60 if second_order else 120, step=10),
-    }

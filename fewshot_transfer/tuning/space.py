@@ -1,31 +1,13 @@
 """A learner's search space as ``ftbench tune`` sees it: which names it searches, which are pinned.
 
-A learner declares its space in ``Learner.search_space(trial)`` with ``trial.suggest_*``;
+A learner declares its space in its hyperparameter table (``search=`` of each entry,
+``learners/hparams.py``): the names it searches are read from the table, no trial needed;
 names the config fixes under ``[learners.NAME]`` are not searched (:class:`PinnedTrial`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-
-
-class _Probe:
-    """A stand-in trial that records which names a search space suggests (first choices)."""
-
-    def __init__(self) -> None:
-        self.names: list[str] = []
-
-    def suggest_float(self, name, low, high, **_kw):
-        self.names.append(name)
-        return low
-
-    def suggest_int(self, name, low, high, **_kw):
-        self.names.append(name)
-        return low
-
-    def suggest_categorical(self, name, choices):
-        self.names.append(name)
-        return choices[0]
 
 
 class PinnedTrial:
@@ -53,11 +35,13 @@ class PinnedTrial:
 
 def searched_names(learner_cls, pinned: dict) -> tuple[list[str], list[str]]:
     """(names the study searches, names pinned by the config) for ``learner_cls``."""
-    probe = _Probe()
-    learner_cls.search_space(probe)
-    names = list(dict.fromkeys(probe.names))
+    if learner_cls.control_of:
+        raise ValueError(
+            f"{learner_cls.name} is not tuned: it takes {learner_cls.control_of}'s parameters with its mechanism off"
+        )
+    names = learner_cls.searched()
     if not names:
-        raise ValueError(f"learner {learner_cls.name!r} declares no hyperparameters to tune (empty search_space)")
+        raise ValueError(f"learner {learner_cls.name!r} declares no hyperparameters to tune (no search in its table)")
     free = [n for n in names if n not in pinned]
     fixed = [n for n in names if n in pinned]
     if not free:
