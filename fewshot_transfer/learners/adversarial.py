@@ -46,7 +46,7 @@ from torch import nn
 
 from fewshot_transfer.adaptation.discriminators import set_requires_grad
 from fewshot_transfer.learners.base import Control, Learner
-from fewshot_transfer.learners.hparams import HP, LR, IntRange, LogUniform, Uniform
+from fewshot_transfer.learners.hparams import HP, LR, SOURCE_SHARE, IntRange, LogUniform, Uniform
 from fewshot_transfer.training import (
     LearnerContext,
     Segmenter,
@@ -194,13 +194,7 @@ class AdversarialLearner(Learner):
     #: Shared by every adversarial learner; subclasses extend it (searched in this order).
     hparams: ClassVar[dict[str, HP]] = {
         "lr": LR.but(default=0.0005),
-        "source_share": HP(
-            0.2,
-            "share of each step's labeled rows that are CAP rows (k = 0: all of them)",
-            low=0.0,
-            high=0.9,
-            search=Uniform(0.0, 0.75, step=0.125),
-        ),
+        "source_share": SOURCE_SHARE.but(help=f"{SOURCE_SHARE.help} (k = 0: all of them)"),
         "lambda_adv": HP(
             0.01, "weight of the segmentor's fool-D term (0: the control arm)", low=0.0, search=LogUniform(1e-4, 1e-1)
         ),

@@ -133,3 +133,13 @@ STEPS = HP(None, "target optimizer steps (the common budget, [train] steps; neve
 LR = HP(None, "Adam step size of the target loop", kind=float, search=LogUniform(1e-4, 1e-2))
 BATCH_SIZE = HP(None, "labeled rows per step ([train] batch_size; never tuned)", kind=int)
 SCHEDULE: dict[str, HP] = {"steps": STEPS, "lr": LR, "batch_size": BATCH_SIZE}
+
+#: The share of a step's labeled rows drawn from the source (joint and the adversarial
+#: learners): one range and one search grid, each learner its own default and wording.
+SOURCE_SHARE = HP(
+    0.2,
+    "share of each step's labeled rows that are CAP rows",
+    low=0.0,
+    high=0.9,
+    search=Uniform(0.0, 0.75, step=0.125),
+)

@@ -12,7 +12,7 @@ validation study ``joint-k5`` behind ``results/tuned`` (lr 0.008459, rounded).
 from __future__ import annotations
 
 from fewshot_transfer.learners.base import Control, Learner, register
-from fewshot_transfer.learners.hparams import HP, LR, Uniform
+from fewshot_transfer.learners.hparams import HP, LR, SOURCE_SHARE
 from fewshot_transfer.training import LearnerContext, Segmenter, labeled_batches, source_rows, train_supervised
 
 
@@ -22,13 +22,7 @@ class Joint(Learner):
     uses_source = True
     hparams = {
         "lr": LR.but(default=0.0085),
-        "source_share": HP(
-            0.25,
-            "share of each step's rows that are labeled CAP rows",
-            low=0.0,
-            high=0.9,
-            search=Uniform(0.0, 0.75, step=0.125),
-        ),
+        "source_share": SOURCE_SHARE.but(default=0.25, help="share of each step's rows that are labeled CAP rows"),
         "from_pretrained": HP(True, "start from the CAP-pretrained backbone (false: a fresh one)"),
     }
     control = Control(off={"source_share": 0.0})
